@@ -1,0 +1,160 @@
+"""EfficientNet B0-B7 (Tan & Le, 2019) as a classifier and a multi-level feature extractor.
+
+One family definition -- the B0 block table -- scaled by each variant's (width, depth,
+resolution, dropout) coefficients with the paper's filter/repeat rounding.
+"""
+import dataclasses
+import math
+
+import gin
+import tf_keras as keras
+
+from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
+from detlab.layers.mbconv import conv_init
+from detlab.backbones.contract import features_model
+
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """One stage of the block table (before width/depth scaling)."""
+  kernel_size: int
+  repeats: int
+  filters_in: int
+  filters_out: int
+  expand_ratio: int
+  strides: int
+  se_ratio: float
+  fused: bool = False
+
+
+# EfficientNet-B0 (paper Table 1): MBConv1 k3x3 16, MBConv6 k3 24, k5 40, k3 80, k5 112, k5 192, k3 320.
+B0_BLOCKS = (
+    BlockSpec(3, 1, 32, 16, 1, 1, 0.25),
+    BlockSpec(3, 2, 16, 24, 6, 2, 0.25),
+    BlockSpec(5, 2, 24, 40, 6, 2, 0.25),
+    BlockSpec(3, 3, 40, 80, 6, 2, 0.25),
+    BlockSpec(5, 3, 80, 112, 6, 1, 0.25),
+    BlockSpec(5, 4, 112, 192, 6, 2, 0.25),
+    BlockSpec(3, 1, 192, 320, 6, 1, 0.25),
+)
+
+# variant -> (width, depth, resolution, dropout), from the paper / reference code.
+V1_SCALING = {
+    "b0": (1.0, 1.0, 224, 0.2),
+    "b1": (1.0, 1.1, 240, 0.2),
+    "b2": (1.1, 1.2, 260, 0.3),
+    "b3": (1.2, 1.4, 300, 0.3),
+    "b4": (1.4, 1.8, 380, 0.4),
+    "b5": (1.6, 2.2, 456, 0.4),
+    "b6": (1.8, 2.6, 528, 0.5),
+    "b7": (2.0, 3.1, 600, 0.5),
+}
+
+
+def round_filters(filters: float, width: float, divisor: int = 8) -> int:
+  """Scales channels by `width`, rounding to a multiple of `divisor` (never down by > 10 %)."""
+  filters *= width
+  new_filters = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+  if new_filters < 0.9 * filters:
+    new_filters += divisor
+  return int(new_filters)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+  return int(math.ceil(depth * repeats))
+
+
+def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, name: str,
+                       stem_filters: int = 32, top_filters: int = 1280,
+                       drop_connect_rate: float = 0.2, activation: str = "swish",
+                       input_shape=(None, None, 3), include_top: bool = False,
+                       num_classes: int = 1000, sync_bn: bool = False,
+                       depth_divisor: int = 8, min_level: int = 2,
+                       max_level: int = 5) -> keras.Model:
+  """Builds an EfficientNet(V2)-style network from a block table.
+
+  Args:
+    blocks: the unscaled block table (`BlockSpec`s).
+    include_top: False -> a feature extractor returning `{str(level): [B, ceil(S/2^l), ., C_l]}`
+      for min_level..max_level; True -> a classifier returning logits [B, num_classes].
+  Input: images normalized with ImageNet mean/std, float32 [B, S, S, 3].
+  """
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Conv2D(round_filters(stem_filters, width, depth_divisor), 3, strides=2,
+                          padding="same", use_bias=False, kernel_initializer=conv_init(),
+                          name="stem_conv")(inputs)
+  x = batch_norm("stem_bn", synchronized=sync_bn)(x)
+  x = keras.layers.Activation(activation, name="stem_activation")(x)
+
+  specs = [dataclasses.replace(b, filters_in=round_filters(b.filters_in, width, depth_divisor),
+                               filters_out=round_filters(b.filters_out, width, depth_divisor),
+                               repeats=round_repeats(b.repeats, depth)) for b in blocks]
+  total_blocks = sum(s.repeats for s in specs)
+  endpoints, level, block_index = {}, 1, 0
+  for stage, spec in enumerate(specs):
+    for j in range(spec.repeats):
+      first = j == 0
+      strides = spec.strides if first else 1
+      if strides == 2:
+        endpoints[str(level)] = x  # last tensor at the finer level
+        level += 1
+      # Stochastic depth rate grows linearly with depth, reaching drop_connect_rate at the end.
+      drop_rate = drop_connect_rate * block_index / max(1, total_blocks - 1)
+      block_fn = fused_mbconv_block if spec.fused else mbconv_block
+      x = block_fn(x, filters_in=spec.filters_in if first else spec.filters_out,
+                   filters_out=spec.filters_out, kernel_size=spec.kernel_size, strides=strides,
+                   expand_ratio=spec.expand_ratio, se_ratio=spec.se_ratio, drop_rate=drop_rate,
+                   activation=activation, prefix=f"block{stage + 1}{chr(j + 97)}_",
+                   sync_bn=sync_bn)
+      block_index += 1
+  endpoints[str(level)] = x
+
+  if not include_top:
+    return features_model(inputs, endpoints, min_level, max_level, name=name)
+  x = keras.layers.Conv2D(round_filters(top_filters, width, depth_divisor), 1, padding="same",
+                          use_bias=False, kernel_initializer=conv_init(), name="top_conv")(x)
+  x = batch_norm("top_bn", synchronized=sync_bn)(x)
+  x = keras.layers.Activation(activation, name="top_activation")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  if dropout > 0:
+    x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+  logits = keras.layers.Dense(num_classes, # Uniform fan-out init with scale 1/3, as the reference code.
+                              kernel_initializer=keras.initializers.VarianceScaling(
+                                  scale=1.0 / 3.0, mode="fan_out", distribution="uniform"),
+                              name="predictions")(x)
+  return keras.Model(inputs, logits, name=name)
+
+
+def efficientnet(variant: str, **kwargs) -> keras.Model:
+  """EfficientNet-`variant` ('b0' ... 'b7'); kwargs as `build_efficientnet`."""
+  if variant not in V1_SCALING:
+    raise ValueError(f"Unknown EfficientNet variant {variant!r}; choose one of "
+                     f"{sorted(V1_SCALING)}.")
+  width, depth, _, dropout = V1_SCALING[variant]
+  kwargs.setdefault("dropout", dropout)
+  return build_efficientnet(B0_BLOCKS, width=width, depth=depth,
+                            name=f"efficientnet-{variant}", **kwargs)
+
+
+def native_resolution(variant: str) -> int:
+  return V1_SCALING[variant][2]
+
+
+def _register(variant: str):
+  def builder(**kwargs) -> keras.Model:
+    return efficientnet(variant, **kwargs)
+  builder.__name__ = builder.__qualname__ = f"efficientnet_{variant}"
+  builder.__doc__ = f"EfficientNet-{variant.upper()} (see `build_efficientnet` for arguments)."
+  return gin.register(builder, module="detlab.backbones")
+
+
+# efficientnet_b0 ... efficientnet_b7: gin-registered builders (`@efficientnet_b0`).
+efficientnet_b0 = _register("b0")
+efficientnet_b1 = _register("b1")
+efficientnet_b2 = _register("b2")
+efficientnet_b3 = _register("b3")
+efficientnet_b4 = _register("b4")
+efficientnet_b5 = _register("b5")
+efficientnet_b6 = _register("b6")
+efficientnet_b7 = _register("b7")

@@ -1,0 +1,1 @@
+"""gin experiment files, installed as package data (`detlab.gin_configs`)."""

@@ -1,0 +1,28 @@
+"""detlab: EfficientDet-style object detection in TensorFlow 2."""
+import setuptools
+
+setuptools.setup(
+    name="detlab",
+    version="0.1.0",
+    description="TF2 object-detection pipeline: paper-faithful backbones, BiFPN, EfficientDet.",
+    python_requires=">=3.10",
+    # gin_configs/ lives at the repo root (the project's layout) and is installed as the
+    # package `detlab.gin_configs`, so `--gin_file=efficientdet_d0.gin` resolves from any
+    # working directory.
+    packages=setuptools.find_packages(include=["detlab", "detlab.*", "data_tools", "data_tools.*"])
+    + ["detlab.gin_configs"],
+    package_dir={"detlab.gin_configs": "gin_configs"},
+    package_data={"detlab.gin_configs": ["*.gin"]},
+    install_requires=[
+        "tensorflow~=2.20.0",
+        "tf-keras~=2.20.0",
+        "tf-models-official==2.20.0",
+        "pycocotools",
+        "tensorflow-datasets",
+        "absl-py",
+        "gin-config",
+        "Pillow",
+        "numpy",
+    ],
+    extras_require={"test": ["pytest", "pytest-xdist"]},
+)

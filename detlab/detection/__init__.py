@@ -1,0 +1,1 @@
+"""Anchors, box coding, target assignment, losses and post-processing for dense detectors."""

@@ -1,0 +1,59 @@
+"""Multi-level anchor boxes (EfficientDet / RetinaNet convention).
+
+Reuses tfm's `official.vision.ops.anchor.Anchor`, whose geometry is the reference's: per
+location, for octave in 0..num_scales-1, for aspect in aspect_ratios; base size
+anchor_scale * stride * 2^(octave/num_scales); centres at stride/2 + k*stride; boxes
+[y1, x1, y2, x2] in input pixels, not clipped. Flattened order: level -> (y, x) -> anchor.
+"""
+import dataclasses
+
+import gin
+import tensorflow as tf
+from official.vision.ops import anchor as tfm_anchor
+
+ASPECT_RATIOS = (1.0, 2.0, 0.5)
+
+
+@gin.register(module="detlab.detection")
+@dataclasses.dataclass(frozen=True)
+class AnchorConfig:
+  """Everything that fixes the anchor set of a detector."""
+  image_size: int = 512
+  min_level: int = 3
+  max_level: int = 7
+  num_scales: int = 3
+  aspect_ratios: tuple = ASPECT_RATIOS
+  anchor_scale: float = 4.0
+
+  def __post_init__(self):
+    stride = 2 ** self.max_level
+    if self.image_size % stride:
+      raise ValueError(
+          f"image_size {self.image_size} must be a multiple of 2^max_level = {stride} so that "
+          f"every level tiles the image exactly; use e.g. "
+          f"{(self.image_size // stride + 1) * stride}.")
+
+  @property
+  def anchors_per_location(self) -> int:
+    return self.num_scales * len(self.aspect_ratios)
+
+  def feature_size(self, level: int) -> int:
+    return -(-self.image_size // 2 ** level)
+
+  @property
+  def num_anchors(self) -> int:
+    return self.anchors_per_location * sum(
+        self.feature_size(l) ** 2 for l in range(self.min_level, self.max_level + 1))
+
+  def multilevel_boxes(self) -> dict:
+    """{str(level): [h_l, w_l, A*4]} anchor boxes."""
+    return tfm_anchor.Anchor(
+        min_level=self.min_level, max_level=self.max_level, num_scales=self.num_scales,
+        aspect_ratios=list(self.aspect_ratios), anchor_size=self.anchor_scale,
+        image_size=(self.image_size, self.image_size)).multilevel_boxes
+
+  def boxes(self) -> tf.Tensor:
+    """All anchors flattened, [num_anchors, 4] float32 [y1, x1, y2, x2] pixels."""
+    boxes = self.multilevel_boxes()
+    return tf.concat([tf.reshape(boxes[str(l)], [-1, 4])
+                      for l in range(self.min_level, self.max_level + 1)], axis=0)

@@ -1,0 +1,97 @@
+"""Inference post-processing: top-k -> decode -> per-class NMS -> top detections.
+
+Protocol of the published EfficientDet AP: the top 5000 (anchor, class) logits per image,
+decoded, per-class Gaussian soft-NMS (sigma 0.5 in the paper's convention, exp(-iou^2/sigma)),
+score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is the other mode.
+
+Per-class NMS is done as one NMS call per image over class-offset boxes: boxes of different
+classes never overlap after the offset, so IoU (and the Gaussian decay) between classes is 0
+and the result equals a loop over classes, without 90 NMS calls per image. tfm's
+MultilevelDetectionGenerator does per-class top-k before NMS, which is a different protocol,
+hence this module.
+"""
+import dataclasses
+
+import gin
+import tensorflow as tf
+
+from detlab.detection.targets import decode_boxes
+
+
+@gin.register(module="detlab.detection")
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+  pre_nms_top_k: int = 5000
+  max_detections: int = 100
+  nms_mode: str = "soft"          # "soft" (Gaussian) or "hard"
+  iou_threshold: float = 0.5      # hard NMS only
+  soft_nms_sigma: float = 0.5     # paper convention; TF's op takes sigma / 2
+  score_threshold: float = 0.001
+
+  def __post_init__(self):
+    if self.nms_mode not in ("soft", "hard"):
+      raise ValueError(f"nms_mode must be 'soft' or 'hard', got {self.nms_mode!r}.")
+
+
+def _nms_one_image(boxes, scores, classes, config: PostprocessConfig):
+  """boxes [k, 4], scores [k], classes [k] int32 -> padded top detections."""
+  extent = tf.reduce_max(tf.abs(boxes)) * 2.0 + 1.0
+  offset_boxes = boxes + tf.cast(classes, tf.float32)[:, None] * extent
+  if config.nms_mode == "soft":
+    iou_threshold, sigma = 1.0, config.soft_nms_sigma / 2.0
+  else:
+    iou_threshold, sigma = config.iou_threshold, 0.0
+  selected, selected_scores = tf.image.non_max_suppression_with_scores(
+      offset_boxes, scores, max_output_size=config.max_detections,
+      iou_threshold=iou_threshold, score_threshold=config.score_threshold,
+      soft_nms_sigma=sigma)
+  num = tf.shape(selected)[0]
+  pad = config.max_detections - num
+  out_boxes = tf.pad(tf.gather(boxes, selected), [[0, pad], [0, 0]])
+  out_scores = tf.pad(selected_scores, [[0, pad]])
+  out_classes = tf.pad(tf.gather(classes, selected), [[0, pad]])
+  return out_boxes, out_scores, out_classes, num
+
+
+def _top_k_pairs(class_outputs: tf.Tensor, k: int):
+  """The k largest (anchor, class) logits of [B, N, K], as (logits, anchor ids, class ids).
+
+  Exact, and ~7x faster on CPU than top_k over all N*K pairs: every pair in the top k has a
+  value >= the k-th largest pair value v, so its anchor's best logit is >= v too, and at most
+  k anchors can have a best logit >= v. The k anchors with the largest best logit therefore
+  hold all of the top-k pairs (up to ties).
+  """
+  num_classes = class_outputs.shape[-1]
+  batch = tf.shape(class_outputs)[0]
+  num_anchor_candidates = min(k, class_outputs.shape[-2])
+  _, candidate_anchors = tf.math.top_k(tf.reduce_max(class_outputs, axis=-1),
+                                       k=num_anchor_candidates, sorted=False)
+  candidates = tf.gather(class_outputs, candidate_anchors, batch_dims=1)  # [B, k', K]
+  top_logits, top_index = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k,
+                                        sorted=False)
+  anchor_index = tf.gather(candidate_anchors, top_index // num_classes, batch_dims=1)
+  return top_logits, anchor_index, top_index % num_classes
+
+
+def postprocess(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Tensor,
+                image_size: int, config: PostprocessConfig = PostprocessConfig()) -> dict:
+  """class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels.
+
+  Returns {"boxes" [B, D, 4] [y1, x1, y2, x2] model-input pixels clipped to the input,
+  "scores" [B, D], "classes" [B, D] int32 (0-based), "num_detections" [B]}, D = max_detections.
+  """
+  class_outputs = tf.cast(class_outputs, tf.float32)
+  batch = tf.shape(class_outputs)[0]
+  num_classes = class_outputs.shape[-1]
+  k = min(config.pre_nms_top_k, class_outputs.shape[-2] * num_classes)
+  top_logits, anchor_index, classes = _top_k_pairs(class_outputs, k)
+  boxes = decode_boxes(tf.gather(box_outputs, anchor_index, batch_dims=1),
+                       tf.gather(anchors, anchor_index))
+  scores = tf.sigmoid(top_logits)
+  out_boxes, out_scores, out_classes, num = tf.map_fn(
+      lambda args: _nms_one_image(*args, config),
+      (boxes, scores, classes),
+      fn_output_signature=(tf.float32, tf.float32, tf.int32, tf.int32))
+  out_boxes = tf.clip_by_value(out_boxes, 0.0, float(image_size))
+  return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes,
+          "num_detections": num}

@@ -1,0 +1,70 @@
+"""EfficientDet = backbone -> BiFPN -> shared class/box heads (Tan, Pang & Le, 2020)."""
+import gin
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.detection.anchors import AnchorConfig
+from detlab.heads.detection import box_head, class_head
+from detlab.necks.bifpn import BiFPN
+
+
+class EfficientDet(keras.Model):
+  """Images [B, S, S, 3] (ImageNet-normalized) -> per-level class logits and box deltas.
+
+  call() returns (class_outputs, box_outputs), each {str(level): [B, h_l, w_l, A*K | A*4]}.
+  """
+
+  def __init__(self, backbone: keras.Model, anchors: AnchorConfig, num_classes: int,
+               fpn_width: int, fpn_cells: int, head_repeats: int, fusion: str = "fast",
+               sync_bn: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    self.backbone = backbone
+    self.anchors = anchors
+    self.num_classes = num_classes
+    levels = dict(min_level=anchors.min_level, max_level=anchors.max_level)
+    self.fpn = BiFPN(fpn_width, fpn_cells, fusion=fusion, sync_bn=sync_bn, name="bifpn",
+                     **levels)
+    a = anchors.anchors_per_location
+    self.class_net = class_head(fpn_width, head_repeats, num_classes, a, sync_bn=sync_bn,
+                                **levels)
+    self.box_net = box_head(fpn_width, head_repeats, a, sync_bn=sync_bn, **levels)
+
+  def call(self, images, training=None):
+    features = self.backbone(images, training=training)
+    features = {k: v for k, v in features.items()
+                if int(k) >= self.anchors.min_level}
+    features = self.fpn(features, training=training)
+    return self.class_net(features, training=training), self.box_net(features,
+                                                                     training=training)
+
+  def build_for_size(self) -> "EfficientDet":
+    """Creates all variables by running a dummy batch at the configured image size."""
+    size = self.anchors.image_size
+    self(tf.zeros([1, size, size, 3]), training=False)
+    return self
+
+  def flatten_outputs(self, class_outputs: dict, box_outputs: dict):
+    """Per-level outputs -> class [B, N, K] and box [B, N, 4] in anchor order."""
+    levels = range(self.anchors.min_level, self.anchors.max_level + 1)
+    batch = tf.shape(class_outputs[str(self.anchors.min_level)])[0]
+    cls = tf.concat([tf.reshape(class_outputs[str(l)], [batch, -1, self.num_classes])
+                     for l in levels], axis=1)
+    box = tf.concat([tf.reshape(box_outputs[str(l)], [batch, -1, 4]) for l in levels], axis=1)
+    return cls, box
+
+
+@gin.register(module="detlab.models")
+def efficientdet(backbone_fn, num_classes: int = 90, image_size: int = 512,
+                 fpn_width: int = 64, fpn_cells: int = 3, head_repeats: int = 3,
+                 fusion: str = "fast", min_level: int = 3, max_level: int = 7,
+                 num_scales: int = 3, aspect_ratios=(1.0, 2.0, 0.5), anchor_scale: float = 4.0,
+                 sync_bn: bool = False) -> EfficientDet:
+  """Builds EfficientDet; defaults are the paper's D0. `backbone_fn` is an uncalled backbone
+  builder (e.g. @efficientnet_b0), called here so that variables live in the caller's scope."""
+  anchors = AnchorConfig(image_size=image_size, min_level=min_level, max_level=max_level,
+                         num_scales=num_scales, aspect_ratios=tuple(aspect_ratios),
+                         anchor_scale=anchor_scale)
+  backbone = backbone_fn(input_shape=(image_size, image_size, 3), sync_bn=sync_bn)
+  model = EfficientDet(backbone, anchors, num_classes, fpn_width, fpn_cells, head_repeats,
+                       fusion=fusion, sync_bn=sync_bn, name="efficientdet")
+  return model.build_for_size()

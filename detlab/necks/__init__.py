@@ -1,0 +1,1 @@
+"""Feature networks between backbone and heads."""

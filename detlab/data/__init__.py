@@ -1,0 +1,1 @@
+"""Input pipelines: TFRecord decoding, augmentation, padding, target assignment."""

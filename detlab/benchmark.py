@@ -1,0 +1,156 @@
+r"""Speed and size of a gin-configured detector on this machine.
+
+  python -m detlab.benchmark --gin_file=efficientdet_d0.gin [--json] [--only=params,gmacs]
+
+Reports parameters, FLOPs (multiply-adds, TF profiler on a frozen concrete function, batch 1),
+network-only inference images/s at batch 1 and 8, end-to-end (network + post-processing)
+images/s at batch 1, post-processing ms per image, a training step's images/s at batch 8, and
+an fp32 matmul peak measured in the same run with the fraction of it the network achieves.
+"""
+import json
+import statistics
+import time
+
+from absl import app, flags
+import gin
+import numpy as np
+import tensorflow as tf
+
+from detlab import config
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", ["efficientdet_d0.gin"], "Model gin file(s).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+flags.DEFINE_list("only", [], "Subset of measurements (e.g. params,gmacs).")
+flags.DEFINE_float("seconds", 5.0, "Minimum timed seconds per measurement.")
+flags.DEFINE_integer("train_batch", 8, "Batch size of the training-step measurement.")
+
+ALL = ("params", "gmacs", "matmul_gflops", "infer_img_s_bs1", "infer_img_s_bs8",
+       "postprocess_ms", "e2e_img_s_bs1", "train_img_s_bs8")
+
+
+def time_call(fn, min_seconds: float, warmup: int = 2) -> float:
+  """Median seconds per call over repeated timed runs (after warm-up calls)."""
+  for _ in range(warmup):
+    fn()
+  samples, start = [], time.perf_counter()
+  while time.perf_counter() - start < min_seconds or len(samples) < 3:
+    t0 = time.perf_counter()
+    fn()
+    samples.append(time.perf_counter() - t0)
+  return statistics.median(samples)
+
+
+def count_gmacs(model, image_size: int) -> float:
+  """Multiply-adds (billions) = TF profiler float ops of the frozen network / 2."""
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+  fn = tf.function(lambda x: model(x, training=False))
+  concrete = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3], tf.float32))
+  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  profile = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
+  return profile.total_float_ops / 2.0 / 1e9
+
+
+def matmul_gflops(min_seconds: float, n: int = 2048) -> float:
+  a = tf.random.normal([n, n])
+  b = tf.random.normal([n, n])
+  fn = tf.function(lambda: tf.matmul(a, b))
+  seconds = time_call(lambda: fn().numpy(), min_seconds)
+  return 2.0 * n ** 3 / seconds / 1e9
+
+
+def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
+  """Random images with targets from random boxes (static shapes, as the pipeline gives)."""
+  from detlab.detection.targets import AnchorTargetAssigner
+  rng = np.random.RandomState(seed)
+  size = model.anchors.image_size
+  assigner = AnchorTargetAssigner(model.anchors)
+  cls, box = [], []
+  for _ in range(batch):
+    centre = rng.uniform(0.2, 0.8, (5, 2)) * size
+    half = rng.uniform(0.05, 0.2, (5, 2)) * size
+    boxes = np.concatenate([centre - half, centre + half], -1).astype(np.float32)
+    c, b = assigner(tf.constant(boxes), tf.constant(rng.randint(0, model.num_classes, 5)))
+    cls.append(c)
+    box.append(b)
+  return {"images": tf.random.normal([batch, size, size, 3]), "cls_targets": tf.stack(cls),
+          "box_targets": tf.stack(box)}
+
+
+def measure(wanted, min_seconds: float, train_batch: int) -> dict:
+  from detlab.detection.losses import DetectionLoss
+  from detlab.detection.postprocess import PostprocessConfig, postprocess
+  from detlab.tasks.detection import DetectionTask
+  from detlab.training.loop import Trainer
+  from detlab.training.optimizer import OptimizerConfig, build_optimizer
+  model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
+  model = model_fn()
+  size = model.anchors.image_size
+  out = {"model": model.name, "image_size": size}
+  if "params" in wanted:
+    out["params"] = int(model.count_params())
+  if "gmacs" in wanted:
+    out["gmacs"] = count_gmacs(model, size)
+  if "matmul_gflops" in wanted:
+    out["matmul_gflops"] = matmul_gflops(min_seconds)
+  network = tf.function(lambda x: model(x, training=False))
+  for batch in (1, 8):
+    key = f"infer_img_s_bs{batch}"
+    if key in wanted:
+      images = tf.random.normal([batch, size, size, 3])
+      out[key] = batch / time_call(lambda: tf.nest.map_structure(
+          lambda t: t.numpy(), network(images)), min_seconds)
+  task = DetectionTask(model, DetectionLoss(), PostprocessConfig())
+  if "postprocess_ms" in wanted:
+    cls, box = model.flatten_outputs(*network(tf.random.normal([1, size, size, 3])))
+    post = tf.function(lambda c, b: postprocess(c, b, task.anchor_boxes, size))
+    out["postprocess_ms"] = 1000 * time_call(
+        lambda: post(cls, box)["num_detections"].numpy(), min_seconds)
+  if "e2e_img_s_bs1" in wanted:
+    images = tf.random.normal([1, size, size, 3])
+    out["e2e_img_s_bs1"] = 1.0 / time_call(
+        lambda: task.detect(images)["num_detections"].numpy(), min_seconds)
+  if "train_img_s_bs8" in wanted:
+    strategy = tf.distribute.get_strategy()
+    optimizer, _ = build_optimizer(OptimizerConfig(), train_batch, 10_000, 0)
+    trainer = Trainer(strategy, model, optimizer, task.compute_loss, 4e-5, 10.0)
+    batch = synthetic_train_batch(model, train_batch)
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    steps = tf.constant(1)
+    seconds = time_call(lambda: (trainer.train_steps(iterator, steps),
+                                 trainer.metrics["total"].result().numpy()), min_seconds)
+    out[f"train_img_s_bs{train_batch}"] = train_batch / seconds
+  if "gmacs" in out and "matmul_gflops" in out and "infer_img_s_bs8" in out:
+    out["fraction_of_matmul_peak_bs8"] = (
+        2 * out["gmacs"] * out["infer_img_s_bs8"] / out["matmul_gflops"])
+  return out
+
+
+def format_table(result: dict) -> str:
+  units = {"params": "", "gmacs": "G multiply-adds", "matmul_gflops": "GFLOP/s fp32",
+           "postprocess_ms": "ms/image", "fraction_of_matmul_peak_bs8": "of matmul peak"}
+  lines = []
+  for key, value in result.items():
+    text = f"{value:,}" if isinstance(value, int) else (
+        f"{value:.3f}" if isinstance(value, float) else str(value))
+    unit = units.get(key, "images/s" if "img_s" in key else "")
+    lines.append(f"{key:30s} {text:>14s} {unit}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+  wanted = set(FLAGS.only) or set(ALL)
+  unknown = wanted - set(ALL)
+  if unknown:
+    raise app.UsageError(f"Unknown --only entries {sorted(unknown)}; choose from {ALL}.")
+  result = measure(wanted, FLAGS.seconds, FLAGS.train_batch)
+  print(json.dumps(result) if FLAGS.json else format_table(result), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""COCO evaluation (pycocotools) and result rendering."""

@@ -1,0 +1,1 @@
+"""Tasks: model, inputs, loss and evaluator for detection (later classification, segmentation)."""

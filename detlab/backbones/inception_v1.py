@@ -1,0 +1,97 @@
+"""GoogLeNet / Inception v1 (Szegedy et al., "Going deeper with convolutions", 2014).
+
+Inception modules concatenate four branches: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max-pool -> 1x1
+projection. Convs have biases and ReLU, no BN (the 2014 network); LRN after the first pool and
+after conv2, as in the paper. The paper's 224 geometry (112/56/28/14/7) is 'same' padding
+throughout, so the classifier and the feature extractor share one geometry.
+
+Classifier: global average pool (7x7 at 224), dropout 0.4, FC. Two aux classifiers on 4a and
+4d (loss weight 0.3, training only; see `detlab.backbones.classifier`).
+Levels (include_top=False): 2 = conv2 (192), 3 = 3b (480), 4 = 4e (832), 5 = 5b (1024).
+"""
+import gin
+import tf_keras as keras
+
+from detlab.backbones.classifier import classification_model, resolve_geometry
+from detlab.backbones.contract import features_model
+from detlab.layers.aux_head import googlenet_aux_head
+from detlab.layers.conv_bn import conv_bn_act
+from detlab.layers.local_response_norm import LocalResponseNormalization
+
+# Paper Table 1: module -> (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
+MODULES = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+    "4b": (160, 112, 224, 24, 64, 64),
+    "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64),
+    "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128),
+    "5b": (384, 192, 384, 48, 128, 128),
+}
+STAGES = (("3a", "3b"), ("4a", "4b", "4c", "4d", "4e"), ("5a", "5b"))
+AUX_SITES = ("4a", "4d")
+AUX_LOSS_WEIGHT = 0.3
+NATIVE_SIZE = 224
+
+
+def _conv(x, filters: int, kernel_size, name: str, strides: int = 1):
+  return conv_bn_act(x, filters, kernel_size, strides=strides, use_bn=False,
+                     conv_name=name, act_name=name + "_relu")
+
+
+def inception_module(x, name: str):
+  """One GoogLeNet module: [B, H, W, C] -> [B, H, W, #1x1 + #3x3 + #5x5 + pool proj]."""
+  n1, n3r, n3, n5r, n5, npool = MODULES[name]
+  p = f"inception_{name}"
+  branch1 = _conv(x, n1, 1, f"{p}_1x1")
+  branch3 = _conv(_conv(x, n3r, 1, f"{p}_3x3_reduce"), n3, 3, f"{p}_3x3")
+  branch5 = _conv(_conv(x, n5r, 1, f"{p}_5x5_reduce"), n5, 5, f"{p}_5x5")
+  pool = keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{p}_pool")(x)
+  branch_pool = _conv(pool, npool, 1, f"{p}_pool_proj")
+  return keras.layers.Concatenate(name=f"{p}_output")([branch1, branch3, branch5, branch_pool])
+
+
+def build_inception_v1(*, input_shape=None, include_top: bool = False, num_classes: int = 1000,
+                       aux_logits: bool = True, dropout: float = 0.4, use_lrn: bool = True,
+                       sync_bn: bool = False, min_level: int = 2, max_level: int = 5,
+                       name: str = "inception_v1") -> keras.Model:
+  """GoogLeNet as a classifier (include_top=True) or a `{str(level): tensor}` extractor.
+
+  Input: float32 [B, S, S, 3] in [-1, 1]. input_shape None: (224, 224, 3) for the classifier,
+  (None, None, 3) for the extractor. aux_logits: build the two training-only aux heads.
+  sync_bn: accepted for the family's common interface; GoogLeNet has no BN.
+  """
+  del sync_bn
+  _, input_shape = resolve_geometry(include_top, "same", input_shape, NATIVE_SIZE)
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = _conv(inputs, 64, 7, "conv1_7x7", strides=2)
+  x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+  if use_lrn:
+    x = LocalResponseNormalization(name="pool1_norm")(x)
+  x = _conv(x, 64, 1, "conv2_3x3_reduce")
+  x = _conv(x, 192, 3, "conv2_3x3")
+  if use_lrn:
+    x = LocalResponseNormalization(name="conv2_norm")(x)
+  endpoints, aux = {"2": x}, {}
+  for level, modules in enumerate(STAGES, start=3):
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{level - 1}")(x)
+    for module in modules:
+      x = inception_module(x, module)
+      if include_top and aux_logits and module in AUX_SITES:
+        aux[f"aux_logits_{module}"] = googlenet_aux_head(x, num_classes, f"aux_{module}")
+    endpoints[str(level)] = x
+
+  if not include_top:
+    return features_model(inputs, endpoints, min_level, max_level, name=name)
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+  logits = keras.layers.Dense(num_classes, name="predictions")(x)
+  return classification_model(inputs, logits, aux, AUX_LOSS_WEIGHT, name)
+
+
+@gin.register(module="detlab.backbones")
+def inception_v1(**kwargs) -> keras.Model:
+  """GoogLeNet (see `build_inception_v1` for arguments)."""
+  return build_inception_v1(**kwargs)

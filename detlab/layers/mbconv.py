@@ -5,7 +5,7 @@ copied across by name.
 """
 import tf_keras as keras
 
-from detlab.layers.normalization import batch_norm
+from detlab.layers.normalization import BN_MOMENTUM, batch_norm
 
 
 def conv_init() -> keras.initializers.Initializer:
@@ -31,12 +31,13 @@ def _squeeze_excite(x, filters_in: int, filters: int, se_ratio: float, activatio
 
 
 def _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate, prefix,
-                          kernel_size=1, conv_strides=1, activation=None, sync_bn=False):
+                          kernel_size=1, conv_strides=1, activation=None, sync_bn=False,
+                          bn_momentum=BN_MOMENTUM):
   """Projection conv + BN, then the residual add when the block keeps shape (`strides` 1)."""
   x = keras.layers.Conv2D(filters_out, kernel_size, strides=conv_strides, padding="same",
                           use_bias=False, kernel_initializer=conv_init(),
                           name=prefix + "project_conv")(x)
-  x = batch_norm(prefix + "project_bn", synchronized=sync_bn)(x)
+  x = batch_norm(prefix + "project_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
   if activation:
     x = keras.layers.Activation(activation, name=prefix + "project_activation")(x)
   if strides == 1 and filters_in == filters_out:
@@ -49,28 +50,33 @@ def _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate
 
 def mbconv_block(inputs, *, filters_in: int, filters_out: int, kernel_size: int, strides: int,
                  expand_ratio: float, se_ratio: float, drop_rate: float, activation: str,
-                 prefix: str, sync_bn: bool = False):
-  """Inverted residual: 1x1 expand -> depthwise kxk -> SE -> 1x1 project (+ residual)."""
+                 prefix: str, sync_bn: bool = False, bn_momentum: float = BN_MOMENTUM,
+                 dwconv_name: str = "dwconv"):
+  """Inverted residual: 1x1 expand -> depthwise kxk -> SE -> 1x1 project (+ residual).
+
+  `dwconv_name`: keras apps call the depthwise conv `dwconv` in V1 and `dwconv2` in V2.
+  """
   filters = filters_in * expand_ratio
   x = inputs
   if expand_ratio != 1:
     x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
                             kernel_initializer=conv_init(), name=prefix + "expand_conv")(x)
-    x = batch_norm(prefix + "expand_bn", synchronized=sync_bn)(x)
+    x = batch_norm(prefix + "expand_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
     x = keras.layers.Activation(activation, name=prefix + "expand_activation")(x)
   x = keras.layers.DepthwiseConv2D(kernel_size, strides=strides, padding="same", use_bias=False,
-                                   depthwise_initializer=conv_init(), name=prefix + "dwconv")(x)
-  x = batch_norm(prefix + "bn", synchronized=sync_bn)(x)
+                                   depthwise_initializer=conv_init(), name=prefix + dwconv_name)(x)
+  x = batch_norm(prefix + "bn", momentum=bn_momentum, synchronized=sync_bn)(x)
   x = keras.layers.Activation(activation, name=prefix + "activation")(x)
   if 0 < se_ratio <= 1:
     x = _squeeze_excite(x, filters_in, filters, se_ratio, activation, prefix)
   return _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate, prefix,
-                               sync_bn=sync_bn)
+                               sync_bn=sync_bn, bn_momentum=bn_momentum)
 
 
 def fused_mbconv_block(inputs, *, filters_in: int, filters_out: int, kernel_size: int,
                        strides: int, expand_ratio: float, se_ratio: float, drop_rate: float,
-                       activation: str, prefix: str, sync_bn: bool = False):
+                       activation: str, prefix: str, sync_bn: bool = False,
+                       bn_momentum: float = BN_MOMENTUM):
   """Fused-MBConv (EfficientNetV2): kxk expand conv replaces expand + depthwise.
 
   With expand_ratio 1 the single kxk conv is the projection (and carries the activation).
@@ -81,13 +87,14 @@ def fused_mbconv_block(inputs, *, filters_in: int, filters_out: int, kernel_size
     x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                             use_bias=False, kernel_initializer=conv_init(),
                             name=prefix + "expand_conv")(x)
-    x = batch_norm(prefix + "expand_bn", synchronized=sync_bn)(x)
+    x = batch_norm(prefix + "expand_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
     x = keras.layers.Activation(activation, name=prefix + "expand_activation")(x)
   if 0 < se_ratio <= 1:
     x = _squeeze_excite(x, filters_in, filters, se_ratio, activation, prefix)
   if expand_ratio == 1:
     return _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate, prefix,
                                  kernel_size=kernel_size, conv_strides=strides,
-                                 activation=activation, sync_bn=sync_bn)
+                                 activation=activation, sync_bn=sync_bn,
+                                 bn_momentum=bn_momentum)
   return _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate, prefix,
-                               sync_bn=sync_bn)
+                               sync_bn=sync_bn, bn_momentum=bn_momentum)

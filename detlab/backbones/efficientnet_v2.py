@@ -1,0 +1,258 @@
+"""EfficientNetV2 B0-B3, S, M, L, XL (Tan & Le, 2021): classifier and multi-level feature extractor.
+
+Differences from V1 (`efficientnet.py`), all as in the paper's reference code and keras apps:
+- Fused-MBConv (one kxk conv instead of 1x1 expand + depthwise) in the early stages, MBConv
+  with SE later; every kernel is 3x3; the first stages have no SE.
+- Scaling is non-uniform: S/M/L/XL each have their own block table (later stages get more
+  layers); B0-B3 scale the base table uniformly by (width, depth) as V1 does.
+- Channel rounding has no "+divisor when rounded down by > 10 %" step and a `min_depth` floor.
+- BatchNorm momentum 0.9 (epsilon 1e-3 as V1); the depthwise conv is named `dwconv2`.
+Stochastic depth grows linearly to `drop_connect_rate` at the last block, as in detlab's V1
+(keras apps stop one step short: rate * b / N); it does not change inference or weights.
+"""
+import dataclasses
+
+import gin
+import tf_keras as keras
+
+from detlab.backbones.contract import features_model
+from detlab.backbones.efficientnet import BlockSpec, round_repeats
+from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
+from detlab.layers.mbconv import conv_init
+
+# BatchNorm momentum of every V2 model (keras apps / reference code); epsilon stays 1e-3.
+V2_BN_MOMENTUM = 0.9
+
+
+def _fused(repeats: int, filters_in: int, filters_out: int, expand_ratio: int,
+           strides: int) -> BlockSpec:
+  """A Fused-MBConv stage: 3x3, no SE."""
+  return BlockSpec(3, repeats, filters_in, filters_out, expand_ratio, strides, 0.0, fused=True)
+
+
+def _mbconv(repeats: int, filters_in: int, filters_out: int, expand_ratio: int,
+            strides: int) -> BlockSpec:
+  """An MBConv stage: 3x3 depthwise, SE 0.25."""
+  return BlockSpec(3, repeats, filters_in, filters_out, expand_ratio, strides, 0.25)
+
+
+# Base table of the B-variants (reference code `v2_base_block`), scaled like V1.
+V2_BASE_BLOCKS = (
+    _fused(1, 32, 16, 1, 1),
+    _fused(2, 16, 32, 4, 2),
+    _fused(2, 32, 48, 4, 2),
+    _mbconv(3, 48, 96, 4, 2),
+    _mbconv(5, 96, 112, 6, 1),
+    _mbconv(8, 112, 192, 6, 2),
+)
+
+# Paper Table 4 (EfficientNetV2-S).
+V2_S_BLOCKS = (
+    _fused(2, 24, 24, 1, 1),
+    _fused(4, 24, 48, 4, 2),
+    _fused(4, 48, 64, 4, 2),
+    _mbconv(6, 64, 128, 4, 2),
+    _mbconv(9, 128, 160, 6, 1),
+    _mbconv(15, 160, 256, 6, 2),
+)
+
+V2_M_BLOCKS = (
+    _fused(3, 24, 24, 1, 1),
+    _fused(5, 24, 48, 4, 2),
+    _fused(5, 48, 80, 4, 2),
+    _mbconv(7, 80, 160, 4, 2),
+    _mbconv(14, 160, 176, 6, 1),
+    _mbconv(18, 176, 304, 6, 2),
+    _mbconv(5, 304, 512, 6, 1),
+)
+
+V2_L_BLOCKS = (
+    _fused(4, 32, 32, 1, 1),
+    _fused(7, 32, 64, 4, 2),
+    _fused(7, 64, 96, 4, 2),
+    _mbconv(10, 96, 192, 4, 2),
+    _mbconv(19, 192, 224, 6, 1),
+    _mbconv(25, 224, 384, 6, 2),
+    _mbconv(7, 384, 640, 6, 1),
+)
+
+# XL (reference code `v2_xl_block`; ImageNet-21k pretraining only, not in keras apps).
+V2_XL_BLOCKS = (
+    _fused(4, 32, 32, 1, 1),
+    _fused(8, 32, 64, 4, 2),
+    _fused(8, 64, 96, 4, 2),
+    _mbconv(16, 96, 192, 4, 2),
+    _mbconv(24, 192, 256, 6, 1),
+    _mbconv(32, 256, 512, 6, 2),
+    _mbconv(8, 512, 640, 6, 1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class V2Variant:
+  """One variant: its block table, scaling and the paper's train/eval sizes and dropout."""
+  blocks: tuple
+  width: float
+  depth: float
+  train_size: int
+  eval_size: int
+  dropout: float
+
+
+# Reference code `efficientnetv2_params` (keras apps use dropout 0.2 for all; paper values here).
+V2_VARIANTS = {
+    "b0": V2Variant(V2_BASE_BLOCKS, 1.0, 1.0, 192, 224, 0.2),
+    "b1": V2Variant(V2_BASE_BLOCKS, 1.0, 1.1, 192, 240, 0.2),
+    "b2": V2Variant(V2_BASE_BLOCKS, 1.1, 1.2, 208, 260, 0.3),
+    "b3": V2Variant(V2_BASE_BLOCKS, 1.2, 1.4, 240, 300, 0.3),
+    "s": V2Variant(V2_S_BLOCKS, 1.0, 1.0, 300, 384, 0.2),
+    "m": V2Variant(V2_M_BLOCKS, 1.0, 1.0, 384, 480, 0.3),
+    "l": V2Variant(V2_L_BLOCKS, 1.0, 1.0, 384, 480, 0.4),
+    "xl": V2Variant(V2_XL_BLOCKS, 1.0, 1.0, 384, 512, 0.4),
+}
+
+
+def round_filters_v2(filters: float, width: float, divisor: int = 8,
+                     min_depth: int | None = 8) -> int:
+  """Scales channels by `width` to the nearest multiple of `divisor`, at least `min_depth`.
+
+  Unlike V1's rounding there is no correction when rounding down by more than 10 %.
+  """
+  filters *= width
+  minimum = min_depth or divisor
+  return int(max(minimum, int(filters + divisor / 2) // divisor * divisor))
+
+
+def scale_blocks_v2(blocks, width: float, depth: float, divisor: int = 8,
+                    min_depth: int | None = 8) -> list[BlockSpec]:
+  """The block table with filters rounded (`round_filters_v2`) and repeats ceil-scaled."""
+  return [dataclasses.replace(
+      b, filters_in=round_filters_v2(b.filters_in, width, divisor, min_depth),
+      filters_out=round_filters_v2(b.filters_out, width, divisor, min_depth),
+      repeats=round_repeats(b.repeats, depth)) for b in blocks]
+
+
+def block_prefix(stage: int, index: int) -> str:
+  """`block{stage}{letters}_` with letters a..z, then aa, ab, ... (XL has 32 blocks in a stage).
+
+  Identical to keras apps' names for the first 26 blocks of a stage.
+  """
+  letters = ""
+  index += 1
+  while index > 0:
+    index, rem = divmod(index - 1, 26)
+    letters = chr(97 + rem) + letters
+  return f"block{stage}{letters}_"
+
+
+def drop_rates(total_blocks: int, drop_connect_rate: float) -> list[float]:
+  """Stochastic-depth rate per block: linear from 0 to `drop_connect_rate` at the last block."""
+  return [drop_connect_rate * i / max(1, total_blocks - 1) for i in range(total_blocks)]
+
+
+def build_efficientnet_v2(blocks, *, width: float, depth: float, dropout: float, name: str,
+                          top_filters: int = 1280, drop_connect_rate: float = 0.2,
+                          activation: str = "swish", bn_momentum: float = V2_BN_MOMENTUM,
+                          input_shape=(None, None, 3), include_top: bool = False,
+                          num_classes: int = 1000, sync_bn: bool = False,
+                          depth_divisor: int = 8, min_depth: int | None = 8,
+                          min_level: int = 2, max_level: int = 5) -> keras.Model:
+  """Builds an EfficientNetV2 network from a block table.
+
+  The stem width is the first stage's (rounded) input filters.
+  Args:
+    blocks: the unscaled block table (`BlockSpec`s; `fused=True` for Fused-MBConv stages).
+    include_top: False -> a feature extractor returning `{str(level): [B, ceil(S/2^l), ., C_l]}`
+      for min_level..max_level (level 5 is the last block, before `top_conv`);
+      True -> a classifier returning logits [B, num_classes].
+  Input: float32 [B, S, S, 3], already preprocessed (see `weight_import.keras_preprocessing`:
+    ImageNet mean/std for B0-B3, [-1, 1] for S/M/L/XL when using keras weights).
+  """
+  def rf(filters: float) -> int:
+    return round_filters_v2(filters, width, depth_divisor, min_depth)
+
+  def bn(layer_name: str) -> keras.layers.Layer:
+    return batch_norm(layer_name, momentum=bn_momentum, synchronized=sync_bn)
+
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Conv2D(rf(blocks[0].filters_in), 3, strides=2, padding="same",
+                          use_bias=False, kernel_initializer=conv_init(),
+                          name="stem_conv")(inputs)
+  x = bn("stem_bn")(x)
+  x = keras.layers.Activation(activation, name="stem_activation")(x)
+
+  specs = scale_blocks_v2(blocks, width, depth, depth_divisor, min_depth)
+  rates = drop_rates(sum(s.repeats for s in specs), drop_connect_rate)
+  endpoints, level, block_index = {}, 1, 0
+  for stage, spec in enumerate(specs):
+    for j in range(spec.repeats):
+      first = j == 0
+      strides = spec.strides if first else 1
+      if strides == 2:
+        endpoints[str(level)] = x  # last tensor at the finer level
+        level += 1
+      common = dict(filters_in=spec.filters_in if first else spec.filters_out,
+                    filters_out=spec.filters_out, kernel_size=spec.kernel_size,
+                    strides=strides, expand_ratio=spec.expand_ratio, se_ratio=spec.se_ratio,
+                    drop_rate=rates[block_index], activation=activation,
+                    prefix=block_prefix(stage + 1, j), sync_bn=sync_bn,
+                    bn_momentum=bn_momentum)
+      if spec.fused:
+        x = fused_mbconv_block(x, **common)
+      else:
+        x = mbconv_block(x, dwconv_name="dwconv2", **common)
+      block_index += 1
+  endpoints[str(level)] = x
+
+  if not include_top:
+    return features_model(inputs, endpoints, min_level, max_level, name=name)
+  x = keras.layers.Conv2D(rf(top_filters), 1, padding="same", use_bias=False,
+                          kernel_initializer=conv_init(), name="top_conv")(x)
+  x = bn("top_bn")(x)
+  x = keras.layers.Activation(activation, name="top_activation")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  if dropout > 0:
+    x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+  # Uniform fan-out init with scale 1/3, as the reference code.
+  logits = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.VarianceScaling(
+      scale=1.0 / 3.0, mode="fan_out", distribution="uniform"), name="predictions")(x)
+  return keras.Model(inputs, logits, name=name)
+
+
+def efficientnet_v2(variant: str, **kwargs) -> keras.Model:
+  """EfficientNetV2-`variant` ('b0'-'b3', 's', 'm', 'l', 'xl').
+
+  kwargs as `build_efficientnet_v2`; the classifier dropout defaults to the variant's.
+  """
+  if variant not in V2_VARIANTS:
+    raise ValueError(f"Unknown EfficientNetV2 variant {variant!r}; choose one of "
+                     f"{list(V2_VARIANTS)}.")
+  spec = V2_VARIANTS[variant]
+  kwargs.setdefault("dropout", spec.dropout)
+  return build_efficientnet_v2(spec.blocks, width=spec.width, depth=spec.depth,
+                               name=f"efficientnetv2-{variant}", **kwargs)
+
+
+def native_resolution(variant: str) -> int:
+  """The paper's evaluation image size for `variant`."""
+  return V2_VARIANTS[variant].eval_size
+
+
+def _register(variant: str):
+  def builder(**kwargs) -> keras.Model:
+    return efficientnet_v2(variant, **kwargs)
+  builder.__name__ = builder.__qualname__ = f"efficientnetv2_{variant}"
+  builder.__doc__ = (f"EfficientNetV2-{variant.upper()} (see `build_efficientnet_v2` for "
+                     "arguments).")
+  return gin.register(builder, module="detlab.backbones")
+
+
+# efficientnetv2_b0 ... efficientnetv2_xl: gin-registered builders (`@efficientnetv2_s`).
+efficientnetv2_b0 = _register("b0")
+efficientnetv2_b1 = _register("b1")
+efficientnetv2_b2 = _register("b2")
+efficientnetv2_b3 = _register("b3")
+efficientnetv2_s = _register("s")
+efficientnetv2_m = _register("m")
+efficientnetv2_l = _register("l")
+efficientnetv2_xl = _register("xl")

@@ -1,0 +1,186 @@
+"""EfficientNet V1 (B0-B7) and V2 (B0-B3, S, M, L, XL): sizes and hyper-parameters.
+
+Parameter counts are for the 1000-class classifier; the keras-apps counts exclude keras' input
+`Normalization` layer (V1: 7 numbers), which detlab does not have. The keras apps source
+(`tf_keras.src.applications.efficientnet_v2`) is the oracle for the V2 tables and rounding.
+Models are built at 32 px: parameter counts do not depend on the image size.
+"""
+import math
+
+import pytest
+import tf_keras as keras
+from tf_keras.src.applications import efficientnet_v2 as keras_v2
+
+from detlab.backbones import efficientnet, efficientnet_v2
+
+V1_COUNTS = {"b0": 5_330_564, "b1": 7_856_232, "b2": 9_177_562, "b3": 12_320_528,
+             "b4": 19_466_816, "b5": 30_562_520, "b6": 43_265_136, "b7": 66_658_680}
+V2_COUNTS = {"b0": 7_200_312, "b1": 8_212_124, "b2": 10_178_374, "b3": 14_467_622,
+             "s": 21_612_360, "m": 54_431_388, "l": 119_027_848}
+V2_XL_PAPER_COUNT = 208e6
+# Classifier dropout: V1 paper / reference code; V2 reference code `efficientnetv2_params`.
+V1_DROPOUT = {"b0": 0.2, "b1": 0.2, "b2": 0.3, "b3": 0.3, "b4": 0.4, "b5": 0.4, "b6": 0.5,
+              "b7": 0.5}
+V2_DROPOUT = {"b0": 0.2, "b1": 0.2, "b2": 0.3, "b3": 0.3, "s": 0.2, "m": 0.3, "l": 0.4,
+              "xl": 0.4}
+SMALL = (32, 32, 3)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session():
+  yield
+  keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("variant", list(V1_COUNTS))
+def test_v1_param_count_and_dropout(variant: str) -> None:
+  model = efficientnet.efficientnet(variant, include_top=True, input_shape=SMALL)
+  assert model.count_params() == V1_COUNTS[variant]
+  assert model.get_layer("top_dropout").rate == V1_DROPOUT[variant]
+
+
+@pytest.mark.parametrize("variant", list(V2_COUNTS))
+def test_v2_param_count_and_dropout(variant: str) -> None:
+  model = efficientnet_v2.efficientnet_v2(variant, include_top=True, input_shape=SMALL)
+  assert model.count_params() == V2_COUNTS[variant]
+  assert model.get_layer("top_dropout").rate == V2_DROPOUT[variant]
+
+
+def test_v2_xl_param_count_within_one_percent_of_paper() -> None:
+  model = efficientnet_v2.efficientnetv2_xl(include_top=True, input_shape=SMALL)
+  count = model.count_params()
+  assert abs(count - V2_XL_PAPER_COUNT) / V2_XL_PAPER_COUNT < 0.01, count
+  assert model.get_layer("top_dropout").rate == 0.4
+  # Stage 6 has 32 blocks: names go a..z, then aa..af.
+  model.get_layer("block6af_project_conv")
+  with pytest.raises(ValueError):
+    model.get_layer("block6ag_project_conv")
+
+
+@pytest.mark.parametrize("variant", ["b0", "b1", "b2", "b3", "s", "m", "l"])
+def test_v2_block_tables_equal_keras_apps(variant: str) -> None:
+  ours = efficientnet_v2.V2_VARIANTS[variant].blocks
+  theirs = keras_v2.DEFAULT_BLOCKS_ARGS[f"efficientnetv2-{variant}"]
+  assert len(ours) == len(theirs)
+  for spec, args in zip(ours, theirs):
+    assert (spec.kernel_size, spec.repeats, spec.filters_in, spec.filters_out,
+            spec.expand_ratio, spec.strides, spec.se_ratio, spec.fused) == (
+                args["kernel_size"], args["num_repeat"], args["input_filters"],
+                args["output_filters"], args["expand_ratio"], args["strides"],
+                args["se_ratio"], args["conv_type"] == 1)
+
+
+def test_v2_tables_fused_early_mbconv_late_all_3x3() -> None:
+  for variant, spec in efficientnet_v2.V2_VARIANTS.items():
+    fused = [b.fused for b in spec.blocks]
+    assert fused[:3] == [True] * 3 and not any(fused[3:]), variant
+    assert {b.kernel_size for b in spec.blocks} == {3}, variant
+    assert [b.se_ratio for b in spec.blocks] == [0.0] * 3 + [0.25] * (len(fused) - 3), variant
+
+
+def test_v2_round_filters_matches_keras() -> None:
+  for filters in (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 1280):
+    for width in (0.25, 0.5, 1.0, 1.1, 1.2, 1.4, 1.6, 2.0):
+      assert efficientnet_v2.round_filters_v2(filters, width) == keras_v2.round_filters(
+          filters, width, min_depth=8, depth_divisor=8), (filters, width)
+  # No V1-style "+divisor when rounded down by > 10 %": 20 * 1.0 -> 24 either way, but
+  # 36 * 0.5 = 18 -> 16 in V2 (V1 bumps 16 < 0.9 * 18 to 24).
+  assert efficientnet_v2.round_filters_v2(36, 0.5) == 16
+  assert efficientnet.round_filters(36, 0.5) == 24
+  assert efficientnet_v2.round_filters_v2(4, 0.5) == 8  # min_depth floor
+
+
+def _blocks_in_order(model: keras.Model) -> list[str]:
+  """Block prefixes ('block1a_', ...) in build order."""
+  prefixes = []
+  for layer in model.layers:
+    if layer.name.startswith("block"):
+      prefix = layer.name.split("_")[0] + "_"
+      if prefix not in prefixes:
+        prefixes.append(prefix)
+  return prefixes
+
+
+# Feature extractors (include_top=False): all blocks, no classifier top.
+@pytest.fixture(scope="module")
+def v1_b1() -> keras.Model:
+  # B1: stage 7 has two blocks, so the last block is residual and carries a drop layer.
+  return efficientnet.efficientnet_b1(input_shape=SMALL)
+
+
+@pytest.fixture(scope="module")
+def v2_b0() -> keras.Model:
+  return efficientnet_v2.efficientnetv2_b0(input_shape=SMALL)
+
+
+def _check_stochastic_depth(model: keras.Model) -> None:
+  blocks = _blocks_in_order(model)
+  rates = {}
+  for i, prefix in enumerate(blocks):
+    names = {l.name for l in model.layers}
+    if prefix + "drop" in names:
+      rates[i] = model.get_layer(prefix + "drop").rate
+      assert model.get_layer(prefix + "drop").noise_shape == (None, 1, 1, 1)
+  assert len(rates) > len(blocks) // 2
+  for i, rate in rates.items():
+    assert rate == pytest.approx(0.2 * i / (len(blocks) - 1), abs=1e-9), blocks[i]
+  assert rates[len(blocks) - 1] == pytest.approx(0.2)
+
+
+def test_stochastic_depth_linear_to_0p2_at_last_block(v1_b1, v2_b0) -> None:
+  _check_stochastic_depth(v1_b1)
+  _check_stochastic_depth(v2_b0)
+  assert efficientnet_v2.drop_rates(5, 0.2) == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+
+
+def _check_se(model: keras.Model, expected_blocks_with_se: int) -> None:
+  """SE reduces to int(0.25 * the block's input channels); expand back to the block width."""
+  seen = 0
+  for prefix in _blocks_in_order(model):
+    layers = [l for l in model.layers if l.name.startswith(prefix)]
+    names = {l.name for l in layers}
+    if prefix + "se_reduce" not in names:
+      continue
+    seen += 1
+    block_in = int(layers[0].input.shape[-1])
+    width = int(model.get_layer(prefix + "se_excite").input[0].shape[-1])
+    assert model.get_layer(prefix + "se_reduce").filters == max(1, int(block_in * 0.25))
+    assert model.get_layer(prefix + "se_expand").filters == width
+  assert seen == expected_blocks_with_se
+
+
+def test_se_ratio_quarter_of_block_input(v1_b1, v2_b0) -> None:
+  assert v1_b1.get_layer("block2a_se_reduce").filters == 4  # 16 input channels
+  assert v1_b1.get_layer("block2a_se_expand").filters == 96  # 16 * 6
+  _check_se(v1_b1, expected_blocks_with_se=len(_blocks_in_order(v1_b1)))
+  # V2-B0: the three fused stages (1 + 2 + 2 blocks) have no SE, the 3 + 5 + 8 MBConvs do.
+  assert v2_b0.get_layer("block4a_se_reduce").filters == 12  # 48 input channels
+  _check_se(v2_b0, expected_blocks_with_se=16)
+
+
+@pytest.mark.parametrize("fixture_name,momentum", [("v1_b1", 0.99), ("v2_b0", 0.9)])
+def test_batch_norm_momentum_and_epsilon(request, fixture_name: str, momentum: float) -> None:
+  model = request.getfixturevalue(fixture_name)
+  bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert len(bns) > 50
+  assert {(l.momentum, l.epsilon) for l in bns} == {(momentum, 1e-3)}
+
+
+def test_v2_layer_kinds(v2_b0) -> None:
+  names = {l.name for l in v2_b0.layers}
+  # Fused stages: kxk expand conv, no depthwise; MBConv stages: `dwconv2` (keras V2 name).
+  assert v2_b0.get_layer("block2a_expand_conv").kernel_size == (3, 3)
+  assert v2_b0.get_layer("block2a_expand_conv").strides == (2, 2)
+  assert v2_b0.get_layer("block1a_project_conv").kernel_size == (3, 3)  # expand ratio 1
+  assert not any(n.startswith(("block1", "block2", "block3")) and "dwconv" in n for n in names)
+  assert v2_b0.get_layer("block4a_dwconv2").kernel_size == (3, 3)
+  assert v2_b0.get_layer("stem_conv").filters == 32
+
+
+def test_feature_channels_follow_the_tables(v1_b1, v2_b0) -> None:
+  assert {k: int(v.shape[-1]) for k, v in v1_b1.output.items()} == {
+      "2": 24, "3": 40, "4": 112, "5": 320}
+  assert {k: int(v.shape[-1]) for k, v in v2_b0.output.items()} == {
+      "2": 32, "3": 48, "4": 112, "5": 192}
+  assert efficientnet_v2.native_resolution("s") == 384
+  assert math.isclose(efficientnet_v2.V2_VARIANTS["b3"].width, 1.2)

@@ -80,9 +80,9 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
       results = trainer.results()
       trainer.reset_metrics()
       lr = float(learning_rate(step))
-      progress.update(step, prefix="train ", force=True, suffix=(
+      progress.update(step, prefix="train ", force=True, suffix=lambda p: (
           f" | loss {results['total']:.4f} (class {results['class']:.4f} box "
-          f"{results['box']:.5f}) lr {lr:.5f} {progress.rate * global_batch:.1f} img/s"))
+          f"{results['box']:.5f}) lr {lr:.5f} {p.rate * global_batch:.1f} img/s"))
       with summary_writer.as_default(step=step):
         for name, value in results.items():
           tf.summary.scalar(f"loss/{name}" if name != "grad_norm" else name, value)

@@ -1,0 +1,15 @@
+"""Fixtures shared by all tests: a tiny built-in data set made on the fly."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+  """A small built-in shapes data set (16 train, 8 val images) in a temp directory."""
+  from data_tools.make_shapes_dataset import make_dataset
+  out = tmp_path_factory.mktemp("shapes")
+  make_dataset(str(out), num_train=16, num_val=8, num_shards=2, seed=0, workers=1)
+  return str(out)

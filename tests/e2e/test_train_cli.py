@@ -1,0 +1,66 @@
+"""`python -m detlab.train` end to end on the built-in data set (tiny and short)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from detlab.evaluation.coco_evaluator import METRIC_NAMES
+
+
+def _run(model_dir, shapes_dir, *bindings, mode="train_and_eval"):
+  args = [sys.executable, "-m", "detlab.train", "--gin_file=efficientdet_d0_shapes.gin",
+          f"--model_dir={model_dir}", f"--mode={mode}"]
+  defaults = [
+      f"TRAIN_FILE_PATTERN='{shapes_dir}/train-*'", f"EVAL_FILE_PATTERN='{shapes_dir}/val-*'",
+      f"train.label_map_file='{shapes_dir}/label_map.json'",
+      f"train.annotation_file='{shapes_dir}/val_annotations.json'",
+      "IMAGE_SIZE=128", "Schedule.batch_size=2", "Schedule.steps_per_loop=2",
+      "Schedule.log_every_steps=2", "Schedule.checkpoint_every_steps=2"]
+  args += [f"--gin_bindings={b}" for b in defaults + list(bindings)]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_dir):
+  model_dir = tmp_path_factory.mktemp("run")
+  result = _run(model_dir, shapes_dir, "Schedule.train_steps=4")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir, result
+
+
+def test_train_and_eval_leaves_everything_a_user_needs(trained):
+  model_dir, result = trained
+  files = set(os.listdir(model_dir))
+  assert {"ckpt-4.index", "checkpoint", "operative_config.gin", "config.gin", "metrics.json",
+          "eval_detections.png", "variables.json"} <= files
+  assert os.listdir(model_dir / "train") and os.listdir(model_dir / "eval")  # events
+  operative = (model_dir / "operative_config.gin").read_text()
+  assert "efficientdet.fpn_width = 64" in operative
+  metrics = json.loads((model_dir / "metrics.json").read_text())
+  assert tuple(metrics["metrics"]) == METRIC_NAMES
+  assert set(metrics["per_class_AP"]) == {"ellipse", "rectangle", "triangle", "cross"}
+  assert metrics["step"] == 4 and metrics["nms"] == "soft"
+  assert "AP   AP50   AP75" in result.stdout and "ETA" in result.stderr
+  with Image.open(model_dir / "eval_detections.png") as png:
+    assert png.size[0] >= 4 * 128
+
+
+def test_a_second_start_resumes_from_the_latest_checkpoint(trained, shapes_dir):
+  model_dir, _ = trained
+  result = _run(model_dir, shapes_dir, "Schedule.train_steps=6", mode="train")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resuming at step 4 of 6" in result.stderr
+  assert "ckpt-6.index" in os.listdir(model_dir)
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_the_differences(trained, shapes_dir):
+  model_dir, _ = trained
+  result = _run(model_dir, shapes_dir, "NUM_CLASSES=5", mode="eval")
+  assert result.returncode != 0
+  assert "does not fit this model" in result.stderr
+  assert "class_net/predict/pointwise_kernel:0 checkpoint [1, 1, 64, 36] vs model " \
+         "[1, 1, 64, 45]" in result.stderr

@@ -13,6 +13,8 @@ Networks without aux heads return a plain functional Model producing logits.
 """
 import tf_keras as keras
 
+from detlab.backbones.contract import features_model
+
 
 def resolve_geometry(include_top: bool, padding: str | None, input_shape, native_size: int):
   """Picks ('valid'|'same', input_shape) for a builder.
@@ -58,3 +60,16 @@ def classification_model(inputs, logits, aux_logits: dict | None, aux_loss_weigh
                               {key: aux_loss_weight for key in aux_logits}, name=name)
   model(inputs)  # builds the wrapper (symbolic call, inference path)
   return model
+
+
+def backbone_or_classifier(inputs, x, endpoints: dict, *, include_top: bool, num_classes: int,
+                           dropout: float, aux_logits: dict | None, aux_loss_weight: float,
+                           min_level: int, max_level: int, name: str) -> keras.Model:
+  """The end of an Inception-style builder: the {str(level)} feature extractor, or the paper's
+  top (global average pool -> dropout -> FC, keras layer names) as a classifier."""
+  if not include_top:
+    return features_model(inputs, endpoints, min_level, max_level, name=name)
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+  logits = keras.layers.Dense(num_classes, name="predictions")(x)
+  return classification_model(inputs, logits, aux_logits, aux_loss_weight, name)

@@ -21,8 +21,7 @@ import dataclasses
 import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import classification_model, resolve_geometry
-from detlab.backbones.contract import features_model
+from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
 from detlab.layers.aux_head import inception_aux_head
 from detlab.layers.conv_bn import KerasAutoNames, auto_named_conv_bn, conv_bn_act
 from detlab.layers.inception_stem import inception_v3_stem
@@ -169,12 +168,10 @@ def build_inception_resnet(spec: InceptionResNetSpec, *, name: str, input_shape=
                     conv_name="conv_7b", bn_name="conv_7b_bn", act_name="conv_7b_ac")
   endpoints["5"] = x
 
-  if not include_top:
-    return features_model(inputs, endpoints, min_level, max_level, name=name)
-  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-  x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-  logits = keras.layers.Dense(num_classes, name="predictions")(x)
-  return classification_model(inputs, logits, aux, AUX_LOSS_WEIGHT, name)
+  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
+                                num_classes=num_classes, dropout=dropout, aux_logits=aux,
+                                aux_loss_weight=AUX_LOSS_WEIGHT, min_level=min_level,
+                                max_level=max_level, name=name)
 
 
 @gin.register(module="detlab.backbones")

@@ -12,8 +12,7 @@ Levels (include_top=False): 2 = conv2 (192), 3 = 3b (480), 4 = 4e (832), 5 = 5b 
 import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import classification_model, resolve_geometry
-from detlab.backbones.contract import features_model
+from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
 from detlab.layers.aux_head import googlenet_aux_head
 from detlab.layers.conv_bn import conv_bn_act
 from detlab.layers.local_response_norm import LocalResponseNormalization
@@ -83,12 +82,10 @@ def build_inception_v1(*, input_shape=None, include_top: bool = False, num_class
         aux[f"aux_logits_{module}"] = googlenet_aux_head(x, num_classes, f"aux_{module}")
     endpoints[str(level)] = x
 
-  if not include_top:
-    return features_model(inputs, endpoints, min_level, max_level, name=name)
-  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-  x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-  logits = keras.layers.Dense(num_classes, name="predictions")(x)
-  return classification_model(inputs, logits, aux, AUX_LOSS_WEIGHT, name)
+  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
+                                num_classes=num_classes, dropout=dropout, aux_logits=aux,
+                                aux_loss_weight=AUX_LOSS_WEIGHT, min_level=min_level,
+                                max_level=max_level, name=name)
 
 
 @gin.register(module="detlab.backbones")

@@ -16,8 +16,7 @@ Levels (include_top=False, 'same' padding): 2 = block2 output (128), 3 = block3 
 import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import classification_model, resolve_geometry
-from detlab.backbones.contract import features_model
+from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
 from detlab.layers.conv_bn import KerasAutoNames, conv_bn_act
 
 NATIVE_SIZE = 299
@@ -93,12 +92,10 @@ def build_xception(*, input_shape=None, include_top: bool = False, num_classes: 
                    activation_after=True)
   endpoints["5"] = x
 
-  if not include_top:
-    return features_model(inputs, endpoints, min_level, max_level, name=name)
-  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-  x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-  logits = keras.layers.Dense(num_classes, name="predictions")(x)
-  return classification_model(inputs, logits, None, 0.0, name)
+  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
+                                num_classes=num_classes, dropout=dropout, aux_logits=None,
+                                aux_loss_weight=0.0, min_level=min_level,
+                                max_level=max_level, name=name)
 
 
 @gin.register(module="detlab.backbones")

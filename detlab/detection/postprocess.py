@@ -81,7 +81,6 @@ def postprocess(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Te
   "scores" [B, D], "classes" [B, D] int32 (0-based), "num_detections" [B]}, D = max_detections.
   """
   class_outputs = tf.cast(class_outputs, tf.float32)
-  batch = tf.shape(class_outputs)[0]
   num_classes = class_outputs.shape[-1]
   k = min(config.pre_nms_top_k, class_outputs.shape[-2] * num_classes)
   top_logits, anchor_index, classes = _top_k_pairs(class_outputs, k)

@@ -1,6 +1,5 @@
 """The detection task: loss for training, prediction in original pixels, COCO evaluation."""
 import json
-import os
 
 from absl import logging
 import numpy as np

@@ -3,7 +3,6 @@
 Losses are computed per replica and scaled by 1 / num_replicas, so gradients summed across
 replicas equal the gradient of the global mean.
 """
-import time
 
 from absl import logging
 import tensorflow as tf

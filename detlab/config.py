@@ -1,5 +1,6 @@
 """Gin file resolution: a name found in gin_configs/ or a path, with helpful errors."""
 import importlib
+import logging
 import os
 
 import gin
@@ -33,8 +34,19 @@ def resolve_gin_file(name: str) -> str:
       "\n  ".join(available_gin_files()))
 
 
+class _QuietGinIncludes(logging.Filter):
+  """gin logs 'Path not found' at ERROR while it tries each location of an include before the
+  search path that holds it; the include then resolves, so the message only misleads."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("Path not found:", "system_path_file_exists:"))
+
+
 def parse_gin(gin_files: list[str], gin_bindings: list[str]) -> None:
   """Parses gin files (names or paths) and bindings; includes resolve in gin_configs/ too."""
-  import detlab.registry  # noqa: F401  (registers every configurable)
+  import detlab.registry  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  root = logging.getLogger()  # gin logs through the root logger
+  if not any(isinstance(f, _QuietGinIncludes) for f in root.filters):
+    root.addFilter(_QuietGinIncludes())
   gin.add_config_file_search_path(gin_configs_dir())
   gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files], gin_bindings)

@@ -5,9 +5,12 @@ r"""Train and evaluate a detector from gin files.
 --gin_file takes a name from gin_configs/ or a path (repeatable); --gin_bindings overrides
 (repeatable), e.g. --gin_bindings="Schedule.batch_size = 64".
 """
+import sys
+
 from absl import app, flags, logging
 
 from detlab import config
+from detlab.training.checkpoint import CheckpointMismatchError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin file name (in gin_configs/) or path.")
@@ -25,9 +28,14 @@ def main(argv):
     raise app.UsageError("Give at least one --gin_file; available: " +
                          ", ".join(config.available_gin_files()))
   logging.set_verbosity(logging.INFO)
-  config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-  from detlab.training.experiment import train  # after gin parsing, as the root
-  train(FLAGS.model_dir, FLAGS.mode)
+  try:
+    config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    from detlab.training.experiment import train  # pylint: disable=import-outside-toplevel
+    train(FLAGS.model_dir, FLAGS.mode)
+  except (FileNotFoundError, CheckpointMismatchError) as error:
+    # Errors that name their fix: print them plainly instead of a traceback.
+    print(f"detlab.train: error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

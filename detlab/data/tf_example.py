@@ -36,8 +36,10 @@ def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
 
 def build_example(*, encoded_image: bytes, image_format: str, source_id: str, height: int,
                   width: int, boxes_yxyx: np.ndarray, category_ids, category_names,
-                  is_crowd=None, areas=None, masks=None, filename: str = "") -> tf.train.Example:
-  """boxes_yxyx: [M, 4] pixels of the original image; masks: optional [M, H, W] uint8 0/1."""
+                  is_crowd=None, areas=None, masks=None, filename: str = "",
+                  difficult=None) -> tf.train.Example:
+  """boxes_yxyx: [M, 4] pixels of the original image; masks: optional [M, H, W] uint8 0/1
+  (stored as PNGs); difficult: optional [M] 0/1 (Pascal VOC's flag)."""
   boxes = np.asarray(boxes_yxyx, np.float32).reshape(-1, 4)
   count = len(boxes)
   feature = {
@@ -59,6 +61,8 @@ def build_example(*, encoded_image: bytes, image_format: str, source_id: str, he
   }
   if masks is not None:
     feature["image/object/mask"] = _bytes([encode_png(m.astype(np.uint8)) for m in masks])
+  if difficult is not None:
+    feature["image/object/difficult"] = _ints([int(d) for d in difficult])
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -107,3 +111,31 @@ def decode_example(serialized: tf.Tensor) -> dict:
   return {"image": image, "source_id": dense["image/source_id"], "height": height,
           "width": width, "boxes": pixel_boxes, "classes": classes, "is_crowd": is_crowd,
           "areas": areas}
+
+
+_EXTRA_FEATURES = {
+    "image/filename": tf.io.FixedLenFeature((), tf.string, default_value=""),
+    "image/object/class/text": tf.io.VarLenFeature(tf.string),
+    "image/object/difficult": tf.io.VarLenFeature(tf.int64),
+    "image/object/mask": tf.io.VarLenFeature(tf.string),
+}
+
+
+def decode_extras(serialized: tf.Tensor) -> dict:
+  """The keys decode_example leaves out (for tools and tests, not the training pipeline).
+
+  Returns {"filename" string, "class_text" [M] string, "difficult" [M] int32 (empty if the
+  record has none), "masks" [K, H, W] uint8 0/1 (K = 0 if the record has no masks)}.
+  """
+  parsed = tf.io.parse_single_example(serialized, {**_FEATURES, **_EXTRA_FEATURES})
+  dense = {k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v
+           for k, v in parsed.items()}
+  size = tf.maximum(tf.cast(tf.stack([dense["image/height"], dense["image/width"]]), tf.int32), 0)
+  pngs = dense["image/object/mask"]
+  masks = tf.cond(
+      tf.size(pngs) > 0,
+      lambda: tf.map_fn(lambda png: tf.io.decode_png(png, channels=1)[:, :, 0], pngs,
+                        fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
+      lambda: tf.zeros(tf.concat([[0], size], 0), tf.uint8))
+  return {"filename": dense["image/filename"], "class_text": dense["image/object/class/text"],
+          "difficult": tf.cast(dense["image/object/difficult"], tf.int32), "masks": masks}

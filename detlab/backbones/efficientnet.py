@@ -2,17 +2,20 @@
 
 One family definition -- the B0 block table -- scaled by each variant's (width, depth,
 resolution, dropout) coefficients with the paper's filter/repeat rounding.
+`build_efficientnet` also builds EfficientNetV2: `efficientnet_v2.py` passes its block tables
+(Fused-MBConv stages), channel rounding, BN momentum and layer names.
 """
 import dataclasses
 import math
+from typing import Callable
 
 import gin
 import tf_keras as keras
 
+from detlab.backbones.contract import features_model
 from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
 from detlab.layers.mbconv import conv_init
-from detlab.backbones.contract import features_model
-
+from detlab.layers.normalization import BN_MOMENTUM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,32 +68,70 @@ def round_repeats(repeats: int, depth: float) -> int:
   return int(math.ceil(depth * repeats))
 
 
-def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, name: str,
-                       stem_filters: int = 32, top_filters: int = 1280,
-                       drop_connect_rate: float = 0.2, activation: str = "swish",
-                       input_shape=(None, None, 3), include_top: bool = False,
-                       num_classes: int = 1000, sync_bn: bool = False,
-                       depth_divisor: int = 8, min_level: int = 2,
-                       max_level: int = 5) -> keras.Model:
-  """Builds an EfficientNet(V2)-style network from a block table.
+def block_prefix(stage: int, index: int) -> str:
+  """`block{stage}{letters}_` with letters a..z, then aa, ab, ... (V2-XL has 32 blocks in a stage).
 
-  Args:
-    blocks: the unscaled block table (`BlockSpec`s).
-    include_top: False -> a feature extractor returning `{str(level): [B, ceil(S/2^l), ., C_l]}`
-      for min_level..max_level; True -> a classifier returning logits [B, num_classes].
-  Input: images normalized with ImageNet mean/std, float32 [B, S, S, 3].
+  Identical to keras apps' names for the first 26 blocks of a stage.
   """
+  letters = ""
+  index += 1
+  while index > 0:
+    index, rem = divmod(index - 1, 26)
+    letters = chr(97 + rem) + letters
+  return f"block{stage}{letters}_"
+
+
+def drop_rates(total_blocks: int, drop_connect_rate: float) -> list[float]:
+  """Stochastic-depth rate per block: linear from 0 to `drop_connect_rate` at the last block."""
+  return [drop_connect_rate * i / max(1, total_blocks - 1) for i in range(total_blocks)]
+
+
+def scale_blocks(blocks, width: float, depth: float,
+                 filters_fn: Callable[[float], int] | None = None) -> list[BlockSpec]:
+  """The block table with filters rounded by `filters_fn` (default: V1 `round_filters` at
+  `width`) and repeats ceil-scaled by `depth`."""
+  filters_fn = filters_fn or (lambda f: round_filters(f, width))
+  return [dataclasses.replace(b, filters_in=filters_fn(b.filters_in),
+                              filters_out=filters_fn(b.filters_out),
+                              repeats=round_repeats(b.repeats, depth)) for b in blocks]
+
+
+def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, name: str,
+                       top_filters: int = 1280, drop_connect_rate: float = 0.2,
+                       activation: str = "swish", bn_momentum: float = BN_MOMENTUM,
+                       filters_fn: Callable[[float], int] | None = None,
+                       dwconv_name: str = "dwconv", input_shape=(None, None, 3),
+                       include_top: bool = False, num_classes: int = 1000,
+                       sync_bn: bool = False, depth_divisor: int = 8, min_level: int = 2,
+                       max_level: int = 5) -> keras.Model:
+  """Builds an EfficientNet (V1 or V2) network from a block table.
+
+  The stem width is the first stage's (rounded) input filters (32 for V1, as the paper).
+  Args:
+    blocks: the unscaled block table (`BlockSpec`s; `fused=True` for Fused-MBConv stages).
+    bn_momentum: 0.99 for V1, 0.9 for V2 (epsilon is 1e-3 in both).
+    filters_fn: unscaled channels -> scaled channels; default V1's `round_filters` at `width`
+      and `depth_divisor` (V2 passes its own rounding).
+    dwconv_name: keras apps' name of the MBConv depthwise conv (`dwconv` V1, `dwconv2` V2).
+    include_top: False -> a feature extractor returning `{str(level): [B, ceil(S/2^l), ., C_l]}`
+      for min_level..max_level (the last level is the last block, before `top_conv`);
+      True -> a classifier returning logits [B, num_classes].
+  Input: preprocessed images, float32 [B, S, S, 3] (ImageNet mean/std normalized for V1).
+  """
+  filters_fn = filters_fn or (lambda f: round_filters(f, width, depth_divisor))
+
+  def bn(layer_name: str) -> keras.layers.Layer:
+    return batch_norm(layer_name, momentum=bn_momentum, synchronized=sync_bn)
+
   inputs = keras.Input(shape=input_shape, name="image")
-  x = keras.layers.Conv2D(round_filters(stem_filters, width, depth_divisor), 3, strides=2,
-                          padding="same", use_bias=False, kernel_initializer=conv_init(),
+  x = keras.layers.Conv2D(filters_fn(blocks[0].filters_in), 3, strides=2, padding="same",
+                          use_bias=False, kernel_initializer=conv_init(),
                           name="stem_conv")(inputs)
-  x = batch_norm("stem_bn", synchronized=sync_bn)(x)
+  x = bn("stem_bn")(x)
   x = keras.layers.Activation(activation, name="stem_activation")(x)
 
-  specs = [dataclasses.replace(b, filters_in=round_filters(b.filters_in, width, depth_divisor),
-                               filters_out=round_filters(b.filters_out, width, depth_divisor),
-                               repeats=round_repeats(b.repeats, depth)) for b in blocks]
-  total_blocks = sum(s.repeats for s in specs)
+  specs = scale_blocks(blocks, width, depth, filters_fn)
+  rates = drop_rates(sum(s.repeats for s in specs), drop_connect_rate)
   endpoints, level, block_index = {}, 1, 0
   for stage, spec in enumerate(specs):
     for j in range(spec.repeats):
@@ -99,30 +140,31 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
       if strides == 2:
         endpoints[str(level)] = x  # last tensor at the finer level
         level += 1
-      # Stochastic depth rate grows linearly with depth, reaching drop_connect_rate at the end.
-      drop_rate = drop_connect_rate * block_index / max(1, total_blocks - 1)
-      block_fn = fused_mbconv_block if spec.fused else mbconv_block
-      x = block_fn(x, filters_in=spec.filters_in if first else spec.filters_out,
-                   filters_out=spec.filters_out, kernel_size=spec.kernel_size, strides=strides,
-                   expand_ratio=spec.expand_ratio, se_ratio=spec.se_ratio, drop_rate=drop_rate,
-                   activation=activation, prefix=f"block{stage + 1}{chr(j + 97)}_",
-                   sync_bn=sync_bn)
+      common = dict(filters_in=spec.filters_in if first else spec.filters_out,
+                    filters_out=spec.filters_out, kernel_size=spec.kernel_size,
+                    strides=strides, expand_ratio=spec.expand_ratio, se_ratio=spec.se_ratio,
+                    drop_rate=rates[block_index], activation=activation,
+                    prefix=block_prefix(stage + 1, j), sync_bn=sync_bn,
+                    bn_momentum=bn_momentum)
+      if spec.fused:
+        x = fused_mbconv_block(x, **common)
+      else:
+        x = mbconv_block(x, dwconv_name=dwconv_name, **common)
       block_index += 1
   endpoints[str(level)] = x
 
   if not include_top:
     return features_model(inputs, endpoints, min_level, max_level, name=name)
-  x = keras.layers.Conv2D(round_filters(top_filters, width, depth_divisor), 1, padding="same",
-                          use_bias=False, kernel_initializer=conv_init(), name="top_conv")(x)
-  x = batch_norm("top_bn", synchronized=sync_bn)(x)
+  x = keras.layers.Conv2D(filters_fn(top_filters), 1, padding="same", use_bias=False,
+                          kernel_initializer=conv_init(), name="top_conv")(x)
+  x = bn("top_bn")(x)
   x = keras.layers.Activation(activation, name="top_activation")(x)
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
   if dropout > 0:
     x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-  logits = keras.layers.Dense(num_classes, # Uniform fan-out init with scale 1/3, as the reference code.
-                              kernel_initializer=keras.initializers.VarianceScaling(
-                                  scale=1.0 / 3.0, mode="fan_out", distribution="uniform"),
-                              name="predictions")(x)
+  # Uniform fan-out init with scale 1/3, as the reference code.
+  logits = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.VarianceScaling(
+      scale=1.0 / 3.0, mode="fan_out", distribution="uniform"), name="predictions")(x)
   return keras.Model(inputs, logits, name=name)
 
 

@@ -9,16 +9,17 @@ Differences from V1 (`efficientnet.py`), all as in the paper's reference code an
 - BatchNorm momentum 0.9 (epsilon 1e-3 as V1); the depthwise conv is named `dwconv2`.
 Stochastic depth grows linearly to `drop_connect_rate` at the last block, as in detlab's V1
 (keras apps stop one step short: rate * b / N); it does not change inference or weights.
+The network itself is built by V1's `build_efficientnet` (stem, block loop, top); this file
+holds only V2's tables, rounding and defaults.
 """
 import dataclasses
 
 import gin
 import tf_keras as keras
 
-from detlab.backbones.contract import features_model
-from detlab.backbones.efficientnet import BlockSpec, round_repeats
-from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
-from detlab.layers.mbconv import conv_init
+# block_prefix and drop_rates are shared with V1; re-exported here for V2 users.
+from detlab.backbones.efficientnet import (BlockSpec, block_prefix,  # noqa: F401
+                                           build_efficientnet, drop_rates)
 
 # BatchNorm momentum of every V2 model (keras apps / reference code); epsilon stays 1e-3.
 V2_BN_MOMENTUM = 0.9
@@ -123,100 +124,19 @@ def round_filters_v2(filters: float, width: float, divisor: int = 8,
   return int(max(minimum, int(filters + divisor / 2) // divisor * divisor))
 
 
-def scale_blocks_v2(blocks, width: float, depth: float, divisor: int = 8,
-                    min_depth: int | None = 8) -> list[BlockSpec]:
-  """The block table with filters rounded (`round_filters_v2`) and repeats ceil-scaled."""
-  return [dataclasses.replace(
-      b, filters_in=round_filters_v2(b.filters_in, width, divisor, min_depth),
-      filters_out=round_filters_v2(b.filters_out, width, divisor, min_depth),
-      repeats=round_repeats(b.repeats, depth)) for b in blocks]
+def build_efficientnet_v2(blocks, *, width: float, depth: float,
+                          bn_momentum: float = V2_BN_MOMENTUM, depth_divisor: int = 8,
+                          min_depth: int | None = 8, **kwargs) -> keras.Model:
+  """`build_efficientnet` with V2's rounding (`round_filters_v2`), BN momentum and `dwconv2`.
 
-
-def block_prefix(stage: int, index: int) -> str:
-  """`block{stage}{letters}_` with letters a..z, then aa, ab, ... (XL has 32 blocks in a stage).
-
-  Identical to keras apps' names for the first 26 blocks of a stage.
+  kwargs as `build_efficientnet` (dropout, name, include_top, input_shape, ...). Input:
+  float32 [B, S, S, 3], already preprocessed (see `weight_import.keras_preprocessing`:
+  ImageNet mean/std for B0-B3, [-1, 1] for S/M/L/XL when using keras weights).
   """
-  letters = ""
-  index += 1
-  while index > 0:
-    index, rem = divmod(index - 1, 26)
-    letters = chr(97 + rem) + letters
-  return f"block{stage}{letters}_"
-
-
-def drop_rates(total_blocks: int, drop_connect_rate: float) -> list[float]:
-  """Stochastic-depth rate per block: linear from 0 to `drop_connect_rate` at the last block."""
-  return [drop_connect_rate * i / max(1, total_blocks - 1) for i in range(total_blocks)]
-
-
-def build_efficientnet_v2(blocks, *, width: float, depth: float, dropout: float, name: str,
-                          top_filters: int = 1280, drop_connect_rate: float = 0.2,
-                          activation: str = "swish", bn_momentum: float = V2_BN_MOMENTUM,
-                          input_shape=(None, None, 3), include_top: bool = False,
-                          num_classes: int = 1000, sync_bn: bool = False,
-                          depth_divisor: int = 8, min_depth: int | None = 8,
-                          min_level: int = 2, max_level: int = 5) -> keras.Model:
-  """Builds an EfficientNetV2 network from a block table.
-
-  The stem width is the first stage's (rounded) input filters.
-  Args:
-    blocks: the unscaled block table (`BlockSpec`s; `fused=True` for Fused-MBConv stages).
-    include_top: False -> a feature extractor returning `{str(level): [B, ceil(S/2^l), ., C_l]}`
-      for min_level..max_level (level 5 is the last block, before `top_conv`);
-      True -> a classifier returning logits [B, num_classes].
-  Input: float32 [B, S, S, 3], already preprocessed (see `weight_import.keras_preprocessing`:
-    ImageNet mean/std for B0-B3, [-1, 1] for S/M/L/XL when using keras weights).
-  """
-  def rf(filters: float) -> int:
-    return round_filters_v2(filters, width, depth_divisor, min_depth)
-
-  def bn(layer_name: str) -> keras.layers.Layer:
-    return batch_norm(layer_name, momentum=bn_momentum, synchronized=sync_bn)
-
-  inputs = keras.Input(shape=input_shape, name="image")
-  x = keras.layers.Conv2D(rf(blocks[0].filters_in), 3, strides=2, padding="same",
-                          use_bias=False, kernel_initializer=conv_init(),
-                          name="stem_conv")(inputs)
-  x = bn("stem_bn")(x)
-  x = keras.layers.Activation(activation, name="stem_activation")(x)
-
-  specs = scale_blocks_v2(blocks, width, depth, depth_divisor, min_depth)
-  rates = drop_rates(sum(s.repeats for s in specs), drop_connect_rate)
-  endpoints, level, block_index = {}, 1, 0
-  for stage, spec in enumerate(specs):
-    for j in range(spec.repeats):
-      first = j == 0
-      strides = spec.strides if first else 1
-      if strides == 2:
-        endpoints[str(level)] = x  # last tensor at the finer level
-        level += 1
-      common = dict(filters_in=spec.filters_in if first else spec.filters_out,
-                    filters_out=spec.filters_out, kernel_size=spec.kernel_size,
-                    strides=strides, expand_ratio=spec.expand_ratio, se_ratio=spec.se_ratio,
-                    drop_rate=rates[block_index], activation=activation,
-                    prefix=block_prefix(stage + 1, j), sync_bn=sync_bn,
-                    bn_momentum=bn_momentum)
-      if spec.fused:
-        x = fused_mbconv_block(x, **common)
-      else:
-        x = mbconv_block(x, dwconv_name="dwconv2", **common)
-      block_index += 1
-  endpoints[str(level)] = x
-
-  if not include_top:
-    return features_model(inputs, endpoints, min_level, max_level, name=name)
-  x = keras.layers.Conv2D(rf(top_filters), 1, padding="same", use_bias=False,
-                          kernel_initializer=conv_init(), name="top_conv")(x)
-  x = bn("top_bn")(x)
-  x = keras.layers.Activation(activation, name="top_activation")(x)
-  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-  if dropout > 0:
-    x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-  # Uniform fan-out init with scale 1/3, as the reference code.
-  logits = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.VarianceScaling(
-      scale=1.0 / 3.0, mode="fan_out", distribution="uniform"), name="predictions")(x)
-  return keras.Model(inputs, logits, name=name)
+  return build_efficientnet(
+      blocks, width=width, depth=depth, bn_momentum=bn_momentum, depth_divisor=depth_divisor,
+      filters_fn=lambda f: round_filters_v2(f, width, depth_divisor, min_depth),
+      dwconv_name="dwconv2", **kwargs)
 
 
 def efficientnet_v2(variant: str, **kwargs) -> keras.Model:

@@ -30,17 +30,31 @@ class EfficientDet(keras.Model):
     self.box_net = box_head(fpn_width, head_repeats, a, sync_bn=sync_bn, **levels)
 
   def call(self, images, training=None):
-    features = self.backbone(images, training=training)
-    features = {k: v for k, v in features.items()
-                if int(k) >= self.anchors.min_level}
-    features = self.fpn(features, training=training)
+    features = self.pyramid(images, training=training)
     return self.class_net(features, training=training), self.box_net(features,
                                                                      training=training)
 
+  def pyramid(self, images, training=None) -> dict:
+    """BiFPN features {str(l): [B, ceil(S/2^l), ceil(S/2^l), fpn_width]}, l = min..max level,
+    from the backbone's levels >= min_level."""
+    features = self.backbone(images, training=training)
+    features = {k: v for k, v in features.items() if int(k) >= self.anchors.min_level}
+    return self.fpn(features, training=training)
+
+  # Up to this size an eager forward pass builds faster than a graph trace (measured on 2 CPU
+  # cores: D3 at 896² 10 s eager vs 20 s traced); above it the trace wins (D7x at 1536²: 30 s
+  # and 1.5 GB traced, 65 s and 2.7 GB eager) because its cost does not grow with the size.
+  EAGER_BUILD_MAX_SIZE = 896
+
   def build_for_size(self) -> "EfficientDet":
-    """Creates all variables by running a dummy batch at the configured image size."""
+    """Creates all variables at the configured image size (keras creates them eagerly, under
+    `init_scope`, even during a graph trace)."""
     size = self.anchors.image_size
-    self(tf.zeros([1, size, size, 3]), training=False)
+    if size <= self.EAGER_BUILD_MAX_SIZE:
+      self(tf.zeros([1, size, size, 3]), training=False)
+    else:
+      spec = tf.TensorSpec([1, size, size, 3], tf.float32)
+      tf.function(lambda x: self(x, training=False)).get_concrete_function(spec)
     return self
 
   def flatten_outputs(self, class_outputs: dict, box_outputs: dict):

@@ -12,10 +12,31 @@ def clean_gin():
   gin.clear_config()
 
 
+# Data-only files: no model of their own; they go after a detector file.
+DATA_FILES = ("shapes_data.gin",)
+
+
 @pytest.mark.parametrize("name", config.available_gin_files())
 def test_every_gin_file_parses(name):
-  config.parse_gin([name], [])
+  files = ["efficientdet_d0.gin", name] if name in DATA_FILES else [name]
+  config.parse_gin(files, [])
   assert gin.query_parameter("train.model_fn") is not None
+
+
+def test_a_data_file_after_a_detector_file_keeps_the_model_and_sets_the_data():
+  config.parse_gin(["efficientdet_inception_v3.gin", "shapes_data.gin"], [])
+  assert gin.query_parameter("efficientdet.backbone_fn").selector == "inception_v3"
+  assert gin.query_parameter("efficientdet.fpn_width") == 88
+  assert gin.query_parameter("%NUM_CLASSES") == 4
+  assert gin.query_parameter("%TRAIN_FILE_PATTERN") == "data/shapes/train-*.tfrecord"
+
+
+def test_d0_shapes_keeps_every_binding_of_d0_plus_the_shapes_data_file():
+  config.parse_gin(["efficientdet_d0_shapes.gin"], [])
+  demo = set(gin.config_str().splitlines())
+  gin.clear_config()
+  config.parse_gin(["efficientdet_d0.gin", "shapes_data.gin"], [])
+  assert set(gin.config_str().splitlines()) <= demo
 
 
 def test_unknown_gin_name_lists_the_available_files():

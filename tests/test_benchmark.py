@@ -39,3 +39,23 @@ def test_full_measurement_reports_every_required_key():
   # The achieved fraction of the measured fp32 matmul peak is derived from the same run.
   assert out["fraction_of_matmul_peak_bs8"] == pytest.approx(
       2 * out["gmacs"] * out["infer_img_s_bs8"] / out["matmul_gflops"])
+
+
+def test_backbone_mode_measures_the_classifier_at_its_native_size():
+  assert benchmark.native_classifier_size("efficientnet_b3") == 300
+  assert benchmark.native_classifier_size("efficientnetv2_s") == 384
+  out = benchmark.measure_backbone("efficientnet_b0", {"params", "gmacs"}, 0.05, image_size=224)
+  assert out["params"] == 5_330_564  # keras apps' B0 classifier, less its Normalization layer
+  assert out["gmacs"] == pytest.approx(0.39, rel=0.03)  # paper: 0.39B FLOPs (multiply-adds)
+
+
+def test_input_pipeline_mode_times_the_configured_training_input(shapes_dir):
+  gin.clear_config()
+  config.parse_gin(["efficientdet_d0.gin"], [
+      "IMAGE_SIZE = 128", f"TRAIN_FILE_PATTERN = '{shapes_dir}/train-*.tfrecord'"])
+  try:
+    out = benchmark.measure({benchmark.INPUT}, min_seconds=0.2, train_batch=2)
+  finally:
+    gin.clear_config()
+  assert out[benchmark.INPUT] > 0
+  assert set(out) == {"model", "image_size", benchmark.INPUT}  # nothing else was timed

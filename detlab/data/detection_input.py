@@ -1,20 +1,31 @@
-"""Detection input pipeline: TFRecords -> decode -> augment -> resize+pad -> anchor targets.
+"""Detection input pipeline: source -> decode -> augment -> resize+pad -> anchor targets.
+
+Sources: TFRecord file patterns (OD-API keys; the built-in data set is one) or a TFDS
+detection builder (`tfds_name`, see tfds_source.py); both give decode_example's dict.
+Training transforms, in order: [mosaic of 4 decoded examples] -> `augmentations` steps on the
+uint8 image and pixel boxes (AutoAugment v0-v3, RandAugment; augment.py) -> normalization ->
+horizontal flip -> aspect-preserving resize with scale jitter U(aug_scale_min, aug_scale_max)
+and random crop -> boxes clipped, empty ones dropped -> at most `max_instances` boxes (the
+largest; the number dropped is printed) -> anchor targets.
 
 Images are normalized with ImageNet mean/std (x 255) *before* padding, so padding with 0
-equals the mean colour (reference convention). Aspect-preserving resize with scale jitter and
-random crop, horizontal flip, boxes clipped and empty boxes dropped, ground truth padded to
-`max_instances`. Every output has a static shape.
+equals the mean colour (reference convention). Every output has a static shape; evaluation
+ground truth stays in original pixels, padded to `max_instances`, with the scale kept.
 
 Category ids map to class index `id - 1` (reference convention: COCO ids 1..90 -> 90 logits),
 so non-contiguous ids need no remapping; an id outside 1..num_classes is an error.
 """
 import dataclasses
+from typing import Callable
 
 import gin
 import tensorflow as tf
 from absl import logging
 from official.vision.ops import box_ops, preprocess_ops
 
+from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
+from detlab.data import tfds_source
+from detlab.data.mosaic import Mosaic, mosaic_dataset
 from detlab.data.tf_example import decode_example
 from detlab.detection.anchors import AnchorConfig
 from detlab.detection.targets import AnchorTargetAssigner
@@ -28,9 +39,16 @@ BUILTIN_DATA_HINT = ("Create the built-in data set with:\n"
 @gin.register(module="detlab.data")
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-  """How one split is read and transformed."""
-  file_pattern: str
-  is_training: bool
+  """How one split is read and transformed.
+
+  Source: `file_pattern` (comma-separated TFRecord globs) unless `tfds_name` is set (a TFDS
+  detection builder such as 'coco/2017' or 'voc/2007', read from `tfds_data_dir`, downloaded
+  only if `tfds_download`). Training steps: `augmentations` is a list of callables
+  `(image uint8 [H, W, 3], boxes [M, 4] pixels) -> (image, boxes)` keeping the box count,
+  e.g. [@AutoAugment()] or [@RandAugment()]; `mosaic` = @Mosaic() stitches 4 images.
+  """
+  file_pattern: str = ""
+  is_training: bool = False
   aug_scale_min: float = 1.0      # scale jitter U(min, max); the paper's recipe: 0.1, 2.0
   aug_scale_max: float = 1.0
   flip: bool = True
@@ -38,6 +56,15 @@ class InputConfig:
   shuffle_buffer: int = 1024
   cache: bool = False
   skip_crowd_during_training: bool = True
+  augmentations: tuple = ()
+  mosaic: Mosaic | None = None
+  tfds_name: str | None = None
+  tfds_split: str = "train"
+  tfds_data_dir: str | None = None
+  tfds_download: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "augmentations", tuple(self.augmentations or ()))
 
 
 def _pad(tensor, size, value=0):
@@ -51,8 +78,12 @@ class DetectionParser:
     self.config, self.anchors, self.num_classes = config, anchors, num_classes
     self.assigner = AnchorTargetAssigner(anchors)
 
-  def __call__(self, serialized: tf.Tensor) -> dict:
-    data = decode_example(serialized)
+  def __call__(self, example) -> dict:
+    """A serialized Example (string tensor) or decode_example's dict -> train/eval dict."""
+    return self.parse(example if isinstance(example, dict) else decode_example(example))
+
+  def parse(self, data: dict) -> dict:
+    """decode_example's dict -> model inputs (train: images + targets; eval: + ground truth)."""
     image, boxes = data["image"], data["boxes"]
     classes = data["classes"] - 1
     tf.debugging.assert_less(
@@ -60,9 +91,12 @@ class DetectionParser:
         message=f"a category id exceeds num_classes={self.num_classes}; set num_classes to "
                 "the largest category id in your label map")
     tf.debugging.assert_non_negative(classes, message="category ids must be >= 1")
-    original_size = tf.shape(image)[:2]
     size = self.anchors.image_size
     c = self.config
+    if c.is_training:
+      for step in c.augmentations:
+        image, boxes = step(image, boxes)
+    original_size = tf.shape(image)[:2]
 
     image = preprocess_ops.normalize_image(image)
     keep = tf.ones_like(classes, tf.bool)
@@ -86,6 +120,7 @@ class DetectionParser:
     non_empty = tf.logical_and(boxes[:, 2] > boxes[:, 0], boxes[:, 3] > boxes[:, 1])
     keep = tf.logical_and(keep, non_empty)
     boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
+    boxes, classes = keep_largest_boxes(boxes, classes, c.max_instances, data["source_id"])
     cls_targets, box_targets = self.assigner(boxes, classes)
     return {"images": image, "cls_targets": cls_targets, "box_targets": box_targets,
             "source_ids": data["source_id"]}
@@ -106,6 +141,28 @@ class DetectionParser:
     }
 
 
+def keep_largest_boxes(boxes: tf.Tensor, classes: tf.Tensor, max_instances: int,
+                       source_id: tf.Tensor | str = "") -> tuple[tf.Tensor, tf.Tensor]:
+  """At most `max_instances` boxes: the largest by area, in their original order.
+
+  boxes [M, 4] [y1, x1, y2, x2] pixels, classes [M]. When boxes are dropped, tf.print writes
+  "detlab input: image <id> has M boxes; kept the N largest, dropped M - N" to stderr.
+  """
+  count = tf.shape(boxes)[0]
+  kept = tf.minimum(count, max_instances)
+  areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  index = tf.sort(tf.math.top_k(areas, kept).indices)
+
+  def report():
+    tf.print("detlab input: image", source_id, "has", count, "boxes; kept the", kept,
+             "largest, dropped", count - kept)
+    return tf.constant(True)
+
+  reported = tf.cond(count > max_instances, report, lambda: tf.constant(False))
+  with tf.control_dependencies([reported]):
+    return tf.gather(boxes, index), tf.gather(classes, index)
+
+
 def list_files(file_pattern: str, hint_dir: str | None = None) -> list[str]:
   """Files matching a comma-separated pattern, or an error saying how to create them."""
   files = []
@@ -117,28 +174,58 @@ def list_files(file_pattern: str, hint_dir: str | None = None) -> list[str]:
   return files
 
 
-def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
-                 batch_size: int, input_context: tf.distribute.InputContext | None = None,
-                 seed: int | None = None) -> tf.data.Dataset:
-  """A batched dataset of parsed examples. `batch_size` is per replica."""
+def _records(config: InputConfig, input_context, seed) -> tf.data.Dataset:
+  """Serialized Examples from config.file_pattern (training: shuffled, infinite)."""
   files = list_files(config.file_pattern)
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
   if config.is_training:
-    dataset = dataset.shuffle(len(files), seed=seed).repeat()
+    dataset = dataset.shuffle(len(files), seed=seed)
   dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
                                num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=not config.is_training or seed is not None)
+  logging.info("Input %s: %d file(s).", config.file_pattern, len(files))
+  return dataset
+
+
+def source_dataset(config: InputConfig, input_context: tf.distribute.InputContext | None = None,
+                   seed: int | None = None, decoded: bool = False) -> tf.data.Dataset:
+  """The configured source: serialized Examples (TFRecords; decode_example's dicts if
+  `decoded`) or decoded dicts (TFDS). Cached if asked (before repeat: the cache of an
+  infinite stream would never complete); in training repeated and shuffled."""
+  if config.tfds_name:
+    dataset = tfds_source.decoded_dataset(
+        config.tfds_name, config.tfds_split, config.tfds_data_dir, config.tfds_download,
+        config.is_training, input_context, seed)
+  else:
+    dataset = _records(config, input_context, seed)
   if config.cache:
     dataset = dataset.cache()
   if config.is_training:
-    dataset = dataset.shuffle(config.shuffle_buffer, seed=seed)
+    dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
+  if decoded and not config.tfds_name:
+    dataset = dataset.map(decode_example, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=not config.is_training or seed is not None)
+  return dataset
+
+
+def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
+                 batch_size: int, input_context: tf.distribute.InputContext | None = None,
+                 seed: int | None = None) -> tf.data.Dataset:
+  """A batched dataset of parsed examples. `batch_size` is per replica."""
   parser = DetectionParser(config, anchors, num_classes)
-  dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=not config.is_training or seed is not None)
+  deterministic = not config.is_training or seed is not None
+  if config.is_training and config.mosaic is not None and config.mosaic.prob > 0:
+    make_decoded: Callable = lambda s: source_dataset(config, input_context, s, decoded=True)
+    dataset = mosaic_dataset(make_decoded, config.mosaic, anchors.image_size, seed)
+    dataset = dataset.map(parser.parse, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
+  else:
+    dataset = source_dataset(config, input_context, seed).map(
+        parser, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   dataset = dataset.batch(batch_size, drop_remainder=config.is_training)
-  logging.info("Input %s: %d file(s), batch %d per replica.", config.file_pattern,
-               len(files), batch_size)
+  logging.info("Input %s: batch %d per replica.", config.tfds_name or config.file_pattern,
+               batch_size)
   return dataset.prefetch(tf.data.AUTOTUNE)

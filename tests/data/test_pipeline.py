@@ -114,3 +114,28 @@ def test_category_id_beyond_num_classes_is_a_clear_error(shapes_dir):
   dataset = make_dataset(config, AnchorConfig(image_size=128), num_classes=2, batch_size=8)
   with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds num_classes=2"):
     next(iter(dataset))
+
+
+def test_augmentation_steps_and_mosaic_run_inside_the_training_pipeline(shapes_dir):
+  from detlab.data.augment import RandAugment
+  from detlab.data.mosaic import Mosaic
+  anchors = AnchorConfig(image_size=128)
+  config = InputConfig(os.path.join(shapes_dir, "train-*"), is_training=True,
+                       aug_scale_min=0.5, aug_scale_max=1.5, shuffle_buffer=8,
+                       augmentations=[RandAugment(num_layers=1)], mosaic=Mosaic(prob=0.5))
+  batch = next(iter(make_dataset(config, anchors, num_classes=4, batch_size=4, seed=1)))
+  assert batch["images"].shape == (4, 128, 128, 3)
+  assert batch["cls_targets"].shape == (4, anchors.num_anchors)
+  assert (batch["cls_targets"].numpy() >= 0).sum() > 0
+
+
+def test_training_keeps_the_largest_max_instances_boxes(capfd):
+  from detlab.data.tf_example import build_example, encode_png
+  boxes = [[4 * i, 0, 4 * i + 3, 3 + i % 7] for i in range(30)]
+  example = build_example(
+      encoded_image=encode_png(np.zeros((128, 128, 3), np.uint8)), image_format="png",
+      source_id="42", height=128, width=128, boxes_yxyx=boxes, category_ids=[1] * 30,
+      category_names=["a"] * 30).SerializeToString()
+  config = InputConfig("unused", is_training=True, flip=False, max_instances=25)
+  DetectionParser(config, AnchorConfig(image_size=128), num_classes=1)(tf.constant(example))
+  assert 'image "42" has 30 boxes; kept the 25 largest, dropped 5' in capfd.readouterr().err

@@ -1,0 +1,134 @@
+"""Mosaic (YOLOv4): four decoded examples stitched 2 x 2 around a random centre.
+
+Written here rather than reusing tfm's `official.projects.yolo.ops.mosaic.Mosaic`: that op
+consumes the YOLO decoder's dict (normalized boxes, its own keys) and carries its own
+letter-box, crop and affine pipeline, which would duplicate DetectionParser's
+resize + scale jitter + crop. Here the mosaic is only the stitch; the usual transforms follow.
+
+Layout (ultralytics/YOLOv5 `load_mosaic`): a canvas of 2S x 2S (S = `size`), centre (yc, xc)
+drawn from U(S/2, 3S/2); each image is resized keeping its aspect ratio so its longer side is
+S and placed in one quadrant touching the centre (top-left, top-right, bottom-left,
+bottom-right), cut at the canvas edge. Boxes ([y1, x1, y2, x2] pixels) are scaled, shifted,
+clipped to the visible part and dropped when empty. Uncovered canvas is the ImageNet mean
+colour, which becomes 0 after normalization (the padding convention of the pipeline).
+"""
+import dataclasses
+from typing import Callable
+
+import gin
+import tensorflow as tf
+from official.vision.ops import preprocess_ops
+
+FILL = tuple(int(round(v)) for v in preprocess_ops.MEAN_RGB)
+KEYS = ("boxes", "classes", "is_crowd", "areas")
+
+
+@gin.register(module="detlab.data")
+@dataclasses.dataclass(frozen=True)
+class Mosaic:
+  """Mosaic with probability `prob` per training image; `size` 0 = the model's image size."""
+  prob: float = 0.5
+  size: int = 0
+
+
+def _quadrant(k: int, yc, xc, h, w, canvas):
+  """Canvas region [y1, x1, y2, x2] and source crop for quadrant k of an h x w image."""
+  if k == 0:
+    y1, x1, y2, x2 = tf.maximum(yc - h, 0), tf.maximum(xc - w, 0), yc, xc
+    sy, sx = h - (y2 - y1), w - (x2 - x1)
+  elif k == 1:
+    y1, x1, y2, x2 = tf.maximum(yc - h, 0), xc, yc, tf.minimum(xc + w, canvas)
+    sy, sx = h - (y2 - y1), 0
+  elif k == 2:
+    y1, x1, y2, x2 = yc, tf.maximum(xc - w, 0), tf.minimum(yc + h, canvas), xc
+    sy, sx = 0, w - (x2 - x1)
+  else:
+    y1, x1, y2, x2 = yc, xc, tf.minimum(yc + h, canvas), tf.minimum(xc + w, canvas)
+    sy, sx = 0, 0
+  return (y1, x1, y2, x2), (sy, sx)
+
+
+def mosaic(examples: list[dict], size: int, centre: tuple | None = None) -> dict:
+  """Stitches four decoded examples (decode_example's dict) into one of 2*size x 2*size.
+
+  examples: four dicts with "image" uint8 [H_i, W_i, 3], "boxes" [M_i, 4] pixels
+  [y1, x1, y2, x2], "classes", "is_crowd", "areas" [M_i]; `centre` (yc, xc) int pixels of the
+  canvas, random when None. Returns the same dict layout for the canvas (source_id of the
+  first example); areas are rescaled by the resize factor and not reduced by clipping.
+  """
+  canvas_size = 2 * size
+  if centre is None:
+    yc = tf.random.uniform([], size // 2, 3 * size // 2, tf.int32)
+    xc = tf.random.uniform([], size // 2, 3 * size // 2, tf.int32)
+  else:
+    yc, xc = tf.constant(centre[0], tf.int32), tf.constant(centre[1], tf.int32)
+  canvas = tf.zeros([canvas_size, canvas_size, 3], tf.int32)
+  covered = tf.zeros([canvas_size, canvas_size, 1], tf.int32)
+  parts = {key: [] for key in KEYS}
+  for k, example in enumerate(examples):
+    image = example["image"]
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = size / tf.reduce_max(shape)
+    new_hw = tf.cast(tf.round(shape * scale), tf.int32)
+    h, w = new_hw[0], new_hw[1]
+    resized = tf.cast(tf.round(tf.image.resize(image, new_hw)), tf.int32)
+    (y1, x1, y2, x2), (sy, sx) = _quadrant(k, yc, xc, h, w, canvas_size)
+    patch = resized[sy:sy + (y2 - y1), sx:sx + (x2 - x1)]
+    ones = tf.ones_like(patch[..., :1])
+    canvas += tf.image.pad_to_bounding_box(patch, y1, x1, canvas_size, canvas_size)
+    covered += tf.image.pad_to_bounding_box(ones, y1, x1, canvas_size, canvas_size)
+    # Box pixels: the image's pixel p lands at p * (new / old) - source offset + region origin.
+    factor = tf.cast(new_hw, tf.float32) / shape
+    offset = tf.cast(tf.stack([y1 - sy, x1 - sx]), tf.float32)
+    boxes = example["boxes"] * tf.tile(factor, [2]) + tf.tile(offset, [2])
+    low = tf.cast(tf.stack([y1, x1, y1, x1]), tf.float32)
+    high = tf.cast(tf.stack([y2, x2, y2, x2]), tf.float32)
+    boxes = tf.minimum(tf.maximum(boxes, low), high)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    parts["boxes"].append(tf.boolean_mask(boxes, keep))
+    parts["classes"].append(tf.boolean_mask(example["classes"], keep))
+    parts["is_crowd"].append(tf.boolean_mask(example["is_crowd"], keep))
+    parts["areas"].append(tf.boolean_mask(example["areas"] * factor[0] * factor[1], keep))
+  canvas = tf.where(covered > 0, canvas, tf.constant(FILL, tf.int32))
+  out = {key: tf.concat(values, 0) for key, values in parts.items()}
+  out["boxes"] = tf.reshape(out["boxes"], [-1, 4])
+  out.update(image=tf.cast(canvas, tf.uint8), source_id=examples[0]["source_id"],
+             height=tf.constant(canvas_size), width=tf.constant(canvas_size))
+  return out
+
+
+def _unpad(batch: dict, i: int) -> dict:
+  """Example i of a padded_batch of decoded dicts, cut back to its own size and boxes."""
+  count = tf.reduce_sum(tf.cast(batch["classes"][i] > 0, tf.int32))  # ids >= 1; pad is 0
+  example = {key: batch[key][i][:count] for key in KEYS}
+  example["image"] = batch["image"][i][:batch["height"][i], :batch["width"][i]]
+  example["source_id"] = batch["source_id"][i]
+  return example
+
+
+def _select(example: dict) -> dict:
+  return {key: example[key] for key in KEYS + ("image", "source_id", "height", "width")}
+
+
+def mosaic_dataset(make_decoded: Callable[[int | None], tf.data.Dataset], config: Mosaic,
+                   size: int, seed: int | None = None) -> tf.data.Dataset:
+  """An infinite stream of decoded dicts of which a fraction `prob` are mosaics.
+
+  `make_decoded(seed)` builds an infinite, shuffled stream of decoded dicts. Mosaics come
+  from a second such stream (another seed) grouped by 4 (padded_batch, then each member cut
+  back to its own size); `sample_from_datasets` mixes it with the plain stream, so no
+  example is decoded for nothing.
+  """
+  size = config.size or size
+  plain = make_decoded(seed).map(_select)
+  if config.prob <= 0:
+    return plain
+  groups = make_decoded(None if seed is None else seed + 1).map(_select).padded_batch(
+      4, drop_remainder=True)
+  mosaics = groups.map(lambda batch: mosaic([_unpad(batch, i) for i in range(4)], size),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+  if config.prob >= 1:
+    return mosaics
+  return tf.data.Dataset.sample_from_datasets(
+      [plain, mosaics], weights=[1.0 - config.prob, config.prob], seed=seed,
+      stop_on_empty_dataset=True)

@@ -4,6 +4,11 @@ r"""Train and evaluate a detector from gin files.
 
 --gin_file takes a name from gin_configs/ or a path (repeatable); --gin_bindings overrides
 (repeatable), e.g. --gin_bindings="Schedule.batch_size = 64".
+
+SIGTERM saves a checkpoint after the current loop of steps and exits with code 0; running the
+same command again resumes from it. --mode=eval --continuous evaluates each new checkpoint
+in --model_dir (e.g. beside a training job) until the last step or --eval_timeout seconds
+without a new one.
 """
 import sys
 
@@ -11,6 +16,8 @@ from absl import app, flags, logging
 
 from detlab import config
 from detlab.training.checkpoint import CheckpointMismatchError
+from detlab.training.initialize import InitCheckpointError
+from detlab.training.loop import NonFiniteLossError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin file name (in gin_configs/) or path.")
@@ -18,6 +25,9 @@ flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings that override the fi
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and results.")
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                   "What to run.")
+flags.DEFINE_bool("continuous", False, "With --mode=eval: evaluate each new checkpoint.")
+flags.DEFINE_float("eval_timeout", 3600.0, "With --continuous: stop after this many seconds "
+                   "without a new checkpoint.")
 flags.mark_flag_as_required("model_dir")
 
 
@@ -31,8 +41,13 @@ def main(argv):
   try:
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     from detlab.training.experiment import train  # pylint: disable=import-outside-toplevel
-    train(FLAGS.model_dir, FLAGS.mode)
-  except (FileNotFoundError, CheckpointMismatchError) as error:
+    results = train(FLAGS.model_dir, FLAGS.mode, continuous=FLAGS.continuous,
+                    eval_timeout_s=FLAGS.eval_timeout)
+    if results.get("preempted"):
+      print(f"detlab.train: stopped on SIGTERM; checkpoint saved in {FLAGS.model_dir}. Run the "
+            "same command again to resume.", file=sys.stderr)
+  except (FileNotFoundError, CheckpointMismatchError, InitCheckpointError,
+          NonFiniteLossError) as error:
     # Errors that name their fix: print them plainly instead of a traceback.
     print(f"detlab.train: error: {error}", file=sys.stderr)
     sys.exit(1)

@@ -1,7 +1,10 @@
 """The configurable root, `train(...)`: strategy -> model -> inputs -> loop -> evaluation.
 
 Everything that creates variables is built inside `strategy.scope()` from uncalled factories.
+A checkpoint holds the model, optimizer (step), EMA shadows and the input iterator, so a
+stopped run (SIGTERM, crash) resumes exactly; see training/checkpoint.py.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -10,18 +13,23 @@ import time
 from absl import logging
 import gin
 import tensorflow as tf
+import tf_keras as keras
 from official.common import distribute_utils
 
 from detlab.data.detection_input import InputConfig, make_dataset
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
-from detlab.evaluation.coco_evaluator import format_metrics, save_metrics
 from detlab.tasks.detection import DetectionTask, load_category_names
-from detlab.training.checkpoint import CheckpointKeeper
+from detlab.training.checkpoint import BestCheckpoint, CheckpointKeeper
+from detlab.training.ema import EmaConfig, WeightAverage
+from detlab.training.evaluation import PeriodicEvaluator, evaluate_continuously
+from detlab.training.initialize import initialize_from_checkpoint
 from detlab.training.loop import Trainer, run_training
 from detlab.training.optimizer import OptimizerConfig, build_optimizer
+from detlab.training.preemption import PreemptionWatcher
 
 MODES = ("train", "eval", "train_and_eval")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @gin.register(module="detlab.training")
@@ -35,6 +43,7 @@ class Schedule:
   steps_per_loop: int = 100
   log_every_steps: int = 100
   checkpoint_every_steps: int = 2000
+  eval_every_steps: int = 0           # train_and_eval: also evaluate every N steps (0: at end)
 
   @property
   def total_steps(self) -> int:
@@ -58,82 +67,155 @@ def _write_text(path: str, text: str) -> None:
     f.write(text)
 
 
-@gin.configurable(denylist=["model_dir", "mode"])
+@contextlib.contextmanager
+def _precision(policy: str):
+  """Sets the keras dtype policy for the model build; restores the previous one after."""
+  if policy not in PRECISIONS:
+    raise ValueError(f"train.precision must be one of {PRECISIONS}, got {policy!r}.")
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+
+
+@gin.configurable(denylist=["model_dir", "mode", "continuous", "eval_timeout_s"])
 def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED,
           train_input: InputConfig | None = None, eval_input: InputConfig | None = None,
           schedule: Schedule = Schedule(), optimizer: OptimizerConfig = OptimizerConfig(),
           loss: DetectionLoss = DetectionLoss(),
-          postprocess: PostprocessConfig = PostprocessConfig(),
+          postprocess: PostprocessConfig = PostprocessConfig(), ema: EmaConfig = EmaConfig(),
           label_map_file: str | None = None, annotation_file: str | None = None,
           strategy: str = "off", tpu: str | None = None, seed: int | None = None,
-          num_eval_images: int | None = None) -> dict:
-  """Trains and/or evaluates a detector in `model_dir`; returns the final metrics (if any)."""
+          num_eval_images: int | None = None, checkpoint_input: bool = True,
+          nan_trials: int = 3, init_checkpoint: str | None = None,
+          init_mode: str = "detector", precision: str = "float32", jit_compile: bool = False,
+          continuous: bool = False, eval_timeout_s: float = 3600.0) -> dict:
+  """Trains and/or evaluates a detector in `model_dir`; returns the final metrics (if any).
+
+  checkpoint_input: save the tf.data iterator position in checkpoints (exact resume; costs
+    the shuffle/prefetch buffers in every checkpoint). nan_trials: restores after a
+    non-finite step before giving up. init_checkpoint/init_mode: fine-tuning start (used only
+    when model_dir has no checkpoint yet). precision: keras dtype policy ('mixed_float16'
+    adds loss scaling); losses, box decoding and NMS stay float32. continuous (eval mode):
+    evaluate each new checkpoint until the last step or `eval_timeout_s` without one.
+  Results: {"train": last logged losses, "train_seconds", "preempted", "metrics",
+  "per_class_AP"}.
+  """
   if mode not in MODES:
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
+  if continuous and mode != "eval":
+    raise ValueError("--continuous needs --mode=eval (it watches a training job's model_dir).")
   if seed is not None:
-    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)  # python, numpy and TF seeds: reproducible init
   tf.io.gfile.makedirs(model_dir)
   _write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
   distribution = get_strategy(strategy, tpu)
-  with distribution.scope():
+  with _precision(precision), distribution.scope():
     model = model_fn()
     opt, learning_rate = build_optimizer(
         optimizer, schedule.batch_size, schedule.total_steps,
         schedule.steps_for_epochs(optimizer.warmup_epochs))
+    if precision == "mixed_float16":
+      opt = keras.mixed_precision.LossScaleOptimizer(opt)
+    average = WeightAverage(model, ema) if ema.enabled else None
     step = opt.iterations
   logging.info("Model %s: %s parameters, %d anchors", model.name, f"{model.count_params():,}",
                model.anchors.num_anchors)
   task = DetectionTask(model, loss, postprocess)
-  keeper = CheckpointKeeper(model_dir, model, optimizer=opt)
+  trackables = {"optimizer": opt}
+  if average is not None:
+    trackables["ema"] = average.shadows
+  training = mode in ("train", "train_and_eval")
+  if training:
+    iterator = iter(_train_dataset(distribution, train_input, model, schedule, seed))
+    if checkpoint_input and _checkpointable(iterator):
+      trackables["iterator"] = iterator
+    elif checkpoint_input:
+      logging.warning("The %s strategy's input iterator cannot be checkpointed; a resumed run "
+                      "restarts the input stream (model, optimizer and EMA resume exactly).",
+                      strategy)
+  keeper = CheckpointKeeper(model_dir, model, **trackables)
   resumed = keeper.restore_latest()
-  results = {}
-
-  if mode in ("train", "train_and_eval"):
-    if train_input is None:
-      raise ValueError("train.train_input is not set; bind it in the gin file.")
-    replicas = distribution.num_replicas_in_sync
-    if schedule.batch_size % replicas:
-      raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
-                       f"{replicas} replicas.")
-    dataset = distribution.distribute_datasets_from_function(
-        lambda ctx: make_dataset(train_input, model.anchors, model.num_classes,
-                                 ctx.get_per_replica_batch_size(schedule.batch_size), ctx,
-                                 seed=seed))
-    trainer = Trainer(distribution, model, opt, task.compute_loss, optimizer.weight_decay,
-                      optimizer.clip_norm)
-    start = int(step.numpy())
-    logging.info("%s at step %d of %d (global batch %d, %d replica(s)).",
-                 "Resuming" if resumed else "Starting", start, schedule.total_steps,
-                 schedule.batch_size, replicas)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-    started = time.monotonic()
-    results["train"] = run_training(
-        trainer, iter(dataset), start_step=start, total_steps=schedule.total_steps,
-        steps_per_loop=schedule.steps_per_loop, global_batch=schedule.batch_size,
-        learning_rate=learning_rate, checkpoint=keeper,
-        checkpoint_every=schedule.checkpoint_every_steps, summary_writer=writer,
-        log_every=schedule.log_every_steps)
-    results["train_seconds"] = time.monotonic() - started
-    _write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
-
+  if not resumed and init_checkpoint:
+    initialize_from_checkpoint(model, init_checkpoint, init_mode)
+    if average is not None:
+      average.reset()
+  results = {"preempted": False}
+  evaluator = None
   if mode in ("eval", "train_and_eval"):
     if eval_input is None:
       raise ValueError("train.eval_input is not set; bind it in the gin file.")
-    if mode == "eval" and not resumed:
-      raise FileNotFoundError(f"No checkpoint in {model_dir} to evaluate; train first.")
-    names = load_category_names(label_map_file, annotation_file, model.num_classes)
-    dataset = make_dataset(eval_input, model.anchors, model.num_classes, batch_size=8)
-    metrics, per_class = task.evaluate(
-        dataset, names, annotation_file, num_images=num_eval_images,
-        visualize_path=os.path.join(model_dir, "eval_detections.png"))
-    print(format_metrics(metrics, postprocess.nms_mode), flush=True)
-    print("Per-class AP: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()),
-          flush=True)
-    save_metrics(os.path.join(model_dir, "metrics.json"), metrics, per_class,
-                 {"step": int(step.numpy()), "nms": postprocess.nms_mode})
-    with tf.summary.create_file_writer(os.path.join(model_dir, "eval")).as_default(
-        step=int(step.numpy())):
-      for name, value in metrics.items():
-        tf.summary.scalar(f"coco/{name}", value)
-    results["metrics"], results["per_class_AP"] = metrics, per_class
+    evaluator = PeriodicEvaluator(
+        model_dir, task,
+        lambda: make_dataset(eval_input, model.anchors, model.num_classes, batch_size=8),
+        load_category_names(label_map_file, annotation_file, model.num_classes),
+        annotation_file, postprocess.nms_mode, num_eval_images,
+        average if ema.evaluate_average else None,
+        BestCheckpoint(model_dir, model=model, **({"ema": average.shadows} if average else {}))
+        if mode == "train_and_eval" else None)
+
+  if training:
+    trainer = Trainer(distribution, model, opt, task.compute_loss, optimizer.weight_decay,
+                      optimizer.clip_norm, ema=average, jit_compile=jit_compile)
+    start = int(step.numpy())
+    logging.info("%s at step %d of %d (global batch %d, %d replica(s)).",
+                 "Resuming" if resumed else "Starting", start, schedule.total_steps,
+                 schedule.batch_size, distribution.num_replicas_in_sync)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    started = time.monotonic()
+    with PreemptionWatcher() as preemption:
+      results["train"] = run_training(
+          trainer, iterator, start_step=start, total_steps=schedule.total_steps,
+          steps_per_loop=schedule.steps_per_loop, global_batch=schedule.batch_size,
+          learning_rate=learning_rate, checkpoint=keeper,
+          checkpoint_every=schedule.checkpoint_every_steps, summary_writer=writer,
+          log_every=schedule.log_every_steps, nan_trials=nan_trials,
+          stop_requested=lambda: preemption.requested,
+          evaluate_every=schedule.eval_every_steps if evaluator else 0,
+          evaluate=evaluator)
+      results["preempted"] = preemption.requested
+    results["train_seconds"] = time.monotonic() - started
+    _write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+    if results["preempted"]:
+      return results
+
+  if evaluator is not None:
+    if mode == "eval" and continuous:
+      final = evaluate_continuously(evaluator, keeper, step, schedule.total_steps,
+                                    eval_timeout_s)
+    else:
+      if mode == "eval" and not resumed:
+        raise FileNotFoundError(f"No checkpoint in {model_dir} to evaluate; train first.")
+      final = evaluator(int(step.numpy()))
+    if final is not None:
+      results["metrics"], results["per_class_AP"] = final
   return results
+
+
+def _checkpointable(iterator) -> bool:
+  """Plain tf.data iterators (the default strategy's) are; distributed ones are not."""
+  try:
+    tf.train.Checkpoint(iterator=iterator)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
+def _train_dataset(distribution, train_input, model, schedule: Schedule, seed):
+  if train_input is None:
+    raise ValueError("train.train_input is not set; bind it in the gin file.")
+  replicas = distribution.num_replicas_in_sync
+  if schedule.batch_size % replicas:
+    raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
+                     f"{replicas} replicas.")
+  # The augmentations draw from stateful random ops, whose state a tf.data iterator checkpoint
+  # cannot hold: save the position (shuffle buffers, files, prefetch) anyway and let resumed
+  # augmentations draw fresh randomness. Exact resume needs augmentation off (or stateless).
+  options = tf.data.Options()
+  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+  return distribution.distribute_datasets_from_function(
+      lambda ctx: make_dataset(train_input, model.anchors, model.num_classes,
+                               ctx.get_per_replica_batch_size(schedule.batch_size), ctx,
+                               seed=seed).with_options(options))

@@ -1,14 +1,24 @@
 """The training loop: several steps per tf.function call under any tf.distribute strategy.
 
 Losses are computed per replica and scaled by 1 / num_replicas, so gradients summed across
-replicas equal the gradient of the global mean.
+replicas equal the gradient of the global mean. A loop of steps stops early at the first
+non-finite loss or gradient, returning the batch's source_ids (see `run_training`).
+
+orbit's StandardTrainer/Controller run a similar loop; ours is kept because the step must
+break out on a non-finite loss and hand back the offending batch's ids, which orbit's
+`train_loop_end` hook only sees after the whole loop.
 """
+from typing import Callable
 
 from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
 from detlab.progress import Progress
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training kept producing non-finite losses or gradients after all recovery trials."""
 
 
 def kernel_l2(model) -> tf.Tensor:
@@ -18,28 +28,48 @@ def kernel_l2(model) -> tf.Tensor:
 
 
 class Trainer:
-  """Owns the distributed train step; `loss_fn(model, batch, training) -> dict` with "total"."""
+  """Owns the distributed train step; `loss_fn(model, batch, training) -> dict` with "total".
+
+  `ema` (a WeightAverage) is updated after every step inside the compiled loop.
+  `jit_compile` compiles the per-replica step with XLA (the iterator stays outside it).
+  A keras `LossScaleOptimizer` (mixed_float16) gets its loss scaled and gradients unscaled;
+  it skips overflowing steps itself, so then only a non-finite loss counts as a bad step.
+  """
 
   METRICS = ("total", "class", "box", "weight_decay", "grad_norm")
 
   def __init__(self, strategy: tf.distribute.Strategy, model, optimizer, loss_fn,
-               weight_decay: float, clip_norm: float):
+               weight_decay: float, clip_norm: float, ema=None, jit_compile: bool = False):
     self.strategy, self.model, self.optimizer = strategy, model, optimizer
     self.loss_fn, self.weight_decay, self.clip_norm = loss_fn, weight_decay, clip_norm
+    self.ema = ema
+    self._loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    self._update = tf.function(self._update_step, jit_compile=True) if jit_compile \
+        else self._update_step
     with strategy.scope():
       self.metrics = {name: keras.metrics.Mean(name) for name in self.METRICS}
+      # Slot variables now, not lazily in the first step: a checkpoint saved before the first
+      # step must hold them, or a NaN recovery to it would keep the non-finite slots.
+      inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+      if hasattr(inner, "build"):
+        inner.build(model.trainable_variables)
 
-  def _replica_step(self, batch):
+  def _update_step(self, batch: dict) -> tf.Tensor:
+    """Forward, backward, update; returns 1 if the loss and gradients were finite, else 0."""
     replicas = self.strategy.num_replicas_in_sync
     with tf.GradientTape() as tape:
       losses = self.loss_fn(self.model, batch, training=True)
       decay = self.weight_decay * kernel_l2(self.model)
       total = losses["total"] + decay
       scaled = total / replicas
+      if self._loss_scaled:
+        scaled = self.optimizer.get_scaled_loss(scaled)
     variables = self.model.trainable_variables
     grads = tape.gradient(scaled, variables)
     # Sum across replicas first, so clipping sees the global gradient norm.
     grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    if self._loss_scaled:
+      grads = self.optimizer.get_unscaled_gradients(grads)
     if self.clip_norm > 0:
       grads, grad_norm = tf.clip_by_global_norm(grads, self.clip_norm)
     else:
@@ -49,11 +79,41 @@ class Trainer:
     for name, value in (("total", total), ("class", losses["class"]), ("box", losses["box"]),
                         ("weight_decay", decay), ("grad_norm", grad_norm)):
       self.metrics[name].update_state(value)
+    finite = tf.math.is_finite(total)
+    if not self._loss_scaled:
+      finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
+    return tf.cast(finite, tf.int32)
+
+  def _replica_step(self, batch: dict):
+    """Returns (1 if this replica's step was non-finite else 0, the batch's source_ids)."""
+    ids = batch.get("source_ids")
+    finite = self._update({k: v for k, v in batch.items() if k != "source_ids"})
+    if ids is None:
+      ids = tf.zeros([0], tf.string)
+    return 1 - finite, tf.reshape(tf.strings.as_string(ids) if ids.dtype != tf.string else ids,
+                              [-1])
 
   @tf.function
   def train_steps(self, iterator, num_steps: tf.Tensor):
+    """Runs up to `num_steps` steps; stops after the first non-finite one.
+
+    Returns (steps run: int32 scalar, source_ids of the non-finite batch: [n] string, empty
+    if all were finite).
+    """
+    done = tf.constant(0)
+    bad_ids = tf.zeros([0], tf.string)
     for _ in tf.range(num_steps):
-      self.strategy.run(self._replica_step, args=(next(iterator),))
+      tf.autograph.experimental.set_loop_options(
+          shape_invariants=[(bad_ids, tf.TensorShape([None]))])
+      bad, ids = self.strategy.run(self._replica_step, args=(next(iterator),))
+      done += 1
+      failed = self.strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None)
+      if failed > 0:
+        bad_ids = tf.concat(self.strategy.experimental_local_results(ids), axis=0)
+        break
+      if self.ema is not None:
+        self.ema.update(self.optimizer.iterations)
+    return done, bad_ids
 
   def reset_metrics(self):
     for metric in self.metrics.values():
@@ -65,15 +125,35 @@ class Trainer:
 
 def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: int,
                  steps_per_loop: int, global_batch: int, learning_rate, checkpoint,
-                 checkpoint_every: int, summary_writer, log_every: int) -> dict:
-  """Runs steps start_step..total_steps, logging, writing summaries and saving checkpoints."""
+                 checkpoint_every: int, summary_writer, log_every: int,
+                 nan_trials: int = 3, stop_requested: Callable[[], bool] = lambda: False,
+                 evaluate_every: int = 0, evaluate: Callable[[int], None] | None = None
+                 ) -> dict:
+  """Runs steps start_step..total_steps, logging, writing summaries and saving checkpoints.
+
+  Non-finite loss or gradient: logs the batch's source_ids, restores the last checkpoint
+  (all but the input position) and goes on, at most `nan_trials` times in a row, then raises
+  NonFiniteLossError. `stop_requested()` (e.g. SIGTERM) is checked after every loop: then a
+  checkpoint is saved and the function returns early. `evaluate(step)` runs every
+  `evaluate_every` steps (0: never) after the checkpoint of that step.
+  """
   step = start_step
   progress = Progress(total_steps, unit="steps", start=start_step, min_interval=0)
-  last_log, last_save, results = step, step, {}
+  last_log, last_save, results, trials = step, step, {}, 0
+  if checkpoint.manager.latest_checkpoint is None:
+    checkpoint.save(step)  # something to go back to if the first steps are non-finite
   while step < total_steps:
     n = min(steps_per_loop, total_steps - step,
             checkpoint_every - step % checkpoint_every, log_every - step % log_every)
-    trainer.train_steps(iterator, tf.constant(n))
+    if evaluate_every > 0:
+      n = min(n, evaluate_every - step % evaluate_every)
+    done, bad_ids = trainer.train_steps(iterator, tf.constant(n))
+    if bad_ids.shape[0] or int(done) < n:
+      step = _recover(trainer, checkpoint, step + int(done), bad_ids, trials, nan_trials)
+      trials += 1
+      last_log = last_save = step
+      continue
+    trials = 0
     step += n
     if step - last_log >= log_every or step == total_steps:
       results = trainer.results()
@@ -87,8 +167,38 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
           tf.summary.scalar(f"loss/{name}" if name != "grad_norm" else name, value)
         tf.summary.scalar("learning_rate", lr)
       last_log = step
-    if step - last_save >= checkpoint_every or step == total_steps:
+    stop = stop_requested()
+    if step - last_save >= checkpoint_every or step == total_steps or stop:
       path = checkpoint.save(step)
       logging.info("Saved %s", path)
       last_save = step
+    if stop:
+      logging.warning("Stopped at step %d of %d on request; the same command resumes.", step,
+                      total_steps)
+      break
+    # The caller evaluates the final step itself.
+    if evaluate is not None and evaluate_every > 0 and step % evaluate_every == 0 and \
+        step < total_steps:
+      evaluate(step)
   return results
+
+
+def _recover(trainer: Trainer, checkpoint, bad_step: int, bad_ids: tf.Tensor, trials: int,
+             nan_trials: int) -> int:
+  """Logs the non-finite step, restores the last checkpoint; returns its step."""
+  ids = [i.decode() for i in bad_ids.numpy()]
+  what = (f"Non-finite loss or gradient at step {bad_step} (batch source_ids: "
+          f"{', '.join(ids) or 'unknown'}).")
+  if trials >= nan_trials:
+    raise NonFiniteLossError(
+        f"{what} It happened {trials + 1} time(s) in a row (train.nan_trials = "
+        f"{nan_trials}). Try a lower learning rate (OptimizerConfig.learning_rate_per_64), "
+        "a longer warm-up (OptimizerConfig.warmup_epochs) or gradient clipping "
+        "(OptimizerConfig.clip_norm), and check the data: python -m "
+        "data_tools.validate_dataset --help")
+  path = checkpoint.restore_for_recovery()
+  trainer.reset_metrics()
+  step = int(trainer.optimizer.iterations.numpy())
+  logging.warning("%s Restored %s (step %d) and going on with the next batches (trial %d of "
+                  "%d).", what, path, step, trials + 1, nan_trials)
+  return step

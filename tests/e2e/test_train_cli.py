@@ -10,9 +10,9 @@ from PIL import Image
 from detlab.evaluation.coco_evaluator import METRIC_NAMES
 
 
-def _run(model_dir, shapes_dir, *bindings, mode="train_and_eval"):
+def _run(model_dir, shapes_dir, *bindings, mode="train_and_eval", extra_flags=()):
   args = [sys.executable, "-m", "detlab.train", "--gin_file=efficientdet_d0_shapes.gin",
-          f"--model_dir={model_dir}", f"--mode={mode}"]
+          f"--model_dir={model_dir}", f"--mode={mode}", *extra_flags]
   defaults = [
       f"TRAIN_FILE_PATTERN='{shapes_dir}/train-*'", f"EVAL_FILE_PATTERN='{shapes_dir}/val-*'",
       f"train.label_map_file='{shapes_dir}/label_map.json'",
@@ -27,7 +27,7 @@ def _run(model_dir, shapes_dir, *bindings, mode="train_and_eval"):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_dir):
   model_dir = tmp_path_factory.mktemp("run")
-  result = _run(model_dir, shapes_dir, "Schedule.train_steps=4")
+  result = _run(model_dir, shapes_dir, "Schedule.train_steps=4", "Schedule.eval_every_steps=2")
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 
@@ -43,7 +43,11 @@ def test_train_and_eval_leaves_everything_a_user_needs(trained):
   metrics = json.loads((model_dir / "metrics.json").read_text())
   assert tuple(metrics["metrics"]) == METRIC_NAMES
   assert set(metrics["per_class_AP"]) == {"ellipse", "rectangle", "triangle", "cross"}
-  assert metrics["step"] == 4 and metrics["nms"] == "soft"
+  assert metrics["step"] == 4 and metrics["nms"] == "soft" and metrics["weights"] == "EMA"
+  # Evaluated at step 2 (eval_every_steps) and at the end; the best of them kept apart.
+  assert "Step 2 (EMA weights)" in result.stdout and "Step 4 (EMA weights)" in result.stdout
+  best = json.loads((model_dir / "best" / "metrics.json").read_text())
+  assert best["step"] in (2, 4) and (model_dir / "best" / f"{best['checkpoint']}.index").exists()
   assert "AP   AP50   AP75" in result.stdout and "ETA" in result.stderr
   with Image.open(model_dir / "eval_detections.png") as png:
     assert png.size[0] >= 4 * 128
@@ -64,3 +68,12 @@ def test_a_checkpoint_of_another_model_is_refused_with_the_differences(trained, 
   assert "does not fit this model" in result.stderr
   assert "class_net/predict/pointwise_kernel:0 checkpoint [1, 1, 64, 36] vs model " \
          "[1, 1, 64, 45]" in result.stderr
+
+
+def test_continuous_eval_evaluates_the_checkpoints_until_the_last_step(trained, shapes_dir):
+  model_dir, _ = trained
+  result = _run(model_dir, shapes_dir, "Schedule.train_steps=4", "EmaConfig.evaluate_average=False",
+                mode="eval", extra_flags=("--continuous", "--eval_timeout=5"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "(raw weights)" in result.stdout
+  assert "AP   AP50   AP75" in result.stdout

@@ -1,0 +1,135 @@
+"""Fine-tuning: initialise a fresh model from a backbone-only or a full-detector checkpoint.
+
+  train.init_checkpoint = '/path/to/ckpt-N' (or a directory: its latest checkpoint)
+  train.init_mode = 'backbone' | 'detector'
+
+Variables are matched through the checkpoint's object graph (the attribute path, as
+`tf.train.Checkpoint` restores), then by shape:
+- 'detector': every variable outside the heads must load; head variables whose shape differs
+  (another num_classes, another anchor count) keep their fresh initialisation.
+- 'backbone': every backbone variable must load; the rest is new. The checkpoint may hold a
+  detector (`model/backbone/...`), a backbone saved as `tf.train.Checkpoint(model=backbone)`,
+  or a backbone saved with `backbone.save_weights(prefix)`.
+A table of loaded / skipped / new variables per part is logged and printed. A checkpoint in
+which the required variables cannot be found is an error, never a silent fresh start.
+"""
+from absl import logging
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+INIT_MODES = ("backbone", "detector")
+HEADS = ("class_net", "box_net")
+_VALUE = "VARIABLE_VALUE"
+
+
+class InitCheckpointError(ValueError):
+  """The init checkpoint does not hold what `init_mode` needs (says what is missing)."""
+
+
+def _object_graph(reader) -> trackable_object_graph_pb2.TrackableObjectGraph:
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  return graph
+
+
+def _match(obj, node_id: int, graph, found: dict, seen: set) -> None:
+  """Walks python object and checkpoint node together; found[id(var)] = (var, key)."""
+  if id(obj) in seen:
+    return
+  seen.add(id(obj))
+  node = graph.nodes[node_id]
+  if isinstance(obj, tf.Variable):
+    for attribute in node.attributes:
+      if attribute.name == _VALUE:
+        found[id(obj)] = (obj, attribute.checkpoint_key)
+    return
+  children = tf.train.TrackableView.children(obj)
+  for ref in node.children:
+    if ref.local_name in children:
+      _match(children[ref.local_name], ref.node_id, graph, found, seen)
+
+
+def _child(graph, node_id: int, name: str) -> int | None:
+  for ref in graph.nodes[node_id].children:
+    if ref.local_name == name:
+      return ref.node_id
+  return None
+
+
+def _candidates(graph, mode: str) -> list[int]:
+  """Checkpoint nodes that may correspond to the model (detector) or backbone."""
+  roots = [0] + [n for n in [_child(graph, 0, "model")] if n is not None]
+  if mode == "detector":
+    return roots
+  backbones = [_child(graph, r, "backbone") for r in roots]
+  return [n for n in backbones if n is not None] + roots
+
+
+def _part_of(model, variable) -> str:
+  for part in ("backbone", "fpn", *HEADS):
+    sub = getattr(model, part, None)
+    if sub is not None and any(v is variable for v in sub.variables):
+      return part
+  return "other"
+
+
+def initialize_from_checkpoint(model, path: str, mode: str) -> dict:
+  """Loads what fits from `path` into `model`; returns {part: {loaded, skipped, new}}."""
+  if mode not in INIT_MODES:
+    raise ValueError(f"train.init_mode must be one of {INIT_MODES}, got {mode!r}.")
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise InitCheckpointError(f"train.init_checkpoint: no checkpoint in directory {path}.")
+    path = latest
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except (tf.errors.OpError, ValueError) as error:
+    raise InitCheckpointError(f"train.init_checkpoint {path!r} cannot be read: {error}") \
+        from error
+  graph = _object_graph(reader)
+  target = model.backbone if mode == "backbone" else model
+  # The candidate node that matches the most variables is the model's counterpart.
+  found: dict = {}
+  for node_id in _candidates(graph, mode):
+    attempt: dict = {}
+    _match(target, node_id, graph, attempt, set())
+    if len(attempt) > len(found):
+      found = attempt
+  shapes = reader.get_variable_to_shape_map()
+  table: dict = {}
+  missing = []
+  for variable in model.variables:
+    part = _part_of(model, variable)
+    row = table.setdefault(part, {"loaded": 0, "skipped": 0, "new": 0})
+    entry = found.get(id(variable))
+    if entry is not None and list(shapes[entry[1]]) == list(variable.shape):
+      variable.assign(reader.get_tensor(entry[1]))
+      row["loaded"] += 1
+      continue
+    row["skipped" if entry is not None else "new"] += 1
+    required = part == "backbone" if mode == "backbone" else part not in HEADS
+    if required:
+      why = "shape differs" if entry is not None else "not in checkpoint"
+      missing.append(f"  {variable.name} {list(variable.shape)} ({why})")
+  if missing:
+    raise InitCheckpointError(
+        f"train.init_checkpoint {path} does not fit init_mode={mode!r}: {len(missing)} "
+        "required variable(s) cannot be loaded:\n" + "\n".join(missing[:20]) +
+        ("\n  ..." if len(missing) > 20 else "") + "\nCheck that the checkpoint was written "
+        "by this backbone/detector (same gin file), or use init_mode='backbone' for a "
+        "checkpoint of another detector with the same backbone.")
+  _print_table(path, mode, table)
+  return table
+
+
+def _print_table(path: str, mode: str, table: dict) -> None:
+  lines = [f"Initialised from {path} (init_mode={mode}):",
+           f"  {'part':<10} {'loaded':>7} {'skipped':>8} {'new':>5}"]
+  for part, row in table.items():
+    lines.append(f"  {part:<10} {row['loaded']:>7} {row['skipped']:>8} {row['new']:>5}")
+  lines.append("  (skipped: in the checkpoint with another shape; new: not in it. Both keep "
+               "their fresh initialisation.)")
+  text = "\n".join(lines)
+  logging.info(text)
+  print(text, flush=True)

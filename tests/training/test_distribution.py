@@ -2,6 +2,7 @@
 strategy; mixed precision keeps losses and detections float32; the XLA step compiles."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -75,3 +76,53 @@ def test_jit_compiled_step_matches_the_plain_step(tiny_detector):
     weights.append([v.numpy() for v in model.variables])
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
   assert diff < 1e-4, diff
+
+
+def _free_ports(count: int) -> list[int]:
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+# Two worker processes, one replica each; the same tolerance as the mirrored check.
+MULTI_WORKER_TOLERANCE = 1e-4
+
+
+def test_two_workers_end_identical_and_match_one_process_at_the_same_global_batch(tmp_path):
+  script = os.path.join(os.path.dirname(__file__), "multi_worker_check.py")
+  workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  processes = []
+  for index in range(2):
+    config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    processes.append(subprocess.Popen(
+        [sys.executable, script, str(tmp_path / f"worker{index}.npz")],
+        env=dict(env, TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  single = subprocess.run([sys.executable, script, str(tmp_path / "single.npz"), "--single"],
+                          env=env, capture_output=True, text=True, timeout=300)
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for process, (_, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  runs = [np.load(tmp_path / name) for name in ("worker0.npz", "worker1.npz", "single.npz")]
+  names = [k for k in runs[2].files if k.startswith(("weight_", "ema_"))]
+  # Both workers hold bitwise the same weights and EMA shadows after the all-reduced steps.
+  assert all(np.array_equal(runs[0][k], runs[1][k]) for k in names)
+  # They match the single process within float summation-order noise ...
+  diff = max(float(np.max(np.abs(runs[0][k] - runs[2][k]))) for k in names)
+  # ... while the two steps moved the weights far more than that.
+  moved = max(float(np.max(np.abs(runs[2][k] - runs[2][k.replace("weight", "initial")])))
+              for k in names if k.startswith("weight_"))
+  # Each worker's loss metric is the mean over its own half of the batch.
+  worker_mean_loss = (float(runs[0]["loss"]) + float(runs[1]["loss"])) / 2
+  print({"max_weight_diff_vs_single": diff, "max_update": moved,
+         "loss_workers_mean": worker_mean_loss, "loss_single": float(runs[2]["loss"])})
+  assert moved > 100 * MULTI_WORKER_TOLERANCE
+  assert diff < MULTI_WORKER_TOLERANCE, diff
+  assert worker_mean_loss == pytest.approx(float(runs[2]["loss"]), rel=1e-4)

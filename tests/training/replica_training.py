@@ -1,0 +1,57 @@
+"""Shared by the subprocess checks of distributed training (mirrored_check.py,
+multi_worker_check.py): one tiny detector, a loss whose replica parts add up to the global
+mean, and a few Trainer steps under a given strategy."""
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tiny_backbone import tiny_test_backbone  # pylint: disable=import-error
+from detlab.benchmark import synthetic_train_batch
+from detlab.detection.losses import DetectionLoss
+from detlab.models.efficientdet import efficientdet
+from detlab.training.ema import EmaConfig, WeightAverage
+from detlab.training.loop import Trainer
+
+GLOBAL_BATCH, STEPS = 4, 2
+
+
+def per_image_mean_loss(model, batch, training):
+  """DetectionLoss per image, averaged: a per-example mean, so that replicas / num_replicas
+  equals the global batch (DetectionLoss itself normalizes by the replica's positives)."""
+  loss = DetectionLoss()
+  class_outputs, box_outputs = model(batch["images"], training=training)
+  cls, box = model.flatten_outputs(class_outputs, box_outputs)
+  size = cls.shape[0]
+  parts = [loss(cls[i:i + 1], box[i:i + 1], batch["cls_targets"][i:i + 1],
+                batch["box_targets"][i:i + 1]) for i in range(size)]
+  return {k: tf.add_n([p[k] for p in parts]) / size for k in ("total", "class", "box")}
+
+
+def _tiny_detector(sync_bn: bool = True):
+  return efficientdet(tiny_test_backbone, num_classes=3, image_size=64, max_level=5,
+                      fpn_width=16, fpn_cells=1, head_repeats=1, sync_bn=sync_bn)
+
+
+def global_batch() -> dict:
+  """The same synthetic global batch in every process (seeded)."""
+  keras.utils.set_random_seed(0)
+  return synthetic_train_batch(_tiny_detector(sync_bn=False), GLOBAL_BATCH)
+
+
+def train(strategy, make_dataset) -> tuple:
+  """STEPS steps of SGD + EMA under `strategy`; `make_dataset(strategy)` gives the distributed
+  dataset. Returns (weights, EMA shadows, last mean loss, initial weights) as numpy."""
+  keras.utils.set_random_seed(0)
+  with strategy.scope():
+    model = _tiny_detector()
+    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    average = WeightAverage(model, EmaConfig(decay=0.5, dynamic_decay=False))
+  initial = [v.numpy() for v in model.variables]
+  trainer = Trainer(strategy, model, optimizer, per_image_mean_loss, 4e-5, 10.0, ema=average)
+  trainer.train_steps(iter(make_dataset(strategy)), tf.constant(STEPS))
+  return ([v.numpy() for v in model.variables], [v.numpy() for v in average.shadows],
+          trainer.results()["total"], initial)
+
+
+def max_abs_diff(a: list, b: list) -> float:
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))

@@ -36,6 +36,8 @@ flags.DEFINE_string("backbone", None, "Measure this registered backbone's classi
 flags.DEFINE_bool("input_pipeline", False, "Also time the training input pipeline "
                   "(train.train_input) beside the training step: adds input_img_s and "
                   "train_img_s_bs8 to the measurements.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy of the measured model (train.precision's choices).")
 flags.DEFINE_integer("image_size", 0, "Classifier image size for --backbone (0: the variant's "
                      "native resolution).")
 
@@ -65,8 +67,11 @@ def count_gmacs(model, image_size: int) -> float:
   as it is: the same count (checked on D0 and D3) without the cost of copying every weight.
   """
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+  from detlab.layers.normalization import stock_inference_form
   fn = tf.function(lambda x: model(x, training=False))
-  concrete = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3], tf.float32))
+  with stock_inference_form():
+    concrete = fn.get_concrete_function(
+        tf.TensorSpec([1, image_size, image_size, 3], tf.float32))
   graph = concrete.graph
   if any(op.type in ("PartitionedCall", "StatefulPartitionedCall")
          for op in graph.get_operations()):
@@ -119,16 +124,18 @@ def measure_input_pipeline(model, batch: int, min_seconds: float, warmup: int = 
   return count * batch / (time.perf_counter() - start)
 
 
-def measure(wanted, min_seconds: float, train_batch: int) -> dict:
+def measure(wanted, min_seconds: float, train_batch: int, precision: str = "float32") -> dict:
   from detlab.detection.losses import DetectionLoss
   from detlab.detection.postprocess import PostprocessConfig, postprocess
   from detlab.tasks.detection import DetectionTask
   from detlab.training.loop import Trainer
+  from detlab.training.experiment import precision_policy, with_loss_scaling
   from detlab.training.optimizer import OptimizerConfig, build_optimizer
   model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
-  model = model_fn()
+  with precision_policy(precision):
+    model = model_fn()
   size = model.anchors.image_size
-  out = {"model": model.name, "image_size": size}
+  out = {"model": model.name, "image_size": size, "precision": precision}
   out.update(measure_network(model, size, wanted, min_seconds))
   network = tf.function(lambda x: model(x, training=False))
   task = DetectionTask(model, DetectionLoss(), PostprocessConfig())
@@ -144,6 +151,7 @@ def measure(wanted, min_seconds: float, train_batch: int) -> dict:
   if "train_img_s_bs8" in wanted:
     strategy = tf.distribute.get_strategy()
     optimizer, _ = build_optimizer(OptimizerConfig(), train_batch, 10_000, 0)
+    optimizer = with_loss_scaling(optimizer, precision)
     trainer = Trainer(strategy, model, optimizer, task.compute_loss, 4e-5, 10.0)
     batch = synthetic_train_batch(model, train_batch)
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
@@ -233,7 +241,7 @@ def main(argv):
     result = measure_backbone(FLAGS.backbone, wanted, FLAGS.seconds, FLAGS.image_size)
   else:
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-    result = measure(wanted, FLAGS.seconds, FLAGS.train_batch)
+    result = measure(wanted, FLAGS.seconds, FLAGS.train_batch, FLAGS.precision)
   print(json.dumps(result) if FLAGS.json else format_table(result), flush=True)
 
 

@@ -5,6 +5,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+# Imported before any test imports TensorFlow, so tests run with the oneDNN setting that
+# detlab's entry points choose (detlab/__init__.py).
+import detlab  # noqa: E402,F401  pylint: disable=unused-import
+
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):

@@ -24,7 +24,7 @@ def test_only_params_and_gmacs_is_a_quick_count_as_json():
   assert out["params"] == 3_927_203
   # Multiply-adds scale with pixels: at 128² D0 is ~1/16 of its 2.549 G at 512².
   assert 2.549 / 16 * 0.9 < out["gmacs"] < 2.549 / 16 * 1.1
-  assert set(out) == {"model", "image_size", "params", "gmacs"}  # no timing was run
+  assert set(out) == {"model", "image_size", "precision", "params", "gmacs"}  # no timing run
 
 
 def test_full_measurement_reports_every_required_key():
@@ -58,4 +58,4 @@ def test_input_pipeline_mode_times_the_configured_training_input(shapes_dir):
   finally:
     gin.clear_config()
   assert out[benchmark.INPUT] > 0
-  assert set(out) == {"model", "image_size", benchmark.INPUT}  # nothing else was timed
+  assert set(out) == {"model", "image_size", "precision", benchmark.INPUT}  # nothing else timed

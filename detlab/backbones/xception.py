@@ -18,6 +18,7 @@ import tf_keras as keras
 
 from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
 from detlab.layers.conv_bn import KerasAutoNames, conv_bn_act
+from detlab.layers.normalization import batch_norm
 
 NATIVE_SIZE = 299
 ENTRY_BLOCKS = ((2, 128), (3, 256), (4, 728))  # (block number, filters)
@@ -31,7 +32,7 @@ def _sep_conv_bn(x, filters: int, prefix: str, sync_bn: bool, activation_before:
   if activation_before:
     x = keras.layers.Activation("relu", name=prefix + "_act")(x)
   x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=prefix)(x)
-  x = keras.layers.BatchNormalization(axis=-1, synchronized=sync_bn, name=prefix + "_bn")(x)
+  x = batch_norm(prefix + "_bn", synchronized=sync_bn)(x)
   if activation_after:
     x = keras.layers.Activation("relu", name=prefix + "_act")(x)
   return x

@@ -9,7 +9,7 @@ import collections
 
 import tf_keras as keras
 
-from detlab.layers.normalization import BN_EPSILON, BN_MOMENTUM
+from detlab.layers.normalization import BN_EPSILON, BN_MOMENTUM, batch_norm
 
 
 class KerasAutoNames:
@@ -46,9 +46,8 @@ def conv_bn_act(x, filters: int, kernel_size, *, strides=1, padding: str = "same
   x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
                           use_bias=use_bias, name=conv_name)(x)
   if use_bn:
-    x = keras.layers.BatchNormalization(axis=-1, momentum=bn_momentum, epsilon=bn_epsilon,
-                                        scale=bn_scale, synchronized=sync_bn,
-                                        name=bn_name)(x)
+    x = batch_norm(bn_name, momentum=bn_momentum, epsilon=bn_epsilon, scale=bn_scale,
+                   synchronized=sync_bn)(x)
   if activation is not None:
     x = keras.layers.Activation(activation, name=act_name)(x)
   return x

@@ -68,7 +68,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _precision(policy: str):
+def precision_policy(policy: str):
   """Sets the keras dtype policy for the model build; restores the previous one after."""
   if policy not in PRECISIONS:
     raise ValueError(f"train.precision must be one of {PRECISIONS}, got {policy!r}.")
@@ -78,6 +78,11 @@ def _precision(policy: str):
     yield
   finally:
     keras.mixed_precision.set_global_policy(previous)
+
+
+def with_loss_scaling(opt, policy: str):
+  """float16 needs dynamic loss scaling against gradient underflow; bfloat16 does not."""
+  return keras.mixed_precision.LossScaleOptimizer(opt) if policy == "mixed_float16" else opt
 
 
 @gin.configurable(denylist=["model_dir", "mode", "continuous", "eval_timeout_s"])
@@ -112,13 +117,12 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
   tf.io.gfile.makedirs(model_dir)
   _write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
   distribution = get_strategy(strategy, tpu)
-  with _precision(precision), distribution.scope():
+  with precision_policy(precision), distribution.scope():
     model = model_fn()
     opt, learning_rate = build_optimizer(
         optimizer, schedule.batch_size, schedule.total_steps,
         schedule.steps_for_epochs(optimizer.warmup_epochs))
-    if precision == "mixed_float16":
-      opt = keras.mixed_precision.LossScaleOptimizer(opt)
+    opt = with_loss_scaling(opt, precision)
     average = WeightAverage(model, ema) if ema.enabled else None
     step = opt.iterations
   logging.info("Model %s: %s parameters, %d anchors", model.name, f"{model.count_params():,}",
@@ -210,9 +214,10 @@ def _train_dataset(distribution, train_input, model, schedule: Schedule, seed):
   if schedule.batch_size % replicas:
     raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
                      f"{replicas} replicas.")
-  # The augmentations draw from stateful random ops, whose state a tf.data iterator checkpoint
-  # cannot hold: save the position (shuffle buffers, files, prefetch) anyway and let resumed
-  # augmentations draw fresh randomness. Exact resume needs augmentation off (or stateless).
+  # Flip and scale jitter + crop draw stateless randomness from a per-example seed that the
+  # iterator checkpoint holds, so resume is exact with the default transforms. AutoAugment,
+  # RandAugment and Mosaic still use stateful random ops (tfm's ops do), whose state a
+  # checkpoint cannot hold: save the position anyway and let those draw fresh randomness.
   options = tf.data.Options()
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   return distribution.distribute_datasets_from_function(

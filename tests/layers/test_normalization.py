@@ -1,0 +1,93 @@
+"""detlab's BatchNormalization: the batch-1 multiply-add form equals tf_keras' fused op, and
+is taken only where it pays (oneDNN on, static batch 1, inference, not while counting FLOPs)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.layers import normalization
+from detlab.layers.normalization import BatchNormalization, batch_norm, stock_inference_form
+
+
+@pytest.fixture(name="onednn")
+def _onednn(monkeypatch):
+  """Pretend oneDNN is on, whatever this process runs with."""
+  monkeypatch.setattr(normalization, "onednn_enabled", lambda: True)
+
+
+def _op_types(layer, shape, training=False):
+  function = tf.function(lambda t: layer(t, training=training))
+  return {op.type for op in function.get_concrete_function(tf.TensorSpec(shape)).graph
+          .get_operations()}
+
+
+def _fused(ops):
+  return any(t.startswith("FusedBatchNorm") for t in ops)
+
+
+def _pair(**kwargs):
+  """detlab's layer and the stock tf_keras layer with the same (non-trivial) statistics."""
+  ours, stock = BatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+  ours.build([None, 5, 5, 6])
+  stock.build([None, 5, 5, 6])
+  rng = np.random.default_rng(0)
+  values = [rng.normal(size=w.shape).astype("float32") for w in stock.weights]
+  values = [np.abs(v) + 0.1 if "variance" in w.name else v for v, w in zip(values, stock.weights)]
+  stock.set_weights(values)
+  ours.set_weights(values)
+  return ours, stock
+
+
+@pytest.mark.parametrize("scale,center", [(True, True), (False, True), (True, False)])
+def test_inference_equals_stock_layer(onednn, scale, center):
+  del onednn
+  ours, stock = _pair(scale=scale, center=center, epsilon=1e-3)
+  x = tf.random.stateless_normal([1, 5, 5, 6], seed=[1, 2]) * 3.0
+  assert not _fused(_op_types(ours, [1, 5, 5, 6]))
+  expected = stock(x, training=False)
+  np.testing.assert_allclose(ours(x, training=False), expected, rtol=1e-5, atol=1e-5)
+  # A frozen layer (trainable=False) normalizes with the moving statistics even in training.
+  ours.trainable = stock.trainable = False
+  np.testing.assert_allclose(ours(x, training=True), stock(x, training=True),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_multiply_add_form_only_at_batch_1_with_onednn_in_inference(onednn):
+  del onednn
+  layer = batch_norm("bn")
+  assert {"Mul", "AddV2"} <= _op_types(layer, [1, 4, 4, 3])
+  assert not _fused(_op_types(layer, [1, 4, 4, 3]))
+  assert _fused(_op_types(layer, [2, 4, 4, 3]))        # batch 8 is faster fused
+  assert _fused(_op_types(layer, [None, 4, 4, 3]))     # unknown batch: the fused form
+  assert _fused(_op_types(layer, [1, 4, 4, 3], training=True))
+  with stock_inference_form():                          # FLOP counting
+    assert _fused(_op_types(layer, [1, 4, 4, 3]))
+
+
+def test_without_onednn_the_stock_op_is_kept(monkeypatch):
+  monkeypatch.setattr(normalization, "onednn_enabled", lambda: False)
+  assert _fused(_op_types(batch_norm("bn"), [1, 4, 4, 3]))
+
+
+def test_training_pass_and_moving_statistics_equal_stock_layer():
+  ours, stock = _pair(momentum=0.9)
+  x = tf.random.stateless_normal([4, 5, 5, 6], seed=[3, 4]) + 2.0
+  np.testing.assert_allclose(ours(x, training=True), stock(x, training=True), rtol=1e-5,
+                             atol=1e-5)
+  for a, b in zip(ours.weights, stock.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_precision_inference_keeps_the_compute_dtype(onednn):
+  del onednn
+  layer = BatchNormalization(dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  out = layer(tf.ones([1, 2, 2, 3], tf.bfloat16), training=False)
+  assert out.dtype == tf.bfloat16
+  assert layer.moving_mean.dtype == tf.float32
+
+
+def test_config_round_trip_keeps_the_class():
+  layer = batch_norm("bn", synchronized=True, scale=False)
+  clone = keras.layers.deserialize(keras.layers.serialize(layer))
+  assert isinstance(clone, BatchNormalization)
+  assert clone.synchronized and not clone.scale

@@ -21,7 +21,7 @@ from typing import Callable
 import gin
 import tensorflow as tf
 from absl import logging
-from official.vision.ops import box_ops, preprocess_ops
+from official.vision.ops import preprocess_ops
 
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
 from detlab.data import tfds_source
@@ -78,12 +78,17 @@ class DetectionParser:
     self.config, self.anchors, self.num_classes = config, anchors, num_classes
     self.assigner = AnchorTargetAssigner(anchors)
 
-  def __call__(self, example) -> dict:
+  def __call__(self, example, seed: tf.Tensor | None = None) -> dict:
     """A serialized Example (string tensor) or decode_example's dict -> train/eval dict."""
-    return self.parse(example if isinstance(example, dict) else decode_example(example))
+    return self.parse(example if isinstance(example, dict) else decode_example(example), seed)
 
-  def parse(self, data: dict) -> dict:
-    """decode_example's dict -> model inputs (train: images + targets; eval: + ground truth)."""
+  def parse(self, data: dict, seed: tf.Tensor | None = None) -> dict:
+    """decode_example's dict -> model inputs (train: images + targets; eval: + ground truth).
+
+    seed: int64 [2], this example's stateless seed for the flip and the scale jitter + crop
+    (make_dataset draws one per example from a checkpointable tf.data.Dataset.random); None
+    draws one from the stateful global generator.
+    """
     image, boxes = data["image"], data["boxes"]
     classes = data["classes"] - 1
     tf.debugging.assert_less(
@@ -102,13 +107,17 @@ class DetectionParser:
     keep = tf.ones_like(classes, tf.bool)
     if c.is_training and c.skip_crowd_during_training:
       keep = tf.logical_not(data["is_crowd"])
-    if c.is_training and c.flip:
-      normalized = box_ops.normalize_boxes(boxes, original_size)
-      image, normalized, _ = preprocess_ops.random_horizontal_flip(image, normalized)
-      boxes = box_ops.denormalize_boxes(normalized, original_size)
-    jitter = (c.aug_scale_min, c.aug_scale_max) if c.is_training else (1.0, 1.0)
-    image, image_info = preprocess_ops.resize_and_crop_image(
-        image, [size, size], [size, size], aug_scale_min=jitter[0], aug_scale_max=jitter[1])
+    if c.is_training:
+      if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+      flip_seed, scale_seed, crop_seed = tf.unstack(
+          tf.random.experimental.stateless_split(seed, 3))
+      if c.flip:
+        image, boxes = stateless_horizontal_flip(image, boxes, flip_seed)
+      image, image_info = stateless_jitter_resize_and_crop(
+          image, size, c.aug_scale_min, c.aug_scale_max, scale_seed, crop_seed)
+    else:
+      image, image_info = preprocess_ops.resize_and_crop_image(image, [size, size], [size, size])
     image.set_shape([size, size, 3])
 
     if not c.is_training:
@@ -139,6 +148,48 @@ class DetectionParser:
         "gt_areas": _pad(data["areas"], n),
         "gt_count": tf.minimum(count, n),
     }
+
+
+# The two random training transforms below are written here, not taken from tfm's
+# preprocess_ops (random_horizontal_flip, resize_and_crop_image), because those draw from
+# stateful random ops, whose state a tf.data iterator checkpoint cannot hold: a resumed run
+# would augment differently from an uninterrupted one. Stateless draws from a per-example
+# seed make resume exact. The resize/crop arithmetic and image_info layout are tfm's.
+
+
+def stateless_horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
+                              seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Mirrors image [H, W, C] and pixel boxes [M, 4] [y1, x1, y2, x2] with probability 1/2."""
+  width = tf.cast(tf.shape(image)[1], boxes.dtype)
+  flipped_boxes = tf.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]],
+                           axis=-1)
+  do_flip = tf.random.stateless_uniform([], seed) < 0.5
+  return (tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image),
+          tf.cond(do_flip, lambda: flipped_boxes, lambda: boxes))
+
+
+def stateless_jitter_resize_and_crop(image: tf.Tensor, size: int, scale_min: float,
+                                     scale_max: float, scale_seed: tf.Tensor,
+                                     crop_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Aspect-preserving resize to `size` x U(scale_min, scale_max), a random `size` x `size`
+  crop of the result, zero padding to `size` x `size` at the bottom/right.
+
+  Returns the image and tfm's image_info [[orig h, w], [size, size], [scale y, x],
+  [offset y, x]] (offset: the crop's top-left in the resized image).
+  """
+  image_size = tf.cast(tf.shape(image)[:2], tf.float32)
+  desired = tf.constant([size, size], tf.float32)
+  random_scale = tf.random.stateless_uniform([], scale_seed, scale_min, scale_max)
+  scaled = tf.round(random_scale * desired)
+  scaled = tf.round(image_size * tf.minimum(scaled[0] / image_size[0],
+                                            scaled[1] / image_size[1]))
+  max_offset = tf.maximum(scaled - desired, 0.0)
+  offset = tf.cast(max_offset * tf.random.stateless_uniform([2], crop_seed), tf.int32)
+  resized = tf.image.resize(image, tf.cast(scaled, tf.int32))
+  cropped = resized[offset[0]:offset[0] + size, offset[1]:offset[1] + size, :]
+  output = tf.image.pad_to_bounding_box(cropped, 0, 0, size, size)
+  info = tf.stack([image_size, desired, scaled / image_size, tf.cast(offset, tf.float32)])
+  return output, info
 
 
 def keep_largest_boxes(boxes: tf.Tensor, classes: tf.Tensor, max_instances: int,
@@ -220,11 +271,18 @@ def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
   if config.is_training and config.mosaic is not None and config.mosaic.prob > 0:
     make_decoded: Callable = lambda s: source_dataset(config, input_context, s, decoded=True)
     dataset = mosaic_dataset(make_decoded, config.mosaic, anchors.image_size, seed)
-    dataset = dataset.map(parser.parse, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
+    parse = parser.parse
   else:
-    dataset = source_dataset(config, input_context, seed).map(
-        parser, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = source_dataset(config, input_context, seed)
+    parse = parser
+  if config.is_training:
+    # One stateless seed per example, from a dataset whose position the iterator checkpoint
+    # holds (unlike the state of random ops inside map functions).
+    if seed is not None and input_context is not None:
+      seed += 7919 * input_context.input_pipeline_id  # other draws on each input worker
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+  dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   dataset = dataset.batch(batch_size, drop_remainder=config.is_training)
   logging.info("Input %s: batch %d per replica.", config.tfds_name or config.file_pattern,
                batch_size)

@@ -25,10 +25,30 @@ def huber_elementwise(residual: tf.Tensor, delta: float) -> tf.Tensor:
   return 0.5 * quadratic ** 2 + delta * (abs_r - quadratic)
 
 
+def replica_normalizer(num_positives: tf.Tensor) -> tf.Tensor:
+  """This replica's loss normalizer: positives in the global batch + 1, over the replicas.
+
+  The trainer divides each replica's loss by the number of replicas N and sums the gradients,
+  so with normalizer (P_global + 1) / N the replicas' losses add up to one device's
+  sum / (P_global + 1). With one replica it is num_positives + 1. (The reference divides by
+  each replica's own count, which weighs replicas with few positives more.)
+  """
+  context = tf.distribute.get_replica_context()
+  replicas = context.num_replicas_in_sync if context is not None else 1
+  if replicas == 1:
+    return num_positives + 1.0
+  total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(num_positives))
+  return (total + 1.0) / replicas
+
+
 @gin.register(module="detlab.detection")
 @dataclasses.dataclass(frozen=True)
 class DetectionLoss:
-  """Focal + weighted Huber, each normalized by (positive anchors in the batch + 1)."""
+  """Focal + weighted Huber, each normalized by (positive anchors in the global batch + 1).
+
+  Under a multi-replica strategy the positives are all-reduced (see replica_normalizer), so
+  N replicas train exactly as one device at the same global batch.
+  """
   alpha: float = 0.25
   gamma: float = 1.5
   huber_delta: float = 0.1
@@ -45,7 +65,7 @@ class DetectionLoss:
     box_outputs = tf.cast(box_outputs, tf.float32)
     positive = tf.cast(cls_targets >= 0, tf.float32)
     num_positives = tf.reduce_sum(positive)
-    normalizer = num_positives + 1.0
+    normalizer = replica_normalizer(num_positives)
     one_hot = tf.one_hot(cls_targets, class_outputs.shape[-1], dtype=tf.float32)
     cls_loss = tf.reduce_sum(focal_loss_elementwise(
         class_outputs, one_hot, self.alpha, self.gamma)) / normalizer

@@ -1,6 +1,6 @@
 """Shared by the subprocess checks of distributed training (mirrored_check.py,
-multi_worker_check.py): one tiny detector, a loss whose replica parts add up to the global
-mean, and a few Trainer steps under a given strategy."""
+multi_worker_check.py): one tiny detector, its DetectionLoss, and a few Trainer steps under
+a given strategy."""
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -15,16 +15,12 @@ from detlab.training.loop import Trainer
 GLOBAL_BATCH, STEPS = 4, 2
 
 
-def per_image_mean_loss(model, batch, training):
-  """DetectionLoss per image, averaged: a per-example mean, so that replicas / num_replicas
-  equals the global batch (DetectionLoss itself normalizes by the replica's positives)."""
-  loss = DetectionLoss()
+def detection_loss(model, batch, training):
+  """The detector's own loss on this replica's part of the batch (DetectionLoss all-reduces
+  the positives, so the replicas' parts add up to the global batch's loss)."""
   class_outputs, box_outputs = model(batch["images"], training=training)
   cls, box = model.flatten_outputs(class_outputs, box_outputs)
-  size = cls.shape[0]
-  parts = [loss(cls[i:i + 1], box[i:i + 1], batch["cls_targets"][i:i + 1],
-                batch["box_targets"][i:i + 1]) for i in range(size)]
-  return {k: tf.add_n([p[k] for p in parts]) / size for k in ("total", "class", "box")}
+  return DetectionLoss()(cls, box, batch["cls_targets"], batch["box_targets"])
 
 
 def _tiny_detector(sync_bn: bool = True):
@@ -47,7 +43,7 @@ def train(strategy, make_dataset) -> tuple:
     optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     average = WeightAverage(model, EmaConfig(decay=0.5, dynamic_decay=False))
   initial = [v.numpy() for v in model.variables]
-  trainer = Trainer(strategy, model, optimizer, per_image_mean_loss, 4e-5, 10.0, ema=average)
+  trainer = Trainer(strategy, model, optimizer, detection_loss, 4e-5, 10.0, ema=average)
   trainer.train_steps(iter(make_dataset(strategy)), tf.constant(STEPS))
   return ([v.numpy() for v in model.variables], [v.numpy() for v in average.shadows],
           trainer.results()["total"], initial)

@@ -119,7 +119,7 @@ def test_two_workers_end_identical_and_match_one_process_at_the_same_global_batc
   # ... while the two steps moved the weights far more than that.
   moved = max(float(np.max(np.abs(runs[2][k] - runs[2][k.replace("weight", "initial")])))
               for k in names if k.startswith("weight_"))
-  # Each worker's loss metric is the mean over its own half of the batch.
+  # Each worker reports its share N * S_w / (P_global + 1); their mean is the global loss.
   worker_mean_loss = (float(runs[0]["loss"]) + float(runs[1]["loss"])) / 2
   print({"max_weight_diff_vs_single": diff, "max_update": moved,
          "loss_workers_mean": worker_mean_loss, "loss_single": float(runs[2]["loss"])})

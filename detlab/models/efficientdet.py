@@ -72,9 +72,13 @@ def efficientdet(backbone_fn, num_classes: int = 90, image_size: int = 512,
                  fpn_width: int = 64, fpn_cells: int = 3, head_repeats: int = 3,
                  fusion: str = "fast", min_level: int = 3, max_level: int = 7,
                  num_scales: int = 3, aspect_ratios=(1.0, 2.0, 0.5), anchor_scale: float = 4.0,
-                 sync_bn: bool = False) -> EfficientDet:
+                 sync_bn: bool | None = None) -> EfficientDet:
   """Builds EfficientDet; defaults are the paper's D0. `backbone_fn` is an uncalled backbone
-  builder (e.g. @efficientnet_b0), called here so that variables live in the caller's scope."""
+  builder (e.g. @efficientnet_b0), called here so that variables live in the caller's scope.
+  sync_bn: all-reduce BN statistics across replicas; None (default) turns it on when built
+  under a strategy with more than one replica in sync (TPU, multi-GPU, multi-worker)."""
+  if sync_bn is None:
+    sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
   anchors = AnchorConfig(image_size=image_size, min_level=min_level, max_level=max_level,
                          num_scales=num_scales, aspect_ratios=tuple(aspect_ratios),
                          anchor_scale=anchor_scale)

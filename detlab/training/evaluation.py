@@ -39,9 +39,12 @@ class PeriodicEvaluator:
           flush=True)
     save_metrics(os.path.join(self.model_dir, "metrics.json"), metrics, per_class,
                  {"step": step, "nms": self.nms_mode, "weights": weights})
+    png = os.path.join(self.model_dir, "eval_detections.png")
     with self.writer.as_default(step=step):
       for name, value in metrics.items():
         tf.summary.scalar(f"coco/{name}", value)
+      if tf.io.gfile.exists(png):  # ground truth green, predictions red, as in the PNG
+        tf.summary.image("detections", tf.io.decode_png(tf.io.read_file(png), 3)[None])
     self.writer.flush()
     if self.best is not None:
       self.best.update(step, metrics)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from PIL import Image
+import tensorflow as tf
 
 from detlab.evaluation.coco_evaluator import METRIC_NAMES
 
@@ -51,6 +52,21 @@ def test_train_and_eval_leaves_everything_a_user_needs(trained):
   assert "AP   AP50   AP75" in result.stdout and "ETA" in result.stderr
   with Image.open(model_dir / "eval_detections.png") as png:
     assert png.size[0] >= 4 * 128
+
+
+def _tags(events_dir) -> set:
+  tags = set()
+  for name in os.listdir(events_dir):
+    for event in tf.compat.v1.train.summary_iterator(str(events_dir / name)):
+      tags |= {value.tag for value in event.summary.value}
+  return tags
+
+
+def test_tensorboard_has_losses_lr_gradient_norm_coco_metrics_and_detection_images(trained):
+  model_dir, _ = trained
+  assert {"loss/total", "loss/class", "loss/box", "learning_rate", "grad_norm"} <= \
+      _tags(model_dir / "train")
+  assert {"coco/AP", "coco/AP50", "detections"} <= _tags(model_dir / "eval")
 
 
 def test_a_second_start_resumes_from_the_latest_checkpoint(trained, shapes_dir):

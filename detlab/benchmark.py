@@ -104,8 +104,10 @@ def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
     c, b = assigner(tf.constant(boxes), tf.constant(rng.randint(0, model.num_classes, 5)))
     cls.append(c)
     box.append(b)
+  from detlab.data.source_id import encode_source_id
   return {"images": tf.random.normal([batch, size, size, 3]), "cls_targets": tf.stack(cls),
-          "box_targets": tf.stack(box)}
+          "box_targets": tf.stack(box),
+          "source_ids": encode_source_id(tf.constant([f"synthetic-{i}" for i in range(batch)]))}
 
 
 def measure_input_pipeline(model, batch: int, min_seconds: float, warmup: int = 3) -> float:

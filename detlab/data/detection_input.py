@@ -26,6 +26,7 @@ from official.vision.ops import preprocess_ops
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
 from detlab.data import tfds_source
 from detlab.data.mosaic import Mosaic, mosaic_dataset
+from detlab.data.source_id import encode_source_id
 from detlab.data.tf_example import decode_example
 from detlab.detection.anchors import AnchorConfig
 from detlab.detection.targets import AnchorTargetAssigner
@@ -131,8 +132,9 @@ class DetectionParser:
     boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
     boxes, classes = keep_largest_boxes(boxes, classes, c.max_instances, data["source_id"])
     cls_targets, box_targets = self.assigner(boxes, classes)
+    # int32 byte codes, not strings: training batches go to TPUs/GPUs (see source_id.py).
     return {"images": image, "cls_targets": cls_targets, "box_targets": box_targets,
-            "source_ids": data["source_id"]}
+            "source_ids": encode_source_id(data["source_id"])}
 
   def _eval_outputs(self, image, image_info, data, classes) -> dict:
     """Eval form: ground truth stays in original pixels for COCO evaluation."""

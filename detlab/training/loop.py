@@ -2,7 +2,9 @@
 
 Losses are computed per replica and scaled by 1 / num_replicas, so gradients summed across
 replicas equal the gradient of the global mean. A loop of steps stops early at the first
-non-finite loss or gradient, returning the batch's source_ids (see `run_training`).
+non-finite loss or gradient, returning the batch's source_ids (see `run_training`). The ids
+travel as int32 byte codes (detlab/data/source_id.py), so nothing in a step is a string and
+the whole per-replica step, ids included, can run on a TPU or under XLA.
 
 orbit's StandardTrainer/Controller run a similar loop; ours is kept because the step must
 break out on a non-finite loss and hand back the offending batch's ids, which orbit's
@@ -14,6 +16,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
+from detlab.data.source_id import SOURCE_ID_BYTES, decode_source_ids
 from detlab.progress import Progress
 
 
@@ -44,8 +47,8 @@ class Trainer:
     self.loss_fn, self.weight_decay, self.clip_norm = loss_fn, weight_decay, clip_norm
     self.ema = ema
     self._loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
-    self._update = tf.function(self._update_step, jit_compile=True) if jit_compile \
-        else self._update_step
+    self._step = tf.function(self._replica_step, jit_compile=True) if jit_compile \
+        else self._replica_step
     with strategy.scope():
       self.metrics = {name: keras.metrics.Mean(name) for name in self.METRICS}
       # Slot variables now, not lazily in the first step: a checkpoint saved before the first
@@ -85,27 +88,31 @@ class Trainer:
     return tf.cast(finite, tf.int32)
 
   def _replica_step(self, batch: dict):
-    """Returns (1 if this replica's step was non-finite else 0, the batch's source_ids)."""
+    """Returns (1 if this replica's step was non-finite else 0, the batch's source-id codes)."""
     ids = batch.get("source_ids")
-    finite = self._update({k: v for k, v in batch.items() if k != "source_ids"})
     if ids is None:
-      ids = tf.zeros([0], tf.string)
-    return 1 - finite, tf.reshape(tf.strings.as_string(ids) if ids.dtype != tf.string else ids,
-                              [-1])
+      ids = tf.zeros([0, SOURCE_ID_BYTES], tf.int32)
+    elif ids.dtype == tf.string:
+      raise TypeError(
+          "Training batches must carry source_ids as int32 byte codes, not strings (strings "
+          "cannot go to a TPU or through a GPU's distributed iterator): map them with "
+          "detlab.data.source_id.encode_source_id in the input pipeline.")
+    finite = self._update_step({k: v for k, v in batch.items() if k != "source_ids"})
+    return 1 - finite, tf.reshape(ids, [-1, SOURCE_ID_BYTES])
 
   @tf.function
   def train_steps(self, iterator, num_steps: tf.Tensor):
     """Runs up to `num_steps` steps; stops after the first non-finite one.
 
-    Returns (steps run: int32 scalar, source_ids of the non-finite batch: [n] string, empty
-    if all were finite).
+    Returns (steps run: int32 scalar, source-id codes of the non-finite batch: int32
+    [n, SOURCE_ID_BYTES], n = 0 if all were finite; `decode_source_ids` reads them).
     """
     done = tf.constant(0)
-    bad_ids = tf.zeros([0], tf.string)
+    bad_ids = tf.zeros([0, SOURCE_ID_BYTES], tf.int32)
     for _ in tf.range(num_steps):
       tf.autograph.experimental.set_loop_options(
-          shape_invariants=[(bad_ids, tf.TensorShape([None]))])
-      bad, ids = self.strategy.run(self._replica_step, args=(next(iterator),))
+          shape_invariants=[(bad_ids, tf.TensorShape([None, SOURCE_ID_BYTES]))])
+      bad, ids = self.strategy.run(self._step, args=(next(iterator),))
       done += 1
       failed = self.strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None)
       if failed > 0:
@@ -186,7 +193,7 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
 def _recover(trainer: Trainer, checkpoint, bad_step: int, bad_ids: tf.Tensor, trials: int,
              nan_trials: int) -> int:
   """Logs the non-finite step, restores the last checkpoint; returns its step."""
-  ids = [i.decode() for i in bad_ids.numpy()]
+  ids = decode_source_ids(bad_ids.numpy())
   what = (f"Non-finite loss or gradient at step {bad_step} (batch source_ids: "
           f"{', '.join(ids) or 'unknown'}).")
   if trials >= nan_trials:

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from detlab.data import builtin_shapes
 from detlab.data.detection_input import DetectionParser, InputConfig, make_dataset
+from detlab.data.source_id import decode_source_ids
 from detlab.data.tf_example import decode_example
 from detlab.detection.anchors import AnchorConfig
 
@@ -57,6 +58,20 @@ def test_train_batches_have_static_shapes_and_targets(shapes_dir):
   assert batch["box_targets"].shape == (4, anchors.num_anchors, 4)
   cls = batch["cls_targets"].numpy()
   assert cls.min() >= -1 and cls.max() <= 3 and (cls >= 0).sum() > 0
+
+
+def test_train_batches_hold_no_strings_and_their_id_codes_name_the_images(shapes_dir):
+  """Everything in a training batch can go to a TPU (float32/int32); the source ids come
+  back from their byte codes as the records' own ids."""
+  anchors = AnchorConfig(image_size=128)
+  config = InputConfig(os.path.join(shapes_dir, "train-*"), is_training=True)
+  batch = next(iter(make_dataset(config, anchors, num_classes=4, batch_size=4, seed=1)))
+  assert {v.dtype for v in batch.values()} <= {tf.float32, tf.int32}, \
+      {k: v.dtype for k, v in batch.items()}
+  known = {decode_example(r)["source_id"].numpy().decode()
+           for r in _records(os.path.join(shapes_dir, "train-*"))}
+  ids = decode_source_ids(batch["source_ids"].numpy())
+  assert len(ids) == 4 and set(ids) <= known, (ids, sorted(known)[:5])
 
 
 def test_eval_form_keeps_original_pixels_and_scale(shapes_dir):

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.benchmark import synthetic_train_batch
+from detlab.data.source_id import decode_source_ids
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.tasks.detection import DetectionTask
@@ -71,11 +72,17 @@ def test_jit_compiled_step_matches_the_plain_step(tiny_detector):
   for jit in (False, True):
     keras.utils.set_random_seed(0)
     model = tiny_detector()
-    _, trainer, _, done, _ = _one_step(model, keras.optimizers.SGD(0.01), jit_compile=jit)
+    _, trainer, batch, done, _ = _one_step(model, keras.optimizers.SGD(0.01), jit_compile=jit)
     assert done == 1
     weights.append([v.numpy() for v in model.variables])
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
   assert diff < 1e-4, diff
+  # The compiled step (a TPU's form: no strings, ids as int32 codes inside) names a bad batch.
+  bad_batch = dict(batch, images=batch["images"] * np.nan)
+  done, bad = trainer.train_steps(iter(tf.data.Dataset.from_tensors(bad_batch).repeat()),
+                                  tf.constant(3))
+  assert int(done) == 1
+  assert decode_source_ids(bad.numpy()) == ["synthetic-0", "synthetic-1"]
 
 
 def _free_ports(count: int) -> list[int]:

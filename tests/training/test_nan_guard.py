@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from detlab.data.source_id import SOURCE_ID_BYTES, decode_source_ids, encode_source_id
 from detlab.training.checkpoint import CheckpointKeeper
 from detlab.training.ema import EmaConfig, WeightAverage
 from detlab.training.loop import NonFiniteLossError, Trainer, run_training
@@ -28,7 +29,8 @@ def _setup(tmp_path, bad_from: int, bad_to: int):
   average = WeightAverage(model, EmaConfig(decay=0.9))
   x = np.random.RandomState(0).normal(size=[64, 3]).astype(np.float32)
   x[bad_from:bad_to] = np.nan
-  data = {"x": x, "y": x.sum(1), "source_ids": np.array([f"img-{i}" for i in range(64)])}
+  ids = encode_source_id(tf.constant([f"img-{i}" for i in range(64)]))
+  data = {"x": x, "y": x.sum(1), "source_ids": ids}
   iterator = iter(tf.data.Dataset.from_tensor_slices(data).batch(BATCH))
   trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, _loss, 0.0, 0.0,
                     ema=average)
@@ -48,7 +50,22 @@ def test_a_loop_stops_at_the_bad_step_and_names_its_batch(tmp_path):
   trainer, _, iterator, _ = _setup(tmp_path, bad_from=3, bad_to=4)  # in the 2nd batch
   done, ids = trainer.train_steps(iterator, tf.constant(4))
   assert int(done) == 2
-  assert [i.decode() for i in ids.numpy()] == ["img-2", "img-3"]
+  assert decode_source_ids(ids.numpy()) == ["img-2", "img-3"]
+
+
+def test_string_source_ids_are_refused_with_the_fix(tmp_path):
+  trainer, _, _, _ = _setup(tmp_path, bad_from=0, bad_to=0)
+  data = {"x": np.zeros([2, 3], np.float32), "y": np.zeros([2], np.float32),
+          "source_ids": np.array(["a", "b"])}
+  with pytest.raises(TypeError, match="encode_source_id"):
+    trainer.train_steps(iter(tf.data.Dataset.from_tensors(data).repeat()), tf.constant(1))
+
+
+def test_source_id_codes_round_trip_and_mark_truncation():
+  ids = ["397133", "2007_000027", "", "ünïcode", "x" * (SOURCE_ID_BYTES + 5)]
+  codes = encode_source_id(tf.constant(ids)).numpy()
+  assert codes.shape == (5, SOURCE_ID_BYTES) and codes.dtype == np.int32
+  assert decode_source_ids(codes) == ids[:4] + ["x" * SOURCE_ID_BYTES + "…"]
 
 
 def test_a_bad_batch_is_skipped_after_restoring_the_last_checkpoint(tmp_path, caplog):

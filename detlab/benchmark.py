@@ -188,21 +188,57 @@ def measure_network(model, size: int, wanted, min_seconds: float) -> dict:
   return out
 
 
+# CPU features that change which kernels TF picks (oneDNN's default, native bf16 arithmetic).
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def machine_description() -> str:
+  """What the timings were measured on: CPU model, cores, the ISA flags that matter, GPUs and
+  the oneDNN setting; timings from machines that differ here are not comparable."""
+  import os
+  model, flags_present = "unknown CPU", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+          model = value.strip()
+        elif key.strip() == "flags" and not flags_present:
+          flags_present = set(value.split())
+  except OSError:  # not Linux: the model name stays unknown
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  isa = " ".join(f for f in _CPU_FLAGS if f in flags_present) or "flags unknown"
+  gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+  onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TF default")
+  return (f"{model}, {cores} cores, {isa}; GPUs: {', '.join(gpus) or 'none'}; "
+          f"TF_ENABLE_ONEDNN_OPTS={onednn}")
+
+
 def _with_peak_fraction(out: dict) -> dict:
+  """Adds the fraction of the matmul peak and, when anything was timed, the machine."""
   if "gmacs" in out and "matmul_gflops" in out and "infer_img_s_bs8" in out:
     out["fraction_of_matmul_peak_bs8"] = (
         2 * out["gmacs"] * out["infer_img_s_bs8"] / out["matmul_gflops"])
+  if any("img_s" in key or key.endswith("_ms") or key == "matmul_gflops" for key in out):
+    out["machine"] = machine_description()
   return out
 
 
 def native_classifier_size(backbone: str) -> int:
-  """The paper's evaluation size of an EfficientNet V1/V2 variant ('efficientnet_b3' -> 300)."""
-  from detlab.backbones import efficientnet, efficientnet_v2
+  """The paper's evaluation size of a registered classifier: EfficientNet V1/V2 per variant
+  ('efficientnet_b3' -> 300), otherwise the family module's NATIVE_SIZE (224 or 299)."""
+  import importlib
+  from detlab.backbones import BACKBONES, efficientnet, efficientnet_v2
   family, _, variant = backbone.partition("_")
   modules = {"efficientnet": efficientnet, "efficientnetv2": efficientnet_v2}
-  if family not in modules:
+  if family in modules:
+    return modules[family].native_resolution(variant)
+  module = importlib.import_module(BACKBONES[backbone].__module__) \
+      if backbone in BACKBONES else None
+  if module is None or not hasattr(module, "NATIVE_SIZE"):
     raise app.UsageError(f"No native resolution known for {backbone!r}: pass --image_size.")
-  return modules[family].native_resolution(variant)
+  return module.NATIVE_SIZE
 
 
 def measure_backbone(name: str, wanted, min_seconds: float, image_size: int = 0) -> dict:

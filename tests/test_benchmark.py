@@ -39,11 +39,18 @@ def test_full_measurement_reports_every_required_key():
   # The achieved fraction of the measured fp32 matmul peak is derived from the same run.
   assert out["fraction_of_matmul_peak_bs8"] == pytest.approx(
       2 * out["gmacs"] * out["infer_img_s_bs8"] / out["matmul_gflops"])
+  # Timings name the machine they came from (cores as this process sees them).
+  assert f"{len(os.sched_getaffinity(0))} cores" in out["machine"]
+  assert "TF_ENABLE_ONEDNN_OPTS=" in out["machine"]
 
 
 def test_backbone_mode_measures_the_classifier_at_its_native_size():
   assert benchmark.native_classifier_size("efficientnet_b3") == 300
   assert benchmark.native_classifier_size("efficientnetv2_s") == 384
+  # The Inception papers' geometry: GoogLeNet and BN-Inception 224, the later ones 299.
+  assert [benchmark.native_classifier_size(n) for n in (
+      "inception_v1", "inception_v2", "inception_v3", "inception_v4", "inception_resnet_v1",
+      "inception_resnet_v2", "xception")] == [224, 224, 299, 299, 299, 299, 299]
   out = benchmark.measure_backbone("efficientnet_b0", {"params", "gmacs"}, 0.05, image_size=224)
   assert out["params"] == 5_330_564  # keras apps' B0 classifier, less its Normalization layer
   assert out["gmacs"] == pytest.approx(0.39, rel=0.03)  # paper: 0.39B FLOPs (multiply-adds)
@@ -58,4 +65,5 @@ def test_input_pipeline_mode_times_the_configured_training_input(shapes_dir):
   finally:
     gin.clear_config()
   assert out[benchmark.INPUT] > 0
-  assert set(out) == {"model", "image_size", "precision", benchmark.INPUT}  # nothing else timed
+  # nothing else timed; the machine it was timed on is named
+  assert set(out) == {"model", "image_size", "precision", "machine", benchmark.INPUT}

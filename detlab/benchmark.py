@@ -14,6 +14,7 @@ pipeline (train.train_input: its source and training transforms at the model's i
 in images/s at the training batch, printed beside the training step's images/s.
 """
 import json
+import os
 import statistics
 import time
 
@@ -92,6 +93,7 @@ def matmul_gflops(min_seconds: float, n: int = 2048) -> float:
 
 def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
   """Random images with targets from random boxes (static shapes, as the pipeline gives)."""
+  from detlab.data.source_id import encode_source_id
   from detlab.detection.targets import AnchorTargetAssigner
   rng = np.random.RandomState(seed)
   size = model.anchors.image_size
@@ -104,7 +106,6 @@ def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
     c, b = assigner(tf.constant(boxes), tf.constant(rng.randint(0, model.num_classes, 5)))
     cls.append(c)
     box.append(b)
-  from detlab.data.source_id import encode_source_id
   return {"images": tf.random.normal([batch, size, size, 3]), "cls_targets": tf.stack(cls),
           "box_targets": tf.stack(box),
           "source_ids": encode_source_id(tf.constant([f"synthetic-{i}" for i in range(batch)]))}
@@ -166,7 +167,7 @@ def measure(wanted, min_seconds: float, train_batch: int, precision: str = "floa
     train_key = f"train_img_s_bs{train_batch}"
     if train_key in out:  # the input pipeline should outrun the step several times over
       out["input_over_train"] = out[INPUT] / out[train_key]
-  return _with_peak_fraction(out)
+  return _with_derived_keys(out)
 
 
 def measure_network(model, size: int, wanted, min_seconds: float) -> dict:
@@ -195,7 +196,6 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 def machine_description() -> str:
   """What the timings were measured on: CPU model, cores, the ISA flags that matter, GPUs and
   the oneDNN setting; timings from machines that differ here are not comparable."""
-  import os
   model, flags_present = "unknown CPU", set()
   try:
     with open("/proc/cpuinfo") as f:
@@ -215,7 +215,7 @@ def machine_description() -> str:
           f"TF_ENABLE_ONEDNN_OPTS={onednn}")
 
 
-def _with_peak_fraction(out: dict) -> dict:
+def _with_derived_keys(out: dict) -> dict:
   """Adds the fraction of the matmul peak and, when anything was timed, the machine."""
   if "gmacs" in out and "matmul_gflops" in out and "infer_img_s_bs8" in out:
     out["fraction_of_matmul_peak_bs8"] = (
@@ -234,11 +234,11 @@ def native_classifier_size(backbone: str) -> int:
   modules = {"efficientnet": efficientnet, "efficientnetv2": efficientnet_v2}
   if family in modules:
     return modules[family].native_resolution(variant)
-  module = importlib.import_module(BACKBONES[backbone].__module__) \
-      if backbone in BACKBONES else None
-  if module is None or not hasattr(module, "NATIVE_SIZE"):
+  size = getattr(importlib.import_module(BACKBONES[backbone].__module__), "NATIVE_SIZE",
+                 None) if backbone in BACKBONES else None
+  if size is None:
     raise app.UsageError(f"No native resolution known for {backbone!r}: pass --image_size.")
-  return module.NATIVE_SIZE
+  return size
 
 
 def measure_backbone(name: str, wanted, min_seconds: float, image_size: int = 0) -> dict:
@@ -250,7 +250,7 @@ def measure_backbone(name: str, wanted, min_seconds: float, image_size: int = 0)
   model = BACKBONES[name](include_top=True, input_shape=(size, size, 3))
   out = {"model": model.name, "image_size": size}
   out.update(measure_network(model, size, wanted, min_seconds))
-  return _with_peak_fraction(out)
+  return _with_derived_keys(out)
 
 
 def format_table(result: dict) -> str:

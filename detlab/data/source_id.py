@@ -19,7 +19,8 @@ def encode_source_id(source_id: tf.Tensor) -> tf.Tensor:
 
 
 def decode_source_ids(codes) -> list[str]:
-  """int32 [n, SOURCE_ID_BYTES] codes → the n ids; a truncated id ends with '…'."""
+  """int32 [n, SOURCE_ID_BYTES] codes → the n ids. An id that fills all SOURCE_ID_BYTES ends
+  with '…': it may have been cut (the codes cannot tell a 64-byte id from a longer one)."""
   codes = np.asarray(codes).reshape(-1, SOURCE_ID_BYTES)
   ids = []
   for row in codes:

@@ -1,8 +1,8 @@
 """Inference post-processing: top-k -> decode -> per-class NMS -> top detections.
 
 Protocol of the published EfficientDet AP: the top 5000 (anchor, class) logits per image,
-decoded, per-class Gaussian soft-NMS (sigma 0.5 in the paper's convention, exp(-iou^2/sigma)),
-score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is the other mode.
+decoded, clipped to the image, per-class Gaussian soft-NMS (sigma 0.5 in the paper's
+convention, exp(-iou^2/sigma)), score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is the other mode.
 
 Per-class NMS is done as one NMS call per image over class-offset boxes: boxes of different
 classes never overlap after the offset, so IoU (and the Gaussian decay) between classes is 0
@@ -33,9 +33,12 @@ class PostprocessConfig:
       raise ValueError(f"nms_mode must be 'soft' or 'hard', got {self.nms_mode!r}.")
 
 
-def _nms_one_image(boxes, scores, classes, config: PostprocessConfig):
-  """boxes [k, 4], scores [k], classes [k] int32 -> padded top detections."""
-  extent = tf.reduce_max(tf.abs(boxes)) * 2.0 + 1.0
+def _nms_one_image(boxes, scores, classes, image_size: int, config: PostprocessConfig):
+  """boxes [k, 4] clipped to [0, image_size], scores [k], classes [k] int32 -> padded top
+  detections."""
+  # The offset comes from the image, not from the boxes: one wild unclipped box would push
+  # the offsets to ~1e9, where float32 spacing (~100 px) merges or flattens a class's boxes.
+  extent = float(image_size) + 1.0
   offset_boxes = boxes + tf.cast(classes, tf.float32)[:, None] * extent
   if config.nms_mode == "soft":
     iou_threshold, sigma = 1.0, config.soft_nms_sigma / 2.0
@@ -86,11 +89,11 @@ def postprocess(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Te
   top_logits, anchor_index, classes = _top_k_pairs(class_outputs, k)
   boxes = decode_boxes(tf.gather(box_outputs, anchor_index, batch_dims=1),
                        tf.gather(anchors, anchor_index))
+  boxes = tf.clip_by_value(boxes, 0.0, float(image_size))
   scores = tf.sigmoid(top_logits)
   out_boxes, out_scores, out_classes, num = tf.map_fn(
-      lambda args: _nms_one_image(*args, config),
+      lambda args: _nms_one_image(*args, image_size, config),
       (boxes, scores, classes),
       fn_output_signature=(tf.float32, tf.float32, tf.int32, tf.int32))
-  out_boxes = tf.clip_by_value(out_boxes, 0.0, float(image_size))
   return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes,
           "num_detections": num}

@@ -73,3 +73,27 @@ def test_soft_nms_decays_instead_of_removing():
   # Gaussian decay exp(-iou^2 / sigma) with the paper's sigma 0.5.
   expected = 1 / (1 + np.exp(-2.0)) * np.exp(-iou ** 2 / 0.5)
   np.testing.assert_allclose(soft["scores"][0, 1].numpy(), expected, rtol=1e-4)
+
+
+def test_extreme_box_does_not_break_nms_of_a_high_class():
+  """One wild box (here an anchor of +-1e7 px) must not make the class offsets so large
+  (89 x 2e7 today) that float32 (spacing 128 px there) rounds a class's boxes onto each other
+  or to points: offsets come from boxes clipped to the image. Class 89: two boxes of IoU 0.9,
+  one is suppressed; class 88: two boxes of IoU 1/3, both stay (hard NMS at 0.5)."""
+  num_classes = 90
+  anchors = tf.constant([[-1e7, -1e7, 1e7, 1e7], [10, 10, 30, 30], [10, 20, 30, 40],
+                         [10, 10, 50, 50], [10, 12, 50, 52]], tf.float32)
+  logits = np.full((1, 5, num_classes), -10.0, np.float32)
+  logits[0, 0, 0] = 3.0                        # the extreme box, class 0
+  logits[0, 1, 88] = logits[0, 2, 88] = 2.0    # IoU 200/600
+  logits[0, 3, 89], logits[0, 4, 89] = 2.0, 1.5  # IoU 1520/1680
+  out = postprocess(tf.constant(logits), tf.zeros([1, 5, 4]), anchors, 64,
+                    PostprocessConfig(nms_mode="hard", score_threshold=0.5))
+  num = int(out["num_detections"][0])
+  classes = out["classes"][0, :num].numpy()
+  boxes = out["boxes"][0, :num].numpy()
+  assert sorted(classes.tolist()) == [0, 88, 88, 89]
+  np.testing.assert_allclose(sorted(map(tuple, boxes[classes == 88].tolist())),
+                             [(10, 10, 30, 30), (10, 20, 30, 40)])
+  np.testing.assert_allclose(boxes[classes == 89], [[10, 10, 50, 50]])
+  np.testing.assert_allclose(boxes[classes == 0], [[0, 0, 64, 64]])

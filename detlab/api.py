@@ -1,0 +1,174 @@
+"""The Python API: a gin-configured detector with weights, and detection on raw images.
+
+  model = detlab.api.load_detector(["efficientdet_d0.gin"], checkpoint="/path/model_dir")
+  out = detlab.api.detect(model, [image_uint8, ...])   # boxes in each image's own pixels
+
+`load_detector` builds the model of `train.model_fn` exactly as training does and loads a
+detlab checkpoint (a model_dir or a ckpt prefix; EMA weights by default) or a google/automl
+EfficientDet checkpoint. `detect` runs the model's own evaluation preprocessing (the eval
+input pipeline's normalise -> aspect-preserving resize -> pad) and post-processing (top-k,
+decode, NMS), and maps boxes back to original pixels as evaluation does.
+"""
+import dataclasses
+import weakref
+from typing import Sequence
+
+from absl import logging
+import gin
+import numpy as np
+import tensorflow as tf
+
+from detlab import config
+from detlab.data.detection_input import DetectionParser, InputConfig
+from detlab.detection.losses import DetectionLoss
+from detlab.detection.postprocess import PostprocessConfig
+from detlab.tasks.detection import DetectionTask
+from detlab.training.ema import WeightAverage
+
+# model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect.
+_INFERENCE = weakref.WeakKeyDictionary()
+
+
+class CheckpointLoadError(ValueError):
+  """A checkpoint cannot be loaded into the configured detector (says why and what to do)."""
+
+
+def _bound(name: str, default):
+  """The instance a gin parameter (`train.eval_input`, ...) refers to, or `default`."""
+  try:
+    reference = gin.query_parameter(name)
+  except ValueError:
+    return default
+  if reference is None:
+    return default
+  return reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") \
+      else reference
+
+
+def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
+                  checkpoint: str | None = None, use_ema: bool = True):
+  """Builds `train.model_fn` from gin files (names in gin_configs/ or paths) and bindings.
+
+  The gin configuration is cleared first, so each call sees only its own files.
+  checkpoint: None (fresh initialisation); a detlab model_dir (its latest checkpoint) or
+    checkpoint prefix; or a google/automl EfficientDet checkpoint (directory or prefix).
+  use_ema: load the exponential-moving-average weights when the checkpoint holds them (the
+    weights evaluation reports); False loads the raw training weights.
+  Returns the built EfficientDet; `model(images, training=False)` gives
+  (class_outputs, box_outputs) per level, images ImageNet-normalised [B, S, S, 3].
+  """
+  gin.clear_config()
+  config.parse_gin(list(gin_files), list(gin_bindings))
+  try:
+    model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
+  except ValueError as error:
+    raise ValueError(f"The gin files {list(gin_files)} do not bind train.model_fn; include a "
+                     "detector file such as 'efficientdet_d0.gin'.") from error
+  model = model_fn()
+  eval_input = dataclasses.replace(_bound("train.eval_input", InputConfig()),
+                                   is_training=False)
+  postprocess = _bound("train.postprocess", PostprocessConfig())
+  _INFERENCE[model] = (eval_input, DetectionTask(model, DetectionLoss(), postprocess))
+  if checkpoint:
+    load_weights(model, checkpoint, use_ema)
+  return model
+
+
+def _latest(path: str) -> str:
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise CheckpointLoadError(f"No checkpoint in directory {path}: point `checkpoint` at a "
+                                "detlab model_dir, a ckpt-N prefix or an automl checkpoint.")
+    return latest
+  return path
+
+
+def load_weights(model, checkpoint: str, use_ema: bool = True) -> str:
+  """Loads a detlab checkpoint (model_dir or prefix) into `model`; returns the prefix used.
+
+  With use_ema the checkpoint's EMA shadows replace the weights they average (trainable
+  variables and BN moving statistics); a checkpoint without EMA loads its raw weights.
+  """
+  path = _latest(checkpoint)
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except (tf.errors.OpError, ValueError) as error:
+    raise CheckpointLoadError(f"Checkpoint {checkpoint!r} cannot be read: {error}") from error
+  if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
+    raise CheckpointLoadError(f"{path} is a name-based (TF1) checkpoint, not a detlab one.")
+  try:
+    tf.train.Checkpoint(model=model).restore(path).assert_existing_objects_matched() \
+        .expect_partial()
+  except (AssertionError, ValueError) as error:
+    raise CheckpointLoadError(
+        f"Checkpoint {path} does not fit the configured model: {error}\nLoad it with the gin "
+        "files and bindings that trained it (its model_dir holds operative_config.gin).") \
+        from error
+  has_ema = any(k.startswith("ema/") for k in reader.get_variable_to_shape_map())
+  if use_ema and has_ema:
+    average = WeightAverage(model)
+    tf.train.Checkpoint(ema=average.shadows).restore(path).assert_existing_objects_matched() \
+        .expect_partial()
+    average._swap()  # pylint: disable=protected-access  (the model now holds the averages)
+    logging.info("Loaded %s (EMA weights).", path)
+  else:
+    if use_ema:
+      logging.warning("%s holds no EMA weights; loaded its raw weights.", path)
+    logging.info("Loaded %s (raw weights).", path)
+  return path
+
+
+def _as_image_list(images) -> list[tf.Tensor]:
+  if isinstance(images, (list, tuple)):
+    items = [tf.convert_to_tensor(i) for i in images]
+  else:
+    batch = tf.convert_to_tensor(images)
+    items = [batch] if batch.shape.rank == 3 else list(tf.unstack(batch))
+  if not items:
+    raise ValueError("detect: no images given.")
+  for index, image in enumerate(items):
+    if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
+      raise ValueError(f"detect: image {index} is {image.dtype.name} {image.shape.as_list()}; "
+                       "expected uint8 [H, W, 3] RGB (a list of such, or a [B, H, W, 3] "
+                       "batch). Convert grey or RGBA images to RGB first.")
+  return items
+
+
+def preprocess(model, images) -> tuple[tf.Tensor, tf.Tensor]:
+  """uint8 images (list of [H, W, 3] or a batch) -> (model inputs [B, S, S, 3] float32,
+  image_info [B, 4, 2]: [[orig h, w], [scaled h, w], [scale y, x], [offset y, x]]),
+  through the eval input pipeline's own parser (the same normalisation, resize and pad)."""
+  eval_input, _ = _inference(model)
+  parser = DetectionParser(eval_input, model.anchors, model.num_classes)
+  parsed = [parser.parse({
+      "image": image, "boxes": tf.zeros([0, 4]), "classes": tf.zeros([0], tf.int32),
+      "is_crowd": tf.zeros([0], tf.bool), "areas": tf.zeros([0]), "source_id": ""})
+            for image in _as_image_list(images)]
+  return (tf.stack([p["images"] for p in parsed]),
+          tf.stack([tf.cast(p["image_info"], tf.float32) for p in parsed]))
+
+
+def _inference(model):
+  if model not in _INFERENCE:  # a model not made by load_detector: the recipe's defaults
+    _INFERENCE[model] = (InputConfig(),
+                         DetectionTask(model, DetectionLoss(), PostprocessConfig()))
+  return _INFERENCE[model]
+
+
+def detect(model, images) -> dict:
+  """Detections for uint8 RGB images of any size: a list of [H, W, 3] or a [B, H, W, 3] batch.
+
+  Returns numpy arrays, D = the post-processing's max_detections (100 in the recipe):
+    "boxes" [B, D, 4] ymin, xmin, ymax, xmax in each image's original pixels,
+    "scores" [B, D] (sorted, descending), "classes" [B, D] int32 category ids (class index
+    + 1; 0 in the padding), "num_detections" [B] int32 (valid rows per image).
+  """
+  inputs, image_info = preprocess(model, images)
+  _, task = _inference(model)
+  detections = task.detect_original_pixels(inputs, image_info)
+  valid = np.arange(detections["classes"].shape[1])[None, :] < \
+      detections["num_detections"][:, None]
+  detections["classes"] = np.where(valid, detections["classes"] + 1, 0).astype(np.int32)
+  detections["boxes"] = np.where(valid[..., None], detections["boxes"], 0.0)
+  return detections

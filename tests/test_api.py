@@ -1,0 +1,109 @@
+"""detlab.api: load_detector builds the gin model and loads detlab checkpoints (EMA or raw);
+detect on raw uint8 images equals the evaluation pipeline's detections in original pixels."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from detlab import api
+from detlab.data.detection_input import make_dataset
+from detlab.data.tf_example import build_example
+from detlab.training.ema import WeightAverage, averaged_variables
+
+# D0 at 128 px with 3 classes: the real network, small enough to build in seconds.
+BINDINGS = ["IMAGE_SIZE = 128", "NUM_CLASSES = 3"]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return api.load_detector(["efficientdet_d0.gin"], BINDINGS)
+
+
+def _images(seed=0):
+  rng = np.random.RandomState(seed)
+  return [rng.randint(0, 256, size, dtype=np.uint8) for size in [(96, 160, 3), (200, 120, 3)]]
+
+
+def _write_records(images, path):
+  with tf.io.TFRecordWriter(path) as writer:
+    for i, image in enumerate(images):
+      example = build_example(
+          encoded_image=tf.io.encode_png(image).numpy(), image_format="png",
+          source_id=str(i + 1), height=image.shape[0], width=image.shape[1],
+          boxes_yxyx=np.array([[1.0, 1.0, 20.0, 30.0]]), category_ids=[1],
+          category_names=["a"])
+      writer.write(example.SerializeToString())
+
+
+def test_detect_equals_the_evaluation_pipeline(model, tmp_path):
+  """Same images through the eval input pipeline (TFRecord -> parser) and evaluation's
+  mapping back: the same boxes in original pixels, scores and classes (+1 = category id)."""
+  images = _images()
+  _write_records(images, str(tmp_path / "val.tfrecord"))
+  eval_input, task = api._inference(model)  # pylint: disable=protected-access
+  eval_input = eval_input.__class__(file_pattern=str(tmp_path / "val.tfrecord"))
+  batch = next(iter(make_dataset(eval_input, model.anchors, model.num_classes, batch_size=2)))
+  expected = task.detect_original_pixels(batch["images"], batch["image_info"])
+  got = api.detect(model, images)
+  assert got["num_detections"].tolist() == expected["num_detections"].tolist()
+  assert min(got["num_detections"]) > 0  # random weights still score above 0.001
+  for i, image in enumerate(images):
+    n = got["num_detections"][i]
+    np.testing.assert_allclose(got["boxes"][i, :n], expected["boxes"][i, :n], atol=1e-4)
+    np.testing.assert_allclose(got["scores"][i, :n], expected["scores"][i, :n], atol=1e-6)
+    np.testing.assert_array_equal(got["classes"][i, :n], expected["classes"][i, :n] + 1)
+    assert (got["classes"][i, n:] == 0).all() and (got["boxes"][i, n:] == 0).all()
+    height, width = image.shape[:2]
+    assert got["boxes"][i, :n, 2].max() <= height and got["boxes"][i, :n, 3].max() <= width
+  # The 200-px-high image is scaled by 128/200: some box must reach beyond the 128-px input.
+  assert got["boxes"][1, :got["num_detections"][1], 2].max() > 128
+
+
+def test_detect_takes_a_batch_and_one_image(model):
+  image = _images()[0]
+  batch = api.detect(model, np.stack([image, image]))
+  one = api.detect(model, image)
+  assert batch["boxes"].shape == (2, 100, 4) and one["boxes"].shape == (1, 100, 4)
+  np.testing.assert_allclose(batch["boxes"][0], one["boxes"][0], atol=1e-4)
+  np.testing.assert_array_equal(batch["classes"][1], one["classes"][0])
+
+
+def test_detect_rejects_float_images_with_the_fix(model):
+  with pytest.raises(ValueError, match="expected uint8"):
+    api.detect(model, [np.zeros([8, 8, 3], np.float32)])
+
+
+def _save_with_ema(model, directory):
+  """A detlab checkpoint as training writes it: model + EMA shadows that differ from it."""
+  average = WeightAverage(model)
+  for shadow in average.shadows:
+    shadow.assign(shadow + 0.01)
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model, ema=average.shadows),
+                             str(directory), max_to_keep=1).save(checkpoint_number=5)
+  return [v.numpy() for v in model.variables], [s.numpy() for s in average.shadows]
+
+
+def test_load_detector_loads_ema_or_raw_weights(model, tmp_path):
+  raw, ema = _save_with_ema(model, tmp_path)
+  images = tf.random.normal([1, 128, 128, 3])
+  loaded = api.load_detector(["efficientdet_d0.gin"], BINDINGS, checkpoint=str(tmp_path),
+                             use_ema=False)
+  for a, b in zip(raw, loaded.variables):
+    np.testing.assert_array_equal(a, b.numpy())
+  np.testing.assert_allclose(loaded(images, training=False)[0]["3"],
+                             model(images, training=False)[0]["3"], atol=1e-5)
+  averaged = api.load_detector(["efficientdet_d0.gin"], BINDINGS,
+                               checkpoint=str(tmp_path / "ckpt-5"))
+  targets = averaged_variables(averaged)  # trainable + BN moving statistics
+  assert len(targets) == len(ema) and len(targets) < len(averaged.variables) + 1
+  for shadow, target in zip(ema, targets):
+    np.testing.assert_array_equal(shadow, target.numpy())
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(model, tmp_path):
+  _save_with_ema(model, tmp_path)
+  with pytest.raises(api.CheckpointLoadError, match="does not fit"):
+    api.load_detector(["efficientdet_d0.gin"], ["IMAGE_SIZE = 128", "NUM_CLASSES = 5"],
+                      checkpoint=str(tmp_path))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(api.CheckpointLoadError, match="No checkpoint in directory"):
+    api.load_detector(["efficientdet_d0.gin"], BINDINGS, checkpoint=str(tmp_path / "empty"))

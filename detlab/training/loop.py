@@ -1,14 +1,15 @@
 """The training loop: several steps per tf.function call under any tf.distribute strategy.
 
 Losses are computed per replica and scaled by 1 / num_replicas, so gradients summed across
-replicas equal the gradient of the global mean. A loop of steps stops early at the first
-non-finite loss or gradient, returning the batch's source_ids (see `run_training`). The ids
-travel as int32 byte codes (detlab/data/source_id.py), so nothing in a step is a string and
-the whole per-replica step, ids included, can run on a TPU or under XLA.
+replicas equal the gradient of the global mean. A loop of steps makes no host decision
+between its steps (its while condition reads only the step counter, so a TPU or GPU runs the
+steps back to back): it records the first non-finite step and that batch's source_ids on the
+device and hands them back after the loop, where `run_training` rolls back. The ids travel as
+int32 byte codes (detlab/data/source_id.py), so nothing in a step is a string and the whole
+per-replica step, ids included, can run on a TPU or under XLA.
 
-orbit's StandardTrainer/Controller run a similar loop; ours is kept because the step must
-break out on a non-finite loss and hand back the offending batch's ids, which orbit's
-`train_loop_end` hook only sees after the whole loop.
+orbit's StandardTrainer/Controller run a similar loop; ours is kept because the loop must
+hand back the first bad step and its batch's ids, which orbit's hooks do not track.
 """
 from typing import Callable
 
@@ -54,7 +55,10 @@ class Trainer:
       # Slot variables now, not lazily in the first step: a checkpoint saved before the first
       # step must hold them, or a NaN recovery to it would keep the non-finite slots.
       inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-      if hasattr(inner, "build"):
+      if isinstance(inner, keras.optimizers.legacy.Optimizer):
+        # tfm builds these; their `build` is a no-op, `_create_all_weights` makes the slots.
+        inner._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
+      elif hasattr(inner, "build"):
         inner.build(model.trainable_variables)
 
   def _update_step(self, batch: dict) -> tf.Tensor:
@@ -102,25 +106,28 @@ class Trainer:
 
   @tf.function
   def train_steps(self, iterator, num_steps: tf.Tensor):
-    """Runs up to `num_steps` steps; stops after the first non-finite one.
+    """Runs `num_steps` steps; returns (the first non-finite step, 1-based within this loop, 0
+    if all were finite; that batch's source-id codes, int32 [n, SOURCE_ID_BYTES], n = 0 if
+    none; `decode_source_ids` reads them).
 
-    Returns (steps run: int32 scalar, source-id codes of the non-finite batch: int32
-    [n, SOURCE_ID_BYTES], n = 0 if all were finite; `decode_source_ids` reads them).
+    No step waits for the host: the loop runs all its steps even after a bad one (the weights
+    are rolled back anyway), so the batches after the bad one in this loop are passed over too.
     """
-    done = tf.constant(0)
+    bad_step = tf.constant(0)
     bad_ids = tf.zeros([0, SOURCE_ID_BYTES], tf.int32)
-    for _ in tf.range(num_steps):
+    for i in tf.range(num_steps):
       tf.autograph.experimental.set_loop_options(
           shape_invariants=[(bad_ids, tf.TensorShape([None, SOURCE_ID_BYTES]))])
       bad, ids = self.strategy.run(self._step, args=(next(iterator),))
-      done += 1
       failed = self.strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None)
-      if failed > 0:
-        bad_ids = tf.concat(self.strategy.experimental_local_results(ids), axis=0)
-        break
+      first = tf.logical_and(failed > 0, tf.equal(bad_step, 0))
+      ids = tf.concat(self.strategy.experimental_local_results(ids), axis=0)
+      # Dataflow selects, not a break: the loop condition stays the step counter alone.
+      bad_ids = tf.cond(first, lambda: ids, lambda: bad_ids)  # pylint: disable=cell-var-from-loop
+      bad_step = tf.where(first, i + 1, bad_step)
       if self.ema is not None:
         self.ema.update(self.optimizer.iterations)
-    return done, bad_ids
+    return bad_step, bad_ids
 
   def reset_metrics(self):
     for metric in self.metrics.values():
@@ -138,8 +145,8 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
                  ) -> dict:
   """Runs steps start_step..total_steps, logging, writing summaries and saving checkpoints.
 
-  Non-finite loss or gradient: logs the batch's source_ids, restores the last checkpoint
-  (all but the input position) and goes on, at most `nan_trials` times in a row, then raises
+  Non-finite loss or gradient: after the loop of steps, logs the first bad batch's
+  source_ids, restores the last checkpoint (all but the input position) and goes on, at most `nan_trials` times in a row, then raises
   NonFiniteLossError. `stop_requested()` (e.g. SIGTERM) is checked after every loop: then a
   checkpoint is saved and the function returns early. `evaluate(step)` runs every
   `evaluate_every` steps (0: never) after the checkpoint of that step.
@@ -154,9 +161,9 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
             checkpoint_every - step % checkpoint_every, log_every - step % log_every)
     if evaluate_every > 0:
       n = min(n, evaluate_every - step % evaluate_every)
-    done, bad_ids = trainer.train_steps(iterator, tf.constant(n))
-    if bad_ids.shape[0] or int(done) < n:
-      step = _recover(trainer, checkpoint, step + int(done), bad_ids, trials, nan_trials)
+    bad_step, bad_ids = trainer.train_steps(iterator, tf.constant(n))
+    if int(bad_step):  # decided once per loop, after it
+      step = _recover(trainer, checkpoint, step + int(bad_step), bad_ids, trials, nan_trials)
       trials += 1
       last_log = last_save = step
       continue

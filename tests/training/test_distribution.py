@@ -41,9 +41,9 @@ def _one_step(model, optimizer, jit_compile=False):
   trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, task.compute_loss, 4e-5,
                     10.0, jit_compile=jit_compile)
   batch = synthetic_train_batch(model, 2)
-  done, bad = trainer.train_steps(iter(tf.data.Dataset.from_tensors(batch).repeat()),
-                                  tf.constant(1))
-  return task, trainer, batch, int(done), bad
+  bad_step, bad = trainer.train_steps(iter(tf.data.Dataset.from_tensors(batch).repeat()),
+                                      tf.constant(1))
+  return task, trainer, batch, int(bad_step), bad
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -58,8 +58,8 @@ def test_mixed_precision_keeps_losses_and_detections_float32(tiny_detector, poli
     keras.mixed_precision.set_global_policy("float32")
   assert model.class_net.compute_dtype == policy.split("_")[1]
   assert all(v.dtype == tf.float32 for v in model.variables)
-  task, trainer, batch, done, bad = _one_step(model, optimizer)
-  assert done == 1 and bad.shape[0] == 0
+  task, trainer, batch, bad_step, bad = _one_step(model, optimizer)
+  assert bad_step == 0 and bad.shape[0] == 0
   assert np.isfinite(trainer.results()["total"])
   losses = task.compute_loss(model, batch, training=False)
   assert losses["total"].dtype == tf.float32
@@ -68,20 +68,27 @@ def test_mixed_precision_keeps_losses_and_detections_float32(tiny_detector, poli
 
 
 def test_jit_compiled_step_matches_the_plain_step(tiny_detector):
-  weights = []
+  weights, initial = [], None
   for jit in (False, True):
     keras.utils.set_random_seed(0)
     model = tiny_detector()
-    _, trainer, batch, done, _ = _one_step(model, keras.optimizers.SGD(0.01), jit_compile=jit)
-    assert done == 1
-    weights.append([v.numpy() for v in model.variables])
+    if initial is None:
+      initial = [v.numpy() for v in model.trainable_variables]
+    _, trainer, batch, bad_step, _ = _one_step(model, keras.optimizers.SGD(0.01),
+                                               jit_compile=jit)
+    assert bad_step == 0
+    weights.append([v.numpy() for v in model.trainable_variables])
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+  # Both steps moved the weights (a step that did nothing would match trivially) ...
+  moved = [max(float(np.max(np.abs(a - b))) for a, b in zip(w, initial)) for w in weights]
+  assert min(moved) > 100 * 1e-4, moved
+  # ... and the same way.
   assert diff < 1e-4, diff
   # The compiled step (a TPU's form: no strings, ids as int32 codes inside) names a bad batch.
   bad_batch = dict(batch, images=batch["images"] * np.nan)
-  done, bad = trainer.train_steps(iter(tf.data.Dataset.from_tensors(bad_batch).repeat()),
-                                  tf.constant(3))
-  assert int(done) == 1
+  bad_step, bad = trainer.train_steps(iter(tf.data.Dataset.from_tensors(bad_batch).repeat()),
+                                      tf.constant(3))
+  assert int(bad_step) == 1
   assert decode_source_ids(bad.numpy()) == ["synthetic-0", "synthetic-1"]
 
 

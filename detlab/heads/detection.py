@@ -2,6 +2,7 @@
 
 `repeats` x [separable 3x3 conv (shared) -> BN (one per level) -> swish], then a separable 3x3
 predictor: class head A*K channels with prior bias -log((1 - 0.01) / 0.01), box head A*4.
+The predictors compute in float32 under mixed precision (outputs are float32).
 Channel layout is anchor-major (channel = anchor * K + class), matching the anchor order.
 """
 import math
@@ -29,10 +30,13 @@ class SharedConvHead(keras.layers.Layer):
         pointwise_initializer=init(), name=f"conv{i}") for i in range(repeats)]
     self.bns = [[batch_norm(f"bn{i}_level{level}", synchronized=sync_bn)
                  for level in range(min_level, max_level + 1)] for i in range(repeats)]
+    # float32 even under mixed precision: bf16 logits tie in the top-5000 and bf16 box deltas
+    # are off by ~0.5 %; the layer casts its (bf16/fp16) input up and computes in float32.
     self.predictor = keras.layers.SeparableConv2D(
         num_anchors * outputs_per_anchor, 3, padding="same", use_bias=True,
         depthwise_initializer=init(), pointwise_initializer=init(),
-        bias_initializer=keras.initializers.Constant(bias_init), name="predict")
+        bias_initializer=keras.initializers.Constant(bias_init), dtype="float32",
+        name="predict")
 
   def call(self, features: dict, training=None) -> dict:
     outputs = {}

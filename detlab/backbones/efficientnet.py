@@ -82,8 +82,13 @@ def block_prefix(stage: int, index: int) -> str:
 
 
 def drop_rates(total_blocks: int, drop_connect_rate: float) -> list[float]:
-  """Stochastic-depth rate per block: linear from 0 to `drop_connect_rate` at the last block."""
-  return [drop_connect_rate * i / max(1, total_blocks - 1) for i in range(total_blocks)]
+  """Stochastic-depth rate per block i = 0..N-1: `drop_connect_rate * i / N`.
+
+  As keras apps (`drop_connect_rate * b / blocks`) and google/automl's efficientnet_model
+  (survival 1 - rate * idx / len(blocks)): linear from 0, one step short of the full rate at
+  the last block.
+  """
+  return [drop_connect_rate * i / max(1, total_blocks) for i in range(total_blocks)]
 
 
 def scale_blocks(blocks, width: float, depth: float,

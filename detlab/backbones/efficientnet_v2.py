@@ -7,8 +7,8 @@ Differences from V1 (`efficientnet.py`), all as in the paper's reference code an
   layers); B0-B3 scale the base table uniformly by (width, depth) as V1 does.
 - Channel rounding has no "+divisor when rounded down by > 10 %" step and a `min_depth` floor.
 - BatchNorm momentum 0.9 (epsilon 1e-3 as V1); the depthwise conv is named `dwconv2`.
-Stochastic depth grows linearly to `drop_connect_rate` at the last block, as in detlab's V1
-(keras apps stop one step short: rate * b / N); it does not change inference or weights.
+Stochastic depth grows linearly with the block index, rate * i / N (V1's `drop_rates`, as keras
+apps and the reference code); it does not change inference or weights.
 The network itself is built by V1's `build_efficientnet` (stem, block loop, top); this file
 holds only V2's tables, rounding and defaults.
 """

@@ -11,7 +11,11 @@ from official.modeling import optimization
 @gin.register(module="detlab.training")
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """EfficientDet recipe: lr 0.08 per 64 images, warm-up from 10 % of it, cosine to 0.
+  """EfficientDet recipe: lr 0.08 per 64 images, linear warm-up from 0.008, cosine to 0.
+
+  `warmup_learning_rate` is an absolute lr, not scaled by the batch: google/automl's
+  det_model_fn warms up from its `lr_warmup_init` (0.008) at any batch size while it scales
+  `learning_rate` by batch / 64.
 
   `name` picks the update rule: "sgd" (with `momentum`, the paper's) or "adam" (converges
   faster from scratch on short schedules, used by the CPU demo).
@@ -19,7 +23,7 @@ class OptimizerConfig:
   name: str = "sgd"
   learning_rate_per_64: float = 0.08
   warmup_epochs: float = 1.0
-  warmup_fraction: float = 0.1    # warm-up starts at this fraction of the peak lr
+  warmup_learning_rate: float = 0.008  # the lr at step 0 (automl's lr_warmup_init)
   momentum: float = 0.9
   weight_decay: float = 4e-5      # L2 on kernels only, added to the loss
   clip_norm: float = 10.0         # global-norm gradient clipping (0 disables)
@@ -44,7 +48,7 @@ def build_optimizer(config: OptimizerConfig, global_batch: int, total_steps: int
   }
   if warmup_steps > 0:
     params["warmup"] = {"type": "linear", "linear": {
-        "warmup_steps": warmup_steps, "warmup_learning_rate": peak * config.warmup_fraction}}
+        "warmup_steps": warmup_steps, "warmup_learning_rate": config.warmup_learning_rate}}
   factory = optimization.OptimizerFactory(optimization.OptimizationConfig(params))
   schedule = factory.build_learning_rate()
   return factory.build_optimizer(schedule), schedule

@@ -123,14 +123,28 @@ def _check_stochastic_depth(model: keras.Model) -> None:
       assert model.get_layer(prefix + "drop").noise_shape == (None, 1, 1, 1)
   assert len(rates) > len(blocks) // 2
   for i, rate in rates.items():
-    assert rate == pytest.approx(0.2 * i / (len(blocks) - 1), abs=1e-9), blocks[i]
-  assert rates[len(blocks) - 1] == pytest.approx(0.2)
+    assert rate == pytest.approx(0.2 * i / len(blocks), abs=1e-9), blocks[i]
+  last = len(blocks) - 1
+  assert rates[last] == pytest.approx(0.2 * last / len(blocks)) and rates[last] < 0.2
 
 
-def test_stochastic_depth_linear_to_0p2_at_last_block(v1_b1, v2_b0) -> None:
+def test_stochastic_depth_rate_times_index_over_block_count(v1_b1, v2_b0) -> None:
+  """keras apps (`drop_connect_rate * b / blocks`) and google/automl's efficientnet_model
+  (survival_prob = 1 - drop_rate * idx / len(blocks)): block i of N drops at rate * i / N."""
   _check_stochastic_depth(v1_b1)
   _check_stochastic_depth(v2_b0)
-  assert efficientnet_v2.drop_rates(5, 0.2) == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+  assert efficientnet_v2.drop_rates(5, 0.2) == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16])
+
+
+def test_stochastic_depth_rates_equal_keras_apps() -> None:
+  """The Dropout rates of tf_keras.applications.EfficientNetB1 (include_top=False), block for
+  block, equal detlab's."""
+  keras_model = keras.applications.EfficientNetB1(weights=None, include_top=False,
+                                                  input_shape=SMALL)
+  expected = {l.name: l.rate for l in keras_model.layers if l.name.endswith("_drop")}
+  detlab_model = efficientnet.efficientnet_b1(input_shape=SMALL)
+  got = {l.name: l.rate for l in detlab_model.layers if l.name.endswith("_drop")}
+  assert len(expected) == 16 and got == pytest.approx(expected)
 
 
 def _check_se(model: keras.Model, expected_blocks_with_se: int) -> None:
@@ -184,3 +198,28 @@ def test_feature_channels_follow_the_tables(v1_b1, v2_b0) -> None:
       "2": 32, "3": 48, "4": 112, "5": 192}
   assert efficientnet_v2.native_resolution("s") == 384
   assert math.isclose(efficientnet_v2.V2_VARIANTS["b3"].width, 1.2)
+
+
+def _detector_backbone(gin_file: str) -> keras.Model:
+  """The backbone a detector gin file builds (its bindings applied), at 32 px."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from detlab import config  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  try:
+    config.parse_gin([gin_file], [])
+    return gin.query_parameter("efficientdet.backbone_fn").scoped_configurable_fn(
+        input_shape=SMALL)
+  finally:
+    gin.clear_config()
+
+
+def test_detector_b0_has_no_stochastic_depth_larger_backbones_keep_it() -> None:
+  """google/automl (efficientdet_keras / efficientdet_arch): `if 'b0' in backbone_name:
+  override_params['survival_prob'] = 0.0` -- no drop-connect in D0's B0; B1-B7 keep the
+  classifier's survival 0.8 (drop rate 0.2)."""
+  b0 = _detector_backbone("efficientdet_d0.gin")
+  assert b0.name == "efficientnet-b0"
+  assert not [l.name for l in b0.layers if isinstance(l, keras.layers.Dropout)]
+  b1 = _detector_backbone("efficientdet_d1.gin")
+  rates = [l.rate for l in b1.layers if l.name.endswith("_drop")]
+  assert b1.name == "efficientnet-b1" and max(rates) == pytest.approx(0.2 * 22 / 23)

@@ -14,9 +14,17 @@ atomic rename. A kill during a save therefore leaves the index pointing at the p
 checkpoint. If the newest checkpoint it names is unreadable anyway (truncated or deleted
 files), `restore_latest` warns, names the broken files and falls back to the next older kept
 checkpoint; only when none can be read is it an error.
+
+The `checkpoint` state file is not trusted alone: the candidates are the checkpoints it
+names and the `ckpt-*.index` files in the directory, newest first. A garbage or empty state
+file (or one left behind by an older run) therefore never makes a run start again from step 0
+over existing checkpoints; the state is rewritten to name what was restored.
+`variables.json` is written atomically and replaced at the first save of a run when absent,
+unreadable or stale (another model whose checkpoints are gone).
 """
 import json
 import os
+import re
 
 from absl import logging
 import tensorflow as tf
@@ -31,6 +39,10 @@ _UNREADABLE = (tf.errors.OpError, IndexError)
 
 def _first_line(error: Exception) -> str:
   return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _number(name: str) -> int:
+  return int(os.path.basename(name).rsplit("-", 1)[1])
 
 
 class CheckpointMismatchError(ValueError):
@@ -56,14 +68,27 @@ def _describe_differences(saved: dict, current: dict, limit: int = 20) -> list[s
   return lines
 
 
+def _manager(checkpoint, directory: str, max_to_keep: int) -> tf.train.CheckpointManager:
+  """A CheckpointManager; a state file it cannot parse (empty, binary) is moved aside to
+  `checkpoint.unreadable`, and the checkpoints are then found by listing (restore_latest)."""
+  try:
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+  except (ValueError, UnicodeDecodeError) as error:
+    state = os.path.join(directory, "checkpoint")
+    logging.warning("The state file %s is unreadable (%s); moved to %s.unreadable.", state,
+                    _first_line(error), state)
+    tf.io.gfile.rename(state, state + ".unreadable", overwrite=True)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+
+
 class CheckpointKeeper:
   """Saves every `every_steps` (and on demand) and restores the latest on start."""
 
   def __init__(self, model_dir: str, model, max_to_keep: int = 3, **trackables):
     self.model_dir, self.model = model_dir, model
     self.checkpoint = tf.train.Checkpoint(model=model, **trackables)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, model_dir,
-                                              max_to_keep=max_to_keep)
+    self.manager = _manager(self.checkpoint, model_dir, max_to_keep)
+    self._signature_checked = False
     # What a NaN recovery restores: everything but the input position, so that the data
     # moves on past the batch that went wrong.
     self._without_input = tf.train.Checkpoint(
@@ -71,27 +96,57 @@ class CheckpointKeeper:
 
   def restore_latest(self) -> bool:
     """Restores the latest readable checkpoint if any; returns whether one was restored."""
-    paths = list(reversed(self.manager.checkpoints))
+    paths = self._candidates()
     if not paths:
       return False
     self._check_signature()
+    failures = []
     for i, path in enumerate(paths):
       try:
         self._restore(path)
       except _UNREADABLE as error:  # truncated or missing files
+        failures.append(f"  {os.path.basename(path)}: {_first_line(error)}")
         if i + 1 == len(paths):
           raise CheckpointMismatchError(
-              f"No checkpoint in {self.model_dir} could be read; the last one tried, {path}, "
-              f"fails with: {_first_line(error)}\nIf the input pipeline changed (batch size, "
-              "files, augmentation), restore without the input position: "
-              "--gin_bindings='train.checkpoint_input = False'; otherwise use a new "
-              "--model_dir.") from error
+              f"No checkpoint in {self.model_dir} could be read; tried, newest first:\n" +
+              "\n".join(failures) + "\nTraining does not start over them. If the input "
+              "pipeline changed (batch size, files, augmentation), restore without the input "
+              "position: --gin_bindings='train.checkpoint_input = False'; otherwise move "
+              "these files away or use a new --model_dir.") from error
         logging.warning("Checkpoint %s is unreadable (%s: %s); falling back to %s.", path,
                         type(error).__name__, _first_line(error), paths[i + 1])
         continue
       logging.info("Restored %s", path)
+      if path != self.manager.latest_checkpoint:
+        self._rewrite_state(path, paths[i:])
       return True
     return False
+
+  def _candidates(self) -> list[str]:
+    """Checkpoints the state file names plus the ckpt-N.index files found, newest first."""
+    known = {os.path.basename(p): p for p in self.manager.checkpoints}
+    listed = [os.path.basename(p)[:-len(".index")]
+              for p in tf.io.gfile.glob(os.path.join(self.model_dir, "ckpt-*.index"))]
+    found = {name: os.path.join(self.model_dir, name) for name in listed
+             if re.fullmatch(r"ckpt-\d+", name)}
+    if set(found) - set(known):
+      state = os.path.join(self.model_dir, "checkpoint")
+      logging.warning("The state file %s %s; using the checkpoints found by listing: %s.",
+                      state, "does not name " + ", ".join(sorted(set(found) - set(known)))
+                      if known else "is missing, empty or unreadable",
+                      ", ".join(sorted(found, key=_number)))
+    merged = {**found, **known}
+    return [merged[name] for name in sorted(merged, key=_number, reverse=True)]
+
+  def _rewrite_state(self, restored: str, older: list[str]) -> None:
+    """Points the state file at the restored checkpoint (and the older readable-looking ones),
+    so that later saves, NaN recovery and max_to_keep go on from there."""
+    kept = [os.path.basename(p) for p in reversed(older)][-self.manager._max_to_keep:]  # pylint: disable=protected-access
+    tf.compat.v1.train.update_checkpoint_state(self.model_dir, os.path.basename(restored),
+                                               kept)
+    self.manager = _manager(self.checkpoint, self.model_dir, self.manager._max_to_keep)  # pylint: disable=protected-access
+    logging.warning("Rewrote %s to name %s.", os.path.join(self.model_dir, "checkpoint"),
+                    ", ".join(kept))
 
   def restore_for_recovery(self) -> str:
     """Restores the latest checkpoint except the input iterator; returns its path."""
@@ -101,11 +156,23 @@ class CheckpointKeeper:
     self._without_input.restore(path).expect_partial()
     return path
 
-  def _check_signature(self) -> None:
+  def _read_signature(self) -> dict | None:
+    """The saved signature; None if absent or unreadable (a half-written first save)."""
     signature_path = os.path.join(self.model_dir, SIGNATURE_FILE)
-    if tf.io.gfile.exists(signature_path):
+    if not tf.io.gfile.exists(signature_path):
+      return None
+    try:
       with tf.io.gfile.GFile(signature_path) as f:
         saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+      logging.warning("%s is unreadable (%s); relying on the checkpoint's own structure check. "
+                      "It is rewritten at the next save.", signature_path, error)
+      return None
+    return saved if isinstance(saved, dict) else None
+
+  def _check_signature(self) -> None:
+    saved = self._read_signature()
+    if saved is not None:
       differences = _describe_differences(saved, variable_signature(self.model))
       if differences:
         raise CheckpointMismatchError(
@@ -127,11 +194,16 @@ class CheckpointKeeper:
     self.checkpoint.restore(path).expect_partial()
 
   def save(self, step: int) -> str:
-    signature_path = os.path.join(self.model_dir, SIGNATURE_FILE)
-    if not tf.io.gfile.exists(signature_path):
-      tf.io.gfile.makedirs(self.model_dir)
-      with tf.io.gfile.GFile(signature_path, "w") as f:
-        json.dump(variable_signature(self.model), f, indent=0)
+    if not self._signature_checked:  # once per run: absent, unreadable or stale -> rewrite
+      current = variable_signature(self.model)
+      if self._read_signature() != current:
+        tf.io.gfile.makedirs(self.model_dir)
+        signature_path = os.path.join(self.model_dir, SIGNATURE_FILE)
+        temporary = signature_path + ".tmp"
+        with tf.io.gfile.GFile(temporary, "w") as f:
+          json.dump(current, f, indent=0)
+        tf.io.gfile.rename(temporary, signature_path, overwrite=True)  # atomic where the FS is
+      self._signature_checked = True
     return self.manager.save(checkpoint_number=step)
 
 

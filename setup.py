@@ -18,6 +18,9 @@ setuptools.setup(
         "tf-keras~=2.20.0",
         "tf-models-official==2.20.0",
         "pycocotools",
+        # The default COCO evaluator backend: pycocotools' numbers (tested) ~7x faster; a
+        # numpy-only wheel, so a hard dependency keeps the default the same on every install.
+        "faster-coco-eval>=1.6,<2",
         "tensorflow-datasets",
         "absl-py",
         "gin-config",

@@ -1,6 +1,9 @@
 """Draws ground-truth (green) and predicted (red, with class and score) boxes to a PNG grid."""
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw
+import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
 
@@ -28,9 +31,13 @@ def draw_panel(image: np.ndarray, gt_boxes, pred_boxes, pred_scores, pred_classe
 
 
 def save_grid(panels: list[Image.Image], path: str, columns: int = 4) -> None:
+  """A PNG grid of `panels` at `path` (any tf.io.gfile path: local, gs://, ram://)."""
   width, height = panels[0].size
   rows = -(-len(panels) // columns)
   grid = Image.new("RGB", (columns * width, rows * height), (32, 32, 32))
   for i, panel in enumerate(panels):
     grid.paste(panel, ((i % columns) * width, (i // columns) * height))
-  grid.save(path)
+  buffer = io.BytesIO()  # PIL writes local files only; gfile writes to any file system
+  grid.save(buffer, format="PNG")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(buffer.getvalue())

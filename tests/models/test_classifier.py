@@ -1,0 +1,126 @@
+"""Classifiers on every registered backbone: the paper's parameter counts (the numbers
+tests/backbones asserts for each backbone's own `include_top=True` form, i.e. keras apps /
+the papers), dropout defaults, aux heads in training only, and the hand-off of the backbone
+to a detector through `init_mode='backbone'`.
+
+Counts are built at small inputs (they do not depend on the image size without aux heads).
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.backbones import BACKBONES
+from detlab.models.classifier import classifier
+from detlab.models.efficientdet import efficientdet
+from detlab.training.initialize import initialize_from_checkpoint
+
+# 1000-class inference classifier (aux heads excluded): keras apps or the backbone tests.
+COUNTS = {
+    "efficientnet_b0": 5_330_564, "efficientnet_b1": 7_856_232, "efficientnet_b2": 9_177_562,
+    "efficientnet_b3": 12_320_528, "efficientnet_b4": 19_466_816,
+    "efficientnet_b5": 30_562_520, "efficientnet_b6": 43_265_136,
+    "efficientnet_b7": 66_658_680,
+    "efficientnetv2_b0": 7_200_312, "efficientnetv2_b1": 8_212_124,
+    "efficientnetv2_b2": 10_178_374, "efficientnetv2_b3": 14_467_622,
+    "efficientnetv2_s": 21_612_360, "efficientnetv2_m": 54_431_388,
+    "efficientnetv2_l": 119_027_848,
+    "inception_v1": 6_998_552, "inception_v2": 11_204_936, "inception_v3": 23_851_784,
+    "inception_v4": 42_711_400, "inception_resnet_v1": 22_769_848,
+    "inception_resnet_v2": 55_873_736, "xception": 22_910_480,
+}
+V2_XL_PAPER_COUNT = 208e6
+DROPOUT = {"efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "efficientnet_b2": 0.3,
+           "efficientnet_b3": 0.3, "efficientnet_b4": 0.4, "efficientnet_b5": 0.4,
+           "efficientnet_b6": 0.5, "efficientnet_b7": 0.5, "efficientnetv2_s": 0.2,
+           "efficientnetv2_m": 0.3, "efficientnetv2_l": 0.4, "efficientnetv2_xl": 0.4,
+           "inception_v1": 0.4}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session():
+  yield
+  keras.backend.clear_session()
+
+
+def _size(name: str) -> int:
+  return 32 if name.startswith("efficientnet") else 64
+
+
+# The largest builds take 20-45 s each on 2 cores.
+SLOW = {"efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l", "efficientnetv2_xl"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in BACKBONES])
+def test_parameter_count_and_dropout_of_every_backbone(name: str) -> None:
+  model = classifier(BACKBONES[name], aux_heads=False, image_size=_size(name))
+  count = model.inference_model.count_params()
+  if name == "efficientnetv2_xl":
+    assert abs(count - V2_XL_PAPER_COUNT) / V2_XL_PAPER_COUNT < 0.01, count
+  else:
+    assert count == COUNTS[name]
+  assert count == model.count_params()  # no aux heads: nothing outside the inference model
+  if name in DROPOUT:
+    assert model.inference_model.get_layer("top_dropout").rate == DROPOUT[name]
+  assert sorted(model.backbone.output) == ["2", "3", "4", "5"]  # the detection contract
+
+
+def test_unknown_backbone_lists_the_registered_ones() -> None:
+  with pytest.raises(ValueError, match="Registered backbones: efficientnet_b0,.*xception"):
+    classifier("resnet50")
+
+
+def test_dropout_rate_overrides_the_paper_default() -> None:
+  model = classifier("efficientnet_b0", num_classes=7, dropout_rate=0.35, image_size=32)
+  assert model.inference_model.get_layer("top_dropout").rate == 0.35
+  assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 7)
+
+
+def test_googlenet_aux_heads_train_only_with_the_papers_shape() -> None:
+  """Aux on 4a and 4d: 5x5/3 pool -> 1x1 conv 128 -> FC 1024 -> dropout 0.7 -> FC; 0.3."""
+  model = classifier("inception_v1", num_classes=10, image_size=224)
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+  train = model(images, training=True)
+  assert sorted(train) == ["aux_logits_4a", "aux_logits_4d", "logits"]
+  assert all(v.shape == (2, 10) for v in train.values())
+  assert model.aux_loss_weights == {"aux_logits_4a": 0.3, "aux_logits_4d": 0.3}
+  infer = model(images)
+  assert isinstance(infer, tf.Tensor) and infer.shape == (2, 10)
+  # Inference and the training graph's main logits agree when dropout is off.
+  np.testing.assert_allclose(infer.numpy(), model.training_model(images)["logits"].numpy(),
+                             rtol=1e-5, atol=1e-5)
+  assert model.training_model.get_layer("aux_4a_dropout").rate == 0.7
+  assert model.training_model.get_layer("aux_4d_conv").filters == 128
+  assert model.training_model.get_layer("aux_4d_fc").units == 1024
+  # 4x4x128 -> 1024 at 224: the aux heads' size of the backbone tests (512/528 input channels).
+  head = lambda c: (c * 128 + 128) + (4 * 4 * 128 * 1024 + 1024) + (1024 * 10 + 10)
+  assert model.count_params() - model.inference_model.count_params() == head(512) + head(528)
+
+
+def test_inception_v3_aux_head_has_bn_and_weight_0_4() -> None:
+  model = classifier("inception_v3", num_classes=5, image_size=96)
+  assert model.aux_loss_weights == {"aux_logits": 0.4}
+  assert isinstance(model.training_model.get_layer("aux_proj_bn"),
+                    keras.layers.BatchNormalization)
+  out = model(np.zeros((1, 96, 96, 3), np.float32), training=True)
+  assert sorted(out) == ["aux_logits", "logits"]
+
+
+def test_aux_heads_without_a_static_size_say_how_to_fix() -> None:
+  with pytest.raises(ValueError, match="image_size"):
+    classifier("inception_v3")
+
+
+def test_detector_backbone_initialises_from_a_classifier_checkpoint(tmp_path) -> None:
+  keras.utils.set_random_seed(1)
+  source = classifier("efficientnet_b0", num_classes=4, image_size=64)
+  path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+  keras.utils.set_random_seed(2)
+  detector = efficientdet(BACKBONES["efficientnet_b0"], num_classes=3, image_size=128,
+                          fpn_cells=1, head_repeats=1)
+  table = initialize_from_checkpoint(detector, path, "backbone")
+  assert table["backbone"]["new"] == table["backbone"]["skipped"] == 0
+  assert len(detector.backbone.variables) == len(source.backbone.variables) > 0
+  for a, b in zip(source.backbone.variables, detector.backbone.variables):
+    assert a.name == b.name and np.array_equal(a.numpy(), b.numpy()), a.name

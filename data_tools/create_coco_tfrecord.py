@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from data_tools import validate_dataset
 from detlab.data import dataset_checks, tf_example
+from detlab.data.coco_fields import crowd_flag
 from detlab.data.dataset_checks import Repairs
 from detlab.progress import Progress
 
@@ -112,7 +113,12 @@ def build_coco_example(entry: dict, annotations: list[dict], image_dir: str,
         masks.append(mask)
   stats["images"] += 1
   stats["objects"] += len(annotations)
-  stats["crowd objects"] += sum(int(bool(a.get("iscrowd", 0))) for a in annotations)
+  crowd = [crowd_flag(a.get("iscrowd", 0)) for a in annotations]
+  if None in crowd:
+    bad = annotations[crowd.index(None)]
+    raise ValueError(f"annotation {bad.get('id')!r}: iscrowd {bad.get('iscrowd')!r} is not 0 "
+                     "or 1 (validate the JSON first: data_tools.validate_dataset)")
+  stats["crowd objects"] += sum(crowd)
   stats["images without annotations"] += not annotations
   bboxes = [a["bbox"] for a in annotations]
   return tf_example.build_example(
@@ -120,7 +126,7 @@ def build_coco_example(entry: dict, annotations: list[dict], image_dir: str,
       height=height, width=width, boxes_yxyx=coco_boxes_to_yxyx(bboxes),
       category_ids=[int(a["category_id"]) for a in annotations],
       category_names=[categories[a["category_id"]] for a in annotations],
-      is_crowd=[int(bool(a.get("iscrowd", 0))) for a in annotations],
+      is_crowd=crowd,
       areas=[float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in annotations],
       masks=masks, filename=str(entry["file_name"]),
       difficult=[int(a.get("difficult", 0)) for a in annotations] if with_difficult else None)
@@ -172,14 +178,15 @@ def convert_dataset(coco: dict, image_dir: str, output_file_prefix: str, num_sha
                     max_instances: int = 100, apply_exif: bool = True,
                     box_tolerance: float = 1.0, workers: int = 0,
                     output_annotations_file: str | None = None, with_difficult: bool = False,
-                    stream=sys.stdout) -> int:
+                    stream=sys.stdout, source: str = "") -> int:
   """Validates, then writes the shards and label map. Returns the exit status (0 written,
-  1 refused: errors left, nothing written)."""
+  1 refused: errors left, nothing written). `source` names the JSON in the messages."""
   if num_shards < 1:
     raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
   report = validate_dataset.check_dataset(
       coco, image_dir, max_instances, repairs, check_masks=include_masks,
-      apply_exif=apply_exif, box_tolerance=box_tolerance, workers=workers, stream=stream)
+      apply_exif=apply_exif, box_tolerance=box_tolerance, workers=workers, stream=stream,
+      source=source)
   if not report.ok:
     print(f"Refusing to write {output_file_prefix}-*.tfrecord: nothing written.", file=stream)
     return 1
@@ -214,7 +221,8 @@ def convert(image_dir: str, object_annotations_file: str, output_file_prefix: st
   """The tool without flags: loads the JSON, then convert_dataset (exit status 2: unreadable)."""
   try:
     coco = validate_dataset.load_json(object_annotations_file)
-    return convert_dataset(coco, image_dir, output_file_prefix, stream=stream, **kwargs)
+    return convert_dataset(coco, image_dir, output_file_prefix, stream=stream,
+                           source=object_annotations_file, **kwargs)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=stream)
     return 2

@@ -92,14 +92,16 @@ def repair_hint(report: ValidationReport) -> str:
 def check_dataset(coco: dict, image_dir: str, max_instances: int = 100,
                   repairs: Repairs | None = None, check_masks: bool = False,
                   apply_exif: bool = True, box_tolerance: float = 1.0, workers: int = 0,
-                  stream=sys.stdout) -> ValidationReport:
-  """validate_coco with a progress line, then the table and the summary on `stream`."""
+                  stream=sys.stdout, source: str = "") -> ValidationReport:
+  """validate_coco with a progress line, then the table and the summary on `stream`;
+  `source` (the JSON's path) names the file in the messages."""
   images = coco.get("images") if isinstance(coco, dict) else None
   progress = Progress(len(images) if isinstance(images, list) else 0, unit="images")
   report = dataset_checks.validate_coco(
       coco, image_dir, max_instances, repairs, check_masks=check_masks,
       apply_exif=apply_exif, box_tolerance=box_tolerance, workers=workers,
-      on_image=lambda done, total: progress.update(done, prefix="[validate] "))
+      on_image=lambda done, total: progress.update(done, prefix="[validate] "),
+      source=source)
   print(report.table(), file=stream)
   print(report.summary(), file=stream)
   if not report.ok:
@@ -116,7 +118,8 @@ def validate(image_dir: str, annotations_file: str, max_instances: int = 100,
   try:
     coco = load_json(annotations_file)
     report = check_dataset(coco, image_dir, max_instances, repairs, apply_exif=apply_exif,
-                           box_tolerance=box_tolerance, workers=workers, stream=stream)
+                           box_tolerance=box_tolerance, workers=workers, stream=stream,
+                           source=annotations_file)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=stream)
     return 2

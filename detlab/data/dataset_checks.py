@@ -14,12 +14,14 @@ frame COCO annotation tools show and the frame the converters write.
 import collections
 import concurrent.futures
 import dataclasses
-import io
 import math
 import os
 from typing import Callable
 
-from PIL import Image, ImageOps
+from detlab.data.coco_fields import category_name_problem, normalise_annotation
+# Re-exported: the converters and the validator CLI read images through these names.
+from detlab.data.image_files import (  # noqa: F401 pylint: disable=unused-import
+    DecodedImage, ImageError, decode_image, image_path, read_bytes)
 
 ERROR, WARNING = "error", "warning"
 
@@ -48,6 +50,11 @@ KINDS: dict[str, Kind] = {  # the table lists them in this order; the repair swi
     "unknown_category": Kind(ERROR, _ANNS, "add the category to categories[]"),
     "invalid_category_id": Kind(ERROR, None, "category ids must be integers >= 1 (class "
                                 "index = id - 1); renumber the categories"),
+    "category_without_name": Kind(ERROR, None, "give every category a non-empty 'name' "
+                                  "(label_map.json and the per-class AP table use it)"),
+    "bad_iscrowd": Kind(ERROR, _ANNS, "iscrowd must be 0 or 1"),
+    "bad_area": Kind(ERROR, _ANNS, "area must be a number >= 0 (pixels; COCO's small/"
+                     "medium/large split reads it)"),
     "degenerate_box": Kind(ERROR, _ANNS, "bbox must be 4 finite numbers, w > 0, h > 0"),
     "box_outside_image": Kind(ERROR, _CLIP, "fix the box (--clip_boxes clips it to the "
                               "image and drops it if nothing is left)"),
@@ -55,6 +62,13 @@ KINDS: dict[str, Kind] = {  # the table lists them in this order; the repair swi
                              "be [height, width]"),
     "box_slightly_outside": Kind(WARNING, _CLIP, "none needed: within --box_tolerance, the "
                                  "input pipeline clips it"),
+    # Normalised, in the dataset the report returns (so in what the converter writes):
+    "iscrowd_not_integer": Kind(WARNING, None, "none needed: read as the 0/1 it spells "
+                                "(pycocotools alone reads the string \"0\" as a crowd)"),
+    "missing_iscrowd": Kind(WARNING, None, "none needed: read as 0 (not a crowd)"),
+    "missing_area": Kind(WARNING, None, "none needed if boxes are all you have: set to the "
+                         "box's w * h (COCO's own area is the mask's)"),
+    "area_not_number": Kind(WARNING, None, "none needed: the numeric string is read"),
     "too_many_instances": Kind(WARNING, None, "training keeps the largest max_instances "
                                "boxes, evaluation the first ones; raise "
                                "InputConfig.max_instances (and --max_instances) to keep all"),
@@ -155,56 +169,6 @@ class ValidationReport:
             f"{len(self.errors)} errors left, {warnings} warnings. Repairs: {repaired}.")
 
 
-class ImageError(Exception):
-  """An image file that is missing or cannot be fully decoded."""
-
-  def __init__(self, kind: str, message: str):
-    super().__init__(message)
-    self.kind = kind
-
-
-def read_bytes(path: str) -> bytes:
-  """A local file, or a remote one (gs://, ...) through tf.io.gfile."""
-  if "://" in path:
-    import tensorflow as tf  # only for remote file systems
-    if not tf.io.gfile.exists(path):
-      raise ImageError("missing_image", f"no such file: {path}")
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read()
-  if not os.path.isfile(path):
-    raise ImageError("missing_image", f"no such file: {path}")
-  with open(path, "rb") as f:
-    return f.read()
-
-
-@dataclasses.dataclass
-class DecodedImage:
-  image: Image.Image    # upright, RGB
-  format: str           # the file's format as PIL names it: "JPEG", "PNG", ...
-  mode: str             # the file's pixel mode: "RGB", "L", "CMYK", "RGBA", ...
-  exif_transposed: bool  # EXIF orientation (2..8) was applied
-
-
-def decode_image(data: bytes, path: str = "", apply_exif: bool = True) -> DecodedImage:
-  """Fully decodes an image file's bytes; raises ImageError("corrupt_image", ...) if it can't."""
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()  # decodes every pixel: a truncated file fails here, not in training
-    orientation = image.getexif().get(0x0112, 1)
-    transposed = apply_exif and orientation in range(2, 9)
-    upright = ImageOps.exif_transpose(image) if transposed else image
-    return DecodedImage(upright.convert("RGB"), str(image.format), image.mode, transposed)
-  except Image.UnidentifiedImageError as e:
-    raise ImageError("corrupt_image", f"{path} is not an image file PIL can read") from e
-  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
-    raise ImageError("corrupt_image", f"cannot decode {path}: {type(e).__name__}: {e}") from e
-
-
-def image_path(image_dir: str, file_name: str) -> str:
-  return file_name if "://" in file_name or os.path.isabs(file_name) else (
-      os.path.join(image_dir, file_name))
-
-
 def _check_image(entry: dict, image_dir: str, apply_exif: bool):
   """(image id, (height, width) or None, Problem or None) for one images[] entry."""
   image_id = _key(entry.get("id"))
@@ -262,11 +226,13 @@ def validate_coco(coco: dict, image_dir: str, max_instances: int = 100,
                   repairs: Repairs | None = None, check_images: bool = True,
                   check_masks: bool = False, apply_exif: bool = True,
                   box_tolerance: float = 1.0, workers: int = 0,
-                  on_image: Callable[[int, int], None] | None = None) -> ValidationReport:
+                  on_image: Callable[[int, int], None] | None = None,
+                  source: str = "") -> ValidationReport:
   """Checks a COCO instances dict against its image folder; repairs only what `repairs` asks.
 
   box_tolerance: pixels a box may extend past the image before it is an error (COCO's own
   float boxes overshoot by fractions of a pixel). on_image(done, total) reports progress.
+  source: the JSON file's name, for the messages about fields (iscrowd, area, names).
   Raises ValueError when the JSON is not a COCO instances file at all.
   """
   for key in ("images", "annotations", "categories"):
@@ -284,14 +250,18 @@ def validate_coco(coco: dict, image_dir: str, max_instances: int = 100,
     problems.append(problem)
     return problem.repaired
 
+  where = f"{source}: " if source else ""
   categories = {}
   for category in coco["categories"]:
     cid = category.get("id")
     if not isinstance(cid, int) or isinstance(cid, bool) or cid < 1:
       add("invalid_category_id", f"category {category!r} has id {cid!r}",
           category_id=repr(cid))
-    else:
+    else:  # the name is checked only for a usable id: one problem per category
       categories[cid] = str(category.get("name", cid))
+      reason = category_name_problem(category)
+      if reason:
+        add("category_without_name", f"{where}{reason}", category_id=cid)
 
   # Images: duplicate ids, then every file decoded (in threads: PIL releases the GIL).
   id_counts = collections.Counter(_key(entry.get("id")) for entry in coco["images"])
@@ -363,6 +333,11 @@ def validate_coco(coco: dict, image_dir: str, max_instances: int = 100,
         reason = segmentation_problem(ann["segmentation"], height, width)
         if reason:
           drop |= add("bad_segmentation", f"annotation {aid}: {reason}", image_id, aid)
+    ann, found = normalise_annotation(ann)  # iscrowd "0" -> 0, missing area -> w * h ...
+    for kind, what in found:
+      drop |= add(kind, f"{where}annotation {aid} {what}", image_id, aid)
+      if KINDS[kind].severity == WARNING:
+        counts[f"normalised {kind.replace('_', ' ')}"] += 1
     if drop:
       counts["dropped annotation"] += 1
       continue

@@ -121,7 +121,8 @@ def test_malformed_rows_are_reported_not_crashed_on(tmp_path):
   report = dataset_checks.validate_coco(coco, str(tmp_path), check_masks=True)
   assert set(report.kinds()) == {
       "missing_image", "non_integer_image_id", "bad_annotation_id", "unknown_category",
-      "invalid_category_id", "degenerate_box"}
+      "invalid_category_id", "degenerate_box",
+      "missing_iscrowd", "missing_area"}  # warnings: annotation 5 has neither field
   assert "category '2'" in report.table()
   repaired = dataset_checks.validate_coco(coco, str(tmp_path), repairs=Repairs.all())
   assert repaired.dataset["images"] == [] and repaired.dataset["annotations"] == []

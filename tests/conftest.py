@@ -17,3 +17,8 @@ def shapes_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("shapes")
   make_dataset(str(out), num_train=16, num_val=8, num_shards=2, seed=0, workers=1)
   return str(out)
+
+
+def pytest_configure(config):
+  # `python -m pytest tests -m "not slow"` skips the few tests that take a minute or more.
+  config.addinivalue_line("markers", "slow: takes a minute or more on 2 cores")

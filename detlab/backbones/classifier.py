@@ -14,6 +14,7 @@ Networks without aux heads return a plain functional Model producing logits.
 import tf_keras as keras
 
 from detlab.backbones.contract import features_model
+from detlab.layers.functional import functional_model
 
 
 def resolve_geometry(include_top: bool, padding: str | None, input_shape, native_size: int):
@@ -52,10 +53,10 @@ class AuxLogitsClassifier(keras.Model):
 def classification_model(inputs, logits, aux_logits: dict | None, aux_loss_weight: float,
                          name: str) -> keras.Model:
   """A logits Model, wrapped in `AuxLogitsClassifier` when `aux_logits` ({key: [B, K]}) is given."""
-  inference = keras.Model(inputs, logits, name=name)
+  inference = functional_model(inputs, logits, name=name)
   if not aux_logits:
     return inference
-  training = keras.Model(inputs, {"logits": logits, **aux_logits}, name=name + "_train")
+  training = functional_model(inputs, {"logits": logits, **aux_logits}, name=name + "_train")
   model = AuxLogitsClassifier(inference, training,
                               {key: aux_loss_weight for key in aux_logits}, name=name)
   model(inputs)  # builds the wrapper (symbolic call, inference path)

@@ -4,6 +4,8 @@ Level l has spatial size ceil(S / 2**l) for an input of size S (SAME padding).
 """
 import tf_keras as keras
 
+from detlab.layers.functional import functional_model
+
 
 def features_model(inputs, endpoints: dict, min_level: int, max_level: int,
                    name: str) -> keras.Model:
@@ -13,7 +15,7 @@ def features_model(inputs, endpoints: dict, min_level: int, max_level: int,
     raise ValueError(f"{name} has no feature level(s) {missing}; it provides levels "
                      f"{sorted(int(k) for k in endpoints)}.")
   outputs = {str(l): endpoints[str(l)] for l in range(min_level, max_level + 1)}
-  model = keras.Model(inputs, outputs, name=name)
+  model = functional_model(inputs, outputs, name=name)
   model.min_level, model.max_level = min_level, max_level
   return model
 

@@ -14,6 +14,7 @@ import tf_keras as keras
 
 from detlab.backbones.contract import features_model
 from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
+from detlab.layers.functional import functional_model
 from detlab.layers.mbconv import conv_init
 from detlab.layers.normalization import BN_MOMENTUM
 
@@ -170,7 +171,7 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
   # Uniform fan-out init with scale 1/3, as the reference code.
   logits = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.VarianceScaling(
       scale=1.0 / 3.0, mode="fan_out", distribution="uniform"), name="predictions")(x)
-  return keras.Model(inputs, logits, name=name)
+  return functional_model(inputs, logits, name=name)
 
 
 def efficientnet(variant: str, **kwargs) -> keras.Model:

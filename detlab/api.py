@@ -24,6 +24,7 @@ from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.tasks.detection import DetectionTask
 from detlab.training.ema import WeightAverage
+from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_checkpoint
 
 # model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect.
 _INFERENCE = weakref.WeakKeyDictionary()
@@ -85,18 +86,22 @@ def _latest(path: str) -> str:
 
 
 def load_weights(model, checkpoint: str, use_ema: bool = True) -> str:
-  """Loads a detlab checkpoint (model_dir or prefix) into `model`; returns the prefix used.
+  """Loads a detlab checkpoint (model_dir or prefix) or a google/automl EfficientDet
+  checkpoint (directory or prefix) into `model`; returns the prefix used.
 
   With use_ema the checkpoint's EMA shadows replace the weights they average (trainable
   variables and BN moving statistics); a checkpoint without EMA loads its raw weights.
   """
+  if is_automl_checkpoint(checkpoint):
+    return load_automl_checkpoint(model, checkpoint, use_ema)["checkpoint"]
   path = _latest(checkpoint)
   try:
     reader = tf.train.load_checkpoint(path)
   except (tf.errors.OpError, ValueError) as error:
     raise CheckpointLoadError(f"Checkpoint {checkpoint!r} cannot be read: {error}") from error
   if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
-    raise CheckpointLoadError(f"{path} is a name-based (TF1) checkpoint, not a detlab one.")
+    raise CheckpointLoadError(f"{path} is a name-based (TF1) checkpoint but not a google/automl "
+                              "EfficientDet one; detlab loads those and its own.")
   try:
     tf.train.Checkpoint(model=model).restore(path).assert_existing_objects_matched() \
         .expect_partial()

@@ -10,12 +10,19 @@ Variables are matched through the checkpoint's object graph (the attribute path,
 - 'backbone': every backbone variable must load; the rest is new. The checkpoint may hold a
   detector (`model/backbone/...`), a backbone saved as `tf.train.Checkpoint(model=backbone)`,
   or a backbone saved with `backbone.save_weights(prefix)`.
+A google/automl EfficientDet checkpoint (efficientdet-dN, name-based) works too: its EMA
+weights load through detlab/weights/ (the reference fine-tunes from them), by the same rules.
 A table of loaded / skipped / new variables per part is logged and printed. A checkpoint in
 which the required variables cannot be found is an error, never a silent fresh start.
 """
 from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from detlab.weights.automl_checkpoint import (AutomlCheckpointError, check_architecture,
+                                              describe_checkpoint, is_automl_checkpoint,
+                                              match_automl_checkpoint, resolve_prefix)
+from detlab.weights.automl_names import UnsupportedModelError, backbone_prefix
 
 INIT_MODES = ("backbone", "detector")
 HEADS = ("class_net", "box_net")
@@ -73,10 +80,8 @@ def _part_of(model, variable) -> str:
   return "other"
 
 
-def initialize_from_checkpoint(model, path: str, mode: str) -> dict:
-  """Loads what fits from `path` into `model`; returns {part: {loaded, skipped, new}}."""
-  if mode not in INIT_MODES:
-    raise ValueError(f"train.init_mode must be one of {INIT_MODES}, got {mode!r}.")
+def _object_graph_values(model, path: str, mode: str) -> tuple[str, dict]:
+  """A detlab/TF2 checkpoint: {variable ref: (key, reader) or None if shapes differ}."""
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
@@ -97,20 +102,63 @@ def initialize_from_checkpoint(model, path: str, mode: str) -> dict:
     if len(attempt) > len(found):
       found = attempt
   shapes = reader.get_variable_to_shape_map()
+  values = {}
+  for variable, key in found.values():
+    fits = list(shapes[key]) == list(variable.shape)
+    values[variable.ref()] = (lambda key=key: reader.get_tensor(key)) if fits else None
+  return path, values
+
+
+def _automl_values(model, path: str, mode: str) -> tuple[str, dict]:
+  """A google/automl EfficientDet bundle: the EMA weights, as the reference fine-tunes."""
+  prefix = resolve_prefix(path)
+  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  try:
+    if mode == "detector":
+      check_architecture(model, shapes, path, same_classes=False)
+    elif describe_checkpoint(shapes).backbone != backbone_prefix(model.backbone):
+      raise InitCheckpointError(
+          f"train.init_checkpoint {path} holds a {describe_checkpoint(shapes).backbone} "
+          f"backbone, the model a {backbone_prefix(model.backbone)}.")
+    matches, _ = match_automl_checkpoint(model, prefix, use_ema=True)
+  except (AutomlCheckpointError, UnsupportedModelError) as error:
+    raise InitCheckpointError(f"train.init_checkpoint: {error}") from error
+  values = {}
+  for m in matches:
+    if m.value is not None:
+      values[m.mapped.variable.ref()] = lambda value=m.value: value
+    elif m.why != "not in checkpoint":
+      values[m.mapped.variable.ref()] = None
+  return prefix, values
+
+
+def initialize_from_checkpoint(model, path: str, mode: str) -> dict:
+  """Loads what fits from `path` into `model`; returns {part: {loaded, skipped, new}}.
+
+  `path`: a detlab (TF2 object-based) checkpoint or model_dir, or a google/automl
+  EfficientDet checkpoint (directory or prefix; its EMA weights are loaded).
+  """
+  if mode not in INIT_MODES:
+    raise ValueError(f"train.init_mode must be one of {INIT_MODES}, got {mode!r}.")
+  if is_automl_checkpoint(path):
+    path, values = _automl_values(model, path, mode)
+  else:
+    path, values = _object_graph_values(model, path, mode)
   table: dict = {}
   missing = []
   for variable in model.variables:
     part = _part_of(model, variable)
     row = table.setdefault(part, {"loaded": 0, "skipped": 0, "new": 0})
-    entry = found.get(id(variable))
-    if entry is not None and list(shapes[entry[1]]) == list(variable.shape):
-      variable.assign(reader.get_tensor(entry[1]))
+    in_checkpoint = variable.ref() in values
+    value = values.get(variable.ref())
+    if value is not None:
+      variable.assign(value())
       row["loaded"] += 1
       continue
-    row["skipped" if entry is not None else "new"] += 1
+    row["skipped" if in_checkpoint else "new"] += 1
     required = part == "backbone" if mode == "backbone" else part not in HEADS
     if required:
-      why = "shape differs" if entry is not None else "not in checkpoint"
+      why = "shape differs" if in_checkpoint else "not in checkpoint"
       missing.append(f"  {variable.name} {list(variable.shape)} ({why})")
   if missing:
     raise InitCheckpointError(

@@ -1,0 +1,1 @@
+"""Published weights from other code bases, loaded into detlab models by name mapping."""

@@ -1,0 +1,211 @@
+"""The classification input pipeline: ImageNet-layout TFRecords or a TFDS image-classification
+builder -> {"images": float32 [B, S, S, 3], "labels": int32 [B]} (+ mixing keys).
+
+training: decode -> random resized crop (area 0.08-1, aspect 3/4-4/3, TF-slim/tfm's
+          min_object_covered 0.1, whole image when 10 tries fail) -> resize S x S -> flip
+          -> [AutoAugment | RandAugment] (uint8, tfm ops) -> normalise -> batch
+          -> [Mixup/CutMix (detlab.data.mixup_cutmix)]
+eval:     decode -> centre crop 0.875 of the shorter side -> resize S x S -> normalise
+Normalisation: (pixel - mean) / std per channel, mean/std in 0-255 units (ImageNet's by
+default; (127.5,)*3 twice gives [-1, 1], the Inception/Xception convention).
+
+Exact resume: crop and flip draw from a stateless seed per example, the mix from one per
+batch, both taken from a `tf.data.Dataset.random` zipped into the pipeline, whose position
+the iterator checkpoint holds. tfm's AutoAugment/RandAugment use stateful random ops and draw
+fresh randomness after a resume (as in detection).
+"""
+import dataclasses
+
+from absl import logging
+import gin
+import tensorflow as tf
+from official.vision.ops import augment, preprocess_ops
+
+from detlab.data.classification_example import ENCODED, LABEL
+from detlab.data.mixup_cutmix import mix_batch
+
+AUGMENTS = (None, "autoaugment", "randaugment")
+
+
+@gin.register(module="detlab.data")
+@dataclasses.dataclass
+class ClassificationInputConfig:
+  """Where the data is and how it is augmented; every default is the papers' recipe."""
+  file_pattern: str = ""  # comma-separated globs of ImageNet-layout TFRecords
+  tfds_name: str = ""  # or a TFDS builder with "image" and "label" ('imagenette', ...)
+  tfds_split: str = "train"
+  tfds_data_dir: str | None = None
+  tfds_download: bool = False
+  is_training: bool = True
+  image_size: int = 224
+  label_offset: int = 0  # -1 for TF's own 1-based ImageNet records (0 = background)
+  mean: tuple = preprocess_ops.MEAN_RGB
+  std: tuple = preprocess_ops.STDDEV_RGB
+  area_range: tuple = (0.08, 1.0)
+  aspect_ratio_range: tuple = (3 / 4, 4 / 3)
+  center_crop_fraction: float = 0.875
+  augment: str | None = None  # None | "autoaugment" | "randaugment"
+  autoaugment_policy: str = "v0"  # the ImageNet policy (tfm / the AutoAugment paper)
+  randaugment_layers: int = 2
+  randaugment_magnitude: float = 10.0
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  shuffle_buffer: int = 10000
+  cache: bool = False
+
+  def __post_init__(self):
+    if bool(self.file_pattern) == bool(self.tfds_name):
+      raise ValueError("Set exactly one of ClassificationInputConfig.file_pattern (TFRecords) "
+                       "and .tfds_name (a TFDS builder).")
+    if self.augment not in AUGMENTS:
+      raise ValueError(f"ClassificationInputConfig.augment must be one of {AUGMENTS}, got "
+                       f"{self.augment!r}.")
+
+
+def decode_record(serialized: tf.Tensor, label_offset: int = 0) -> dict:
+  """An ImageNet-layout Example -> {"image": uint8 [H, W, 3], "label": int32 []}."""
+  parsed = tf.io.parse_single_example(serialized, {
+      ENCODED: tf.io.FixedLenFeature([], tf.string),
+      LABEL: tf.io.FixedLenFeature([], tf.int64)})
+  image = tf.io.decode_image(parsed[ENCODED], channels=3, expand_animations=False)
+  return {"image": image, "label": tf.cast(parsed[LABEL], tf.int32) + label_offset}
+
+
+def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
+                        area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
+  """uint8 [H, W, 3] -> float32 [size, size, 3] (0-255) of a random crop (stateless)."""
+  shape = tf.shape(image)
+  whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, whole, seed=seed, min_object_covered=0.1, aspect_ratio_range=aspect_ratio_range,
+      area_range=area_range, max_attempts=10, use_image_if_no_bounding_boxes=True)
+  crop = tf.slice(image, begin, crop_size)
+  return tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bilinear")
+
+
+def center_crop(image: tf.Tensor, size: int, fraction: float = 0.875) -> tf.Tensor:
+  """uint8 [H, W, 3] -> float32 [size, size, 3]: the central square of `fraction` x the
+  shorter side, resized (the ImageNet eval crop)."""
+  shape = tf.shape(image)
+  side = tf.cast(tf.round(fraction * tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)),
+                 tf.int32)
+  top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+  crop = image[top:top + side, left:left + side]
+  return tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bilinear")
+
+
+class ClassificationParser:
+  """One decoded example {"image", "label"} (+ seed in training) -> {"images", "labels"}."""
+
+  def __init__(self, config: ClassificationInputConfig):
+    self.config = config
+    self.augmenter = None
+    if config.augment == "autoaugment":
+      self.augmenter = augment.AutoAugment(config.autoaugment_policy)
+    elif config.augment == "randaugment":
+      self.augmenter = augment.RandAugment(config.randaugment_layers,
+                                           config.randaugment_magnitude)
+    self.mean = tf.constant(config.mean, tf.float32)
+    self.std = tf.constant(config.std, tf.float32)
+
+  def __call__(self, data: dict, seed: tf.Tensor | None = None) -> dict:
+    c = self.config
+    image = data["image"]
+    if c.is_training:
+      if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+      image = random_resized_crop(image, c.image_size, crop_seed, c.area_range,
+                                  c.aspect_ratio_range)
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+      if self.augmenter is not None:
+        image = tf.cast(self.augmenter.distort(
+            tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)), tf.float32)
+    else:
+      image = center_crop(image, c.image_size, c.center_crop_fraction)
+    image = (image - self.mean) / self.std
+    image.set_shape([c.image_size, c.image_size, 3])
+    return {"images": image, "labels": tf.cast(data["label"], tf.int32)}
+
+
+def tfds_examples(config: ClassificationInputConfig, input_context=None,
+                  seed: int | None = None) -> tf.data.Dataset:
+  """A TFDS image-classification split as {"image": uint8 [H, W, 3], "label": int32}."""
+  import tensorflow_datasets as tfds  # only TFDS runs need it
+  builder = tfds.builder(config.tfds_name, data_dir=config.tfds_data_dir)
+  missing = [k for k in ("image", "label") if k not in builder.info.features]
+  if missing:
+    raise ValueError(f"TFDS builder {config.tfds_name!r} has no {missing} feature(s); an "
+                     "image-classification builder has 'image' and 'label'.")
+  if config.tfds_download:
+    builder.download_and_prepare()
+  try:
+    dataset = builder.as_dataset(
+        split=config.tfds_split, shuffle_files=config.is_training,
+        read_config=tfds.ReadConfig(input_context=input_context, shuffle_seed=seed))
+  except (AssertionError, FileNotFoundError, ValueError) as error:
+    raise FileNotFoundError(
+        f"The TFDS data set {config.tfds_name!r} (split {config.tfds_split!r}) is not "
+        f"prepared. Prepare it with:\n  tfds build {config.tfds_name} --data_dir="
+        f"{config.tfds_data_dir or '~/tensorflow_datasets'}\nor set "
+        f"ClassificationInputConfig.tfds_download = True.\n({error})") from error
+
+  def to_example(example):
+    image = example["image"]
+    if image.shape[-1] == 1:  # grayscale builders (e.g. mnist)
+      image = tf.image.grayscale_to_rgb(image)
+    return {"image": image, "label": tf.cast(example["label"], tf.int32) + config.label_offset}
+  return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def record_examples(config: ClassificationInputConfig, input_context=None,
+                    seed: int | None = None) -> tf.data.Dataset:
+  """TFRecords matching config.file_pattern as {"image", "label"} (training: files shuffled)."""
+  files = []
+  for pattern in config.file_pattern.split(","):
+    files += sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise FileNotFoundError(
+        f"No files match the classification file pattern {config.file_pattern!r}. Write "
+        "records with `python -m data_tools.create_classification_tfrecord` (a folder of "
+        "class folders) or `python -m data_tools.make_classification_dataset` (built-in).")
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if input_context and input_context.num_input_pipelines > 1:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  deterministic = not config.is_training or seed is not None
+  if config.is_training:
+    dataset = dataset.shuffle(len(files), seed=seed)
+  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  logging.info("Input %s: %d file(s).", config.file_pattern, len(files))
+  return dataset.map(lambda r: decode_record(r, config.label_offset),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+
+def make_classification_dataset(config: ClassificationInputConfig, batch_size: int,
+                                input_context: tf.distribute.InputContext | None = None,
+                                seed: int | None = None) -> tf.data.Dataset:
+  """Batches of {"images" [B, S, S, 3], "labels" [B]} (+ "mix_labels", "mix_weight" [B]
+  with Mixup/CutMix). `batch_size` is per replica; training batches are full and endless."""
+  source = tfds_examples if config.tfds_name else record_examples
+  dataset = source(config, input_context, seed)
+  deterministic = not config.is_training or seed is not None
+  if config.cache:
+    dataset = dataset.cache()
+  parser = ClassificationParser(config)
+  if config.is_training:
+    dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
+    if seed is not None and input_context is not None:
+      seed += 7919 * input_context.input_pipeline_id  # other draws on each input worker
+    # Seeds from a dataset whose position the iterator checkpoint holds (see module doc).
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+  dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
+  dataset = dataset.batch(batch_size, drop_remainder=config.is_training)
+  if config.is_training and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
+    batch_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, batch_seeds)).map(
+        lambda batch, s: mix_batch(batch, s, config.mixup_alpha, config.cutmix_alpha),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  return dataset.prefetch(tf.data.AUTOTUNE)

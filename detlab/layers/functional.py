@@ -3,8 +3,8 @@
 tf_keras maps a functional graph (`keras.Model(inputs, outputs)`, also inside `clone_model`)
 with a recursive walk that takes one Python frame per layer on the longest input-to-output
 path. The deepest detlab backbones come close to or past Python's default limit of 1000 frames
-on their own (measured with the walk's frames counted, beside the caller's: EfficientNetV2-XL
-about 1010, V2-L 790, B7 590, V2-M 570; the Inception family and Xception under 140), so
+on their own (stack depth at the walk's deepest call, from a top-level script: EfficientNetV2-XL
+1021, V2-L 798, B7 600, V2-M 578; Inception-ResNet v2 130, Inception v4 105), so
 whether a build succeeded used to depend on how deep the caller's stack already was (pytest
 adds a hundred frames or more). Every functional model in detlab is built through
 `functional_model`, which raises the limit by a bounded amount for the duration of the build

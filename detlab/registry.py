@@ -1,7 +1,7 @@
 """Imports every module that registers gin configurables, so gin files can name them."""
 # pylint: disable=unused-import
 from detlab import backbones  # noqa: F401
-from detlab.data import detection_input  # noqa: F401
+from detlab.data import classification_input, detection_input  # noqa: F401
 from detlab.detection import anchors, losses, postprocess  # noqa: F401
 from detlab.models import classifier, efficientdet  # noqa: F401
 from detlab.training import optimizer  # noqa: F401

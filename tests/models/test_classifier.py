@@ -124,3 +124,18 @@ def test_detector_backbone_initialises_from_a_classifier_checkpoint(tmp_path) ->
   assert len(detector.backbone.variables) == len(source.backbone.variables) > 0
   for a, b in zip(source.backbone.variables, detector.backbone.variables):
     assert a.name == b.name and np.array_equal(a.numpy(), b.numpy()), a.name
+
+
+def test_gin_wires_a_backbone_reference_into_the_classifier() -> None:
+  import gin
+  import detlab.registry  # noqa: F401  (registers the builders)
+  with gin.unlock_config():
+    gin.clear_config()
+    gin.parse_config(["classifier.backbone_fn = @efficientnet_b0",
+                      "classifier.num_classes = 3", "classifier.image_size = 32"])
+    try:
+      model = gin.get_configurable("detlab.models.classifier")()
+    finally:
+      gin.clear_config()
+  assert model.name == "efficientnet_b0_classifier"
+  assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 3)

@@ -8,8 +8,9 @@ horizontal flip -> aspect-preserving resize with scale jitter U(aug_scale_min, a
 and random crop -> boxes clipped, empty ones dropped -> at most `max_instances` boxes (the
 largest; the number dropped is printed) -> anchor targets.
 
-Images are normalized with ImageNet mean/std (x 255) *before* padding, so padding with 0
-equals the mean colour (reference convention). Every output has a static shape; evaluation
+Images are normalized by the backbone's input convention (`detlab.backbones.input_convention`;
+default ImageNet mean/std x 255, the reference's) *before* padding, so padding with 0 equals
+the mean colour (reference convention). Every output has a static shape; evaluation
 ground truth stays in original pixels, padded to `max_instances`, with the scale kept.
 
 Category ids map to class index `id - 1` (reference convention: COCO ids 1..90 -> 90 logits),
@@ -23,8 +24,9 @@ import tensorflow as tf
 from absl import logging
 from official.vision.ops import preprocess_ops
 
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
-from detlab.data import tfds_source
+from detlab.data import record_files, tfds_source
 from detlab.data.mosaic import Mosaic, mosaic_dataset
 from detlab.data.source_id import encode_source_id
 from detlab.data.tf_example import decode_example
@@ -75,8 +77,11 @@ def _pad(tensor, size, value=0):
 class DetectionParser:
   """Turns one decoded example into a model-ready dict (train or eval form)."""
 
-  def __init__(self, config: InputConfig, anchors: AnchorConfig, num_classes: int):
+  def __init__(self, config: InputConfig, anchors: AnchorConfig, num_classes: int,
+               convention: InputConvention | None = None):
     self.config, self.anchors, self.num_classes = config, anchors, num_classes
+    # What the backbone's weights expect (None: ImageNet mean/std, google/automl's).
+    self.convention = convention or IMAGENET_MEAN_STD
     self.assigner = AnchorTargetAssigner(anchors)
 
   def __call__(self, example, seed: tf.Tensor | None = None) -> dict:
@@ -104,7 +109,7 @@ class DetectionParser:
         image, boxes = step(image, boxes)
     original_size = tf.shape(image)[:2]
 
-    image = preprocess_ops.normalize_image(image)
+    image = self.convention.normalize(image)
     keep = tf.ones_like(classes, tf.bool)
     if c.is_training and c.skip_crowd_during_training:
       keep = tf.logical_not(data["is_crowd"])
@@ -230,13 +235,14 @@ def list_files(file_pattern: str, hint_dir: str | None = None) -> list[str]:
 def _records(config: InputConfig, input_context, seed) -> tf.data.Dataset:
   """Serialized Examples from config.file_pattern (training: shuffled, infinite)."""
   files = list_files(config.file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  dataset = tf.data.Dataset.from_tensor_slices((files, record_files.file_sizes(files)))
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
   if config.is_training:
     dataset = dataset.shuffle(len(files), seed=seed)
-  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+  # A truncated/corrupt record ends its file's stream, logged and counted (record_files).
+  dataset = dataset.interleave(record_files.records_of_file, cycle_length=min(8, len(files)),
                                num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=not config.is_training or seed is not None)
   logging.info("Input %s: %d file(s).", config.file_pattern, len(files))
@@ -266,9 +272,11 @@ def source_dataset(config: InputConfig, input_context: tf.distribute.InputContex
 
 def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
                  batch_size: int, input_context: tf.distribute.InputContext | None = None,
-                 seed: int | None = None) -> tf.data.Dataset:
-  """A batched dataset of parsed examples. `batch_size` is per replica."""
-  parser = DetectionParser(config, anchors, num_classes)
+                 seed: int | None = None,
+                 convention: InputConvention | None = None) -> tf.data.Dataset:
+  """A batched dataset of parsed examples. `batch_size` is per replica; `convention` is the
+  backbone's input normalization (`detlab.backbones.input_convention(model)`; None: ImageNet)."""
+  parser = DetectionParser(config, anchors, num_classes, convention)
   deterministic = not config.is_training or seed is not None
   if config.is_training and config.mosaic is not None and config.mosaic.prob > 0:
     make_decoded: Callable = lambda s: source_dataset(config, input_context, s, decoded=True)

@@ -1,5 +1,10 @@
 """Weight import from tf_keras.applications: detlab logits equal keras logits after the copy.
 
+End to end per imported family (`test_raw_image_keras_way_equals_detlab_way`): one raw uint8
+image through keras' own `preprocess_input` + the keras model, and through detlab's detection
+input pipeline (PNG record -> DetectionParser with the backbone's `input_convention`) + the
+imported detlab classifier, gives the same logits.
+
 Convention checked here: detlab takes the output of the keras app's in-model preprocessing
 (`keras_preprocessing`): V1 x/255 then Normalization; V2-B* (x/255 - ImageNet mean) / std.
 Keras weights are random (keras' own random init for kernels, random values for biases, BN
@@ -8,11 +13,16 @@ statistics).
 """
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
-from detlab.backbones import efficientnet, efficientnet_v2
-from detlab.backbones.weight_import import (WeightImportError, import_keras_weights,
-                                            keras_preprocessing)
+from detlab.backbones import (efficientnet, efficientnet_v2, inception_resnet, inception_v3,
+                              input_convention, xception)
+from detlab.backbones.weight_import import (WeightImportError, fresh_keras_names,
+                                            import_keras_weights, keras_preprocessing)
+from detlab.data.detection_input import DetectionParser, InputConfig
+from detlab.data.tf_example import build_example, encode_png
+from detlab.detection.anchors import AnchorConfig
 
 SIZE = 64
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -157,3 +167,111 @@ def test_h5_import_of_auto_named_app_uses_fresh_session_names(tmp_path) -> None:
   np.testing.assert_allclose(detlab_model(images), reference(images), atol=1e-6)
   assert keras.layers.Conv2D(1, 1).name == "conv2d_2"  # caller's counter restored
   keras.backend.clear_session()
+
+
+# family -> (keras app, its module's preprocess_input, detlab builder, image size). Sizes are
+# multiples of 32 (the parser's anchor grid) at or above keras' minimum (75 Inception, 71
+# Xception); the Inception classifiers are built without aux heads (too small a grid for them).
+END_TO_END = {
+    "efficientnet_b0": (keras.applications.EfficientNetB0, keras.applications.efficientnet,
+                        efficientnet.efficientnet_b0, 64),
+    "efficientnet_b3": (keras.applications.EfficientNetB3, keras.applications.efficientnet,
+                        efficientnet.efficientnet_b3, 64),
+    "efficientnetv2_b0": (keras.applications.EfficientNetV2B0,
+                          keras.applications.efficientnet_v2, efficientnet_v2.efficientnetv2_b0,
+                          64),
+    "efficientnetv2_s": (keras.applications.EfficientNetV2S, keras.applications.efficientnet_v2,
+                         efficientnet_v2.efficientnetv2_s, 64),
+    "inception_v3": (keras.applications.InceptionV3, keras.applications.inception_v3,
+                     inception_v3.inception_v3, 96),
+    "inception_resnet_v2": (keras.applications.InceptionResNetV2,
+                            keras.applications.inception_resnet_v2,
+                            inception_resnet.inception_resnet_v2, 96),
+    "xception": (keras.applications.Xception, keras.applications.xception, xception.xception,
+                 96),
+}
+
+
+def _published_normalization(model: keras.Model) -> None:
+  """keras EfficientNet V1's input Normalization as its published ImageNet file makes it act:
+  the file stores mean and std (as "variance") and the app then divides by sqrt(std) again,
+  net (x / 255 - ImageNet mean) / ImageNet std. Built with weights=None, the app lacks that
+  extra Rescaling, so the equivalent statistics (mean, std**2) are set here."""
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.Normalization) and layer.weights:
+      _, _, count = layer.get_weights()
+      layer.set_weights([IMAGENET_MEAN, IMAGENET_STD**2, count])
+
+
+def _damp_residual_branches(model: keras.Model) -> None:
+  """Scales the last BN of every MBConv branch by 0.3. With random BN statistics the deep
+  EfficientNets (V2-S: 40 residual blocks) blow activations up to ~1e4, where float rounding
+  alone moves keras' own logits by ~100 between batch sizes; damped, they stay O(1)."""
+  for layer in model.layers:
+    if layer.name.endswith("project_bn"):
+      gamma, beta, mean, variance = layer.get_weights()
+      layer.set_weights([gamma * 0.3, beta * 0.3, mean, variance])
+
+
+def _through_detlab_pipeline(raw: np.ndarray, convention) -> np.ndarray:
+  """The eval-form `images` of DetectionParser for a PNG record of `raw` (same size: no
+  resize, no padding)."""
+  size = raw.shape[0]
+  example = build_example(encoded_image=encode_png(raw), image_format="png", source_id="1",
+                          height=size, width=size, boxes_yxyx=[[4, 4, 20, 20]],
+                          category_ids=[1], category_names=["thing"])
+  parser = DetectionParser(InputConfig("unused", is_training=False),
+                           AnchorConfig(image_size=size, min_level=3, max_level=5),
+                           num_classes=1, convention=convention)
+  return parser(tf.constant(example.SerializeToString()))["images"].numpy()[None]
+
+
+@pytest.mark.parametrize("name", list(END_TO_END))
+def test_raw_image_keras_way_equals_detlab_way(name, randomize_keras_model) -> None:
+  keras_app, keras_module, builder, size = END_TO_END[name]
+  shape = (size, size, 3)
+  with fresh_keras_names():  # Inception/Xception layers keep keras' auto-names
+    keras_model = keras_app(weights=None, input_shape=shape, classifier_activation=None)
+  randomize_keras_model(keras_model, seed=5)
+  _published_normalization(keras_model)
+  _damp_residual_branches(keras_model)
+  extra = {"aux_logits": False} if "inception" in name else {}
+  detlab_model = builder(include_top=True, input_shape=shape, **extra)
+  import_keras_weights(detlab_model, keras_model)
+
+  raw = np.random.default_rng(6).integers(0, 256, (size, size, 3), dtype=np.uint8)
+  keras_input = keras_module.preprocess_input(raw[None].astype(np.float32))
+  expected = keras_model(keras_input, training=False).numpy()
+  convention = input_convention(builder)
+  got = detlab_model(_through_detlab_pipeline(raw, convention), training=False).numpy()
+  assert np.std(expected) > 0.05
+  assert np.max(np.abs(got - expected)) <= 1e-4, name
+  keras.backend.clear_session()
+
+
+def test_conventions_per_family() -> None:
+  """keras apps: EfficientNet V1 and V2-B* ImageNet mean/std, V2-S/M/L x / 128 - 1, Inception
+  and Xception x / 127.5 - 1 (mode 'tf'); google/automl's detector: ImageNet mean/std x 255."""
+  raw = np.array([[[0, 128, 255]]], np.uint8)
+  imagenet = (np.array([0, 128, 255]) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  for name in ("efficientnet_b0", "efficientnet-b7", "efficientnetv2_b3"):
+    np.testing.assert_allclose(input_convention(name).normalize(raw).numpy()[0, 0], imagenet,
+                               atol=1e-6)
+  np.testing.assert_allclose(input_convention("efficientnetv2_s").normalize(raw).numpy()[0, 0],
+                             [-1.0, 0.0, 255 / 128 - 1], atol=1e-6)
+  for name in ("inception_v1", "inception_v2", "inception_v3", "inception_resnet_v2",
+               "xception"):
+    np.testing.assert_allclose(input_convention(name).normalize(raw).numpy()[0, 0],
+                               [-1.0, 128 / 127.5 - 1, 1.0], atol=1e-6)
+  assert [input_convention(n).native_size for n in ("efficientnet_b3", "efficientnetv2_s",
+                                                     "inception_v1", "xception")] == \
+      [300, 384, 224, 299]
+
+
+def test_convention_lookup_by_builder_model_and_detector() -> None:
+  model = xception.xception(input_shape=(71, 71, 3))
+  holder = type("Detector", (), {"backbone": model})()
+  assert input_convention(model) == input_convention(holder) == input_convention("xception")
+  with pytest.raises(ValueError, match="INPUT_CONVENTIONS"):
+    input_convention("my_backbone")
+  assert input_convention("my_backbone", default=input_convention("xception")).native_size == 299

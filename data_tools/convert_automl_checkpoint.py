@@ -56,6 +56,7 @@ def convert(checkpoint: str, gin_files, gin_bindings, model_dir: str,
   average.reset()  # shadows := the automl EMA values (raw where a bundle has none)
   raw = load_automl_checkpoint(model, checkpoint, use_ema=False) if not use_ema else ema
   optimizer, _ = build_optimizer(OptimizerConfig(), 64, 1, 0)
+  _ = optimizer.iterations  # created on first access; training restores it (step 0)
   keeper = CheckpointKeeper(model_dir, model, max_to_keep=1, optimizer=optimizer,
                             ema=average.shadows)
   path = keeper.save(0)

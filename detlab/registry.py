@@ -4,5 +4,6 @@ from detlab import backbones  # noqa: F401
 from detlab.data import classification_input, detection_input  # noqa: F401
 from detlab.detection import anchors, losses, postprocess  # noqa: F401
 from detlab.models import classifier, efficientdet  # noqa: F401
+from detlab.models import joint, segmentation  # noqa: F401
 from detlab.training import optimizer  # noqa: F401
 from detlab.training import experiment  # noqa: F401

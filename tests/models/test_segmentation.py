@@ -1,0 +1,107 @@
+"""Segmenter (EfficientDet paper's segmentation variant) and the joint detector-segmenter."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.backbones.efficientnet import efficientnet_b0
+from detlab.heads.segmentation import SegmentationHead
+from detlab.models.efficientdet import efficientdet
+from detlab.models.joint import joint_detector_segmenter
+from detlab.models.segmentation import segmenter
+from detlab.necks.bifpn import BiFPN
+
+SIZE = 64
+DET_SIZE = 128  # detection anchors need a multiple of 2^7
+
+
+@pytest.fixture(scope="module")
+def seg_b0():
+  return segmenter(efficientnet_b0, num_classes=21, image_size=SIZE)
+
+
+def test_logits_are_float32_at_the_input_size(seg_b0):
+  logits = seg_b0(tf.random.normal([2, SIZE, SIZE, 3]), training=False)
+  assert tuple(logits.shape) == (2, SIZE, SIZE, 21)
+  assert logits.dtype == tf.float32
+
+
+def test_bifpn_spans_p2_to_p7_at_ceil_sizes(seg_b0):
+  features = seg_b0.pyramid(tf.zeros([1, SIZE, SIZE, 3]))
+  assert sorted(features, key=int) == [str(l) for l in range(2, 8)]
+  for level, f in features.items():
+    side = math.ceil(SIZE / 2**int(level))
+    assert tuple(f.shape) == (1, side, side, 128)
+
+
+def test_bifpn_from_level_2_has_the_general_graph():
+  # 6 levels: 5 top-down + 5 bottom-up nodes per cell.
+  fpn = BiFPN(16, 1, min_level=2, max_level=7)
+  inputs = {str(l): tf.random.normal([1, 2**(7 - l), 2**(7 - l), 8]) for l in range(2, 6)}
+  out = fpn(inputs)
+  assert len(fpn.cells[0]) == 10
+  assert [tuple(out[str(l)].shape[1:3]) for l in range(2, 8)] == [
+      (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def test_parameters_split_into_backbone_bifpn_and_the_papers_head(seg_b0):
+  # Head: 3 separable convs (128->256, then 256->256; depthwise 3x3, no bias) + BN
+  # (4 x 256 each) + 1x1 conv 256->21 with bias.
+  head = (9 * 128 + 128 * 256) + 2 * (9 * 256 + 256 * 256) + 3 * 4 * 256 + 256 * 21 + 21
+  assert seg_b0.seg_head.count_params() == head
+  assert seg_b0.count_params() == (seg_b0.backbone.count_params()
+                                   + seg_b0.fpn.count_params() + head)
+  assert seg_b0.count_params() == 4_528_249
+
+
+def test_head_upsamples_bilinearly_from_the_p2_logits():
+  head = SegmentationHead(3, width=8, repeats=1)
+  features = tf.random.normal([1, 4, 4, 5])
+  full = head(features, output_size=(16, 16))
+  x = tf.nn.swish(head.bns[0](head.convs[0](features), training=False))
+  coarse = head.classifier(x)
+  np.testing.assert_allclose(full.numpy(), tf.image.resize(coarse, (16, 16)).numpy(),
+                             rtol=1e-6, atol=1e-6)
+  assert tuple(head(features).shape) == (1, 16, 16, 3)  # x4 by default
+
+
+def test_head_logits_stay_float32_under_mixed_precision():
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    head = SegmentationHead(4, width=8, repeats=2)
+    features = tf.cast(tf.random.normal([1, 4, 4, 8]), tf.bfloat16)
+    logits = head(features)
+    assert logits.dtype == tf.float32
+    assert head.classifier.compute_dtype == "float32"
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_backbone_checkpoint_of_a_segmenter_loads_into_a_detector(seg_b0, tmp_path):
+  # Same `.backbone` attribute and layout as EfficientDet: one initialises the other.
+  path = tf.train.Checkpoint(model=seg_b0).save(str(tmp_path / "seg"))
+  detector = efficientdet(efficientnet_b0, num_classes=4, image_size=DET_SIZE)
+  tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=detector.backbone)).read(
+      path).assert_existing_objects_matched()
+  for a, b in zip(seg_b0.backbone.weights, detector.backbone.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_joint_model_shares_one_bifpn_between_detection_and_segmentation():
+  joint = joint_detector_segmenter(efficientnet_b0, num_classes=4, num_seg_classes=5,
+                                   image_size=DET_SIZE)
+  det = efficientdet(efficientnet_b0, num_classes=4, image_size=DET_SIZE)
+  seg = segmenter(efficientnet_b0, num_classes=5, image_size=SIZE, fpn_width=64)
+  cls, box, logits = joint(tf.zeros([2, DET_SIZE, DET_SIZE, 3]), training=False)
+  assert sorted(cls, key=int) == ["3", "4", "5", "6", "7"]
+  assert tuple(cls["3"].shape) == (2, 16, 16, 9 * 4) and tuple(box["7"].shape) == (2, 1, 1, 36)
+  assert tuple(logits.shape) == (2, DET_SIZE, DET_SIZE, 5) and logits.dtype == tf.float32
+  # One BiFPN over P2..P7 (the segmenter's at width 64), the detector's heads, the seg head.
+  assert joint.fpn.min_level == 2
+  assert joint.fpn.count_params() == seg.fpn.count_params()
+  assert joint.count_params() == (det.count_params() - det.fpn.count_params()
+                                  + seg.fpn.count_params() + seg.seg_head.count_params())
+  flat_cls, _ = joint.flatten_outputs(cls, box)
+  assert flat_cls.shape[1] == joint.anchors.num_anchors

@@ -1,0 +1,107 @@
+"""Classification task: model, inputs, loss and evaluation for the shared training loop.
+
+Draft against today's `training.loop.Trainer` (`compute_loss(model, batch, training)` ->
+dict with "total"); the task-generic training root of #12 wires it into `train()`.
+
+Loss (float32): softmax cross-entropy with label smoothing (0.1 in the EfficientNet and
+Inception v3 recipes) on the main logits plus sum_k w_k x the same loss on each auxiliary
+head's logits (GoogLeNet 0.3 each, Inception v3/v4/ResNet-v2 0.4). With Mixup/CutMix the
+batch carries "mix_labels" and "mix_weight" w, and every term is w CE(labels) +
+(1 - w) CE(mix_labels). Weight decay is the Trainer's.
+"""
+from typing import Callable
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from detlab.data.classification_input import (ClassificationInputConfig,
+                                              make_classification_dataset)
+from detlab.evaluation.classification import ClassificationEvaluator, draw_labelled_grid
+from detlab.models.classifier import classifier
+
+
+def smoothed_cross_entropy(logits: tf.Tensor, labels: tf.Tensor,
+                           label_smoothing: float) -> tf.Tensor:
+  """Per-example CE [B] of logits [B, K] against integer labels [B] smoothed to
+  (1 - s) one_hot + s / K."""
+  logits = tf.cast(logits, tf.float32)
+  num_classes = tf.shape(logits)[-1]
+  targets = tf.one_hot(labels, num_classes)
+  targets = targets * (1.0 - label_smoothing) + label_smoothing / tf.cast(num_classes,
+                                                                          tf.float32)
+  return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+
+
+@gin.register(module="detlab.tasks")
+class ClassificationTask:
+  """Glue between a classifier, its input pipeline, its loss and its evaluator."""
+
+  def __init__(self, num_classes: int, image_size: int, train_input=None, eval_input=None,
+               model_fn: Callable = classifier, label_smoothing: float = 0.1,
+               class_names: list[str] | None = None):
+    """train_input / eval_input: ClassificationInputConfig (file_pattern or tfds_name);
+    their image_size and is_training are set here. model_fn: the classifier builder,
+    called with num_classes and image_size (bind backbone_fn etc. on it)."""
+    if class_names is not None and len(class_names) > num_classes:
+      raise ValueError(f"NUM_CLASSES is {num_classes} but the label map has "
+                       f"{len(class_names)} classes; set NUM_CLASSES = {len(class_names)}.")
+    self.num_classes, self.image_size = num_classes, image_size
+    self.train_input, self.eval_input = train_input, eval_input
+    self.model_fn, self.label_smoothing = model_fn, label_smoothing
+    self.class_names = class_names
+
+  def build_model(self):
+    """Call inside `strategy.scope()`."""
+    return self.model_fn(num_classes=self.num_classes, image_size=self.image_size)
+
+  def build_inputs(self, training: bool, batch_size: int, input_context=None,
+                   seed: int | None = None) -> tf.data.Dataset:
+    base = self.train_input if training else self.eval_input
+    if base is None:
+      raise ValueError(f"ClassificationTask.{'train' if training else 'eval'}_input is not "
+                       "set; bind it to @ClassificationInputConfig() with a file_pattern.")
+    config = ClassificationInputConfig(**{**vars(base), "is_training": training,
+                                          "image_size": self.image_size})
+    return make_classification_dataset(config, batch_size, input_context, seed)
+
+  def _mixed_loss(self, logits, batch) -> tf.Tensor:
+    loss = smoothed_cross_entropy(logits, batch["labels"], self.label_smoothing)
+    if "mix_weight" in batch:
+      other = smoothed_cross_entropy(logits, batch["mix_labels"], self.label_smoothing)
+      loss = batch["mix_weight"] * loss + (1.0 - batch["mix_weight"]) * other
+    return tf.reduce_mean(loss)
+
+  def compute_loss(self, model, batch: dict, training: bool) -> dict:
+    """{"total", "class" (main head), "aux" (weighted aux heads)}: per-replica means."""
+    outputs = model(batch["images"], training=training)
+    if not isinstance(outputs, dict):
+      outputs = {"logits": outputs}
+    main = self._mixed_loss(outputs["logits"], batch)
+    aux = tf.constant(0.0)
+    for key, weight in getattr(model, "aux_loss_weights", {}).items():
+      if key in outputs:
+        aux += weight * self._mixed_loss(outputs[key], batch)
+    return {"total": main + aux, "class": main, "aux": aux}
+
+  def evaluate(self, model, dataset: tf.data.Dataset, png_path: str | None = None,
+               num_panels: int = 16) -> dict:
+    """Top-1/top-5/per-class accuracy/loss of `model` (inference form) over `dataset`; a
+    labelled PNG of the first `num_panels` images at `png_path` if given."""
+    evaluator = ClassificationEvaluator(self.num_classes)
+    predict = tf.function(lambda images: model(images, training=False))
+    panels = None
+    for batch in dataset:
+      logits = predict(batch["images"]).numpy()
+      labels = batch["labels"].numpy()
+      evaluator.update(logits, labels)
+      if png_path and panels is None:
+        panels = (batch["images"].numpy()[:num_panels], labels[:num_panels],
+                  logits[:num_panels].argmax(axis=1))
+    if png_path and panels is not None:
+      base = self.eval_input
+      images = panels[0] * np.asarray(base.std, np.float32) + np.asarray(base.mean, np.float32)
+      names = dict(enumerate(self.class_names or []))
+      draw_labelled_grid(np.clip(np.round(images), 0, 255).astype(np.uint8), panels[1],
+                         panels[2], png_path, names)
+    return evaluator.result()

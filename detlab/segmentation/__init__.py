@@ -1,0 +1,1 @@
+"""Semantic segmentation: loss (the model is in detlab.models.segmentation)."""

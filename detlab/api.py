@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from detlab import config
+from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
@@ -143,9 +144,12 @@ def _as_image_list(images) -> list[tf.Tensor]:
 def preprocess(model, images) -> tuple[tf.Tensor, tf.Tensor]:
   """uint8 images (list of [H, W, 3] or a batch) -> (model inputs [B, S, S, 3] float32,
   image_info [B, 4, 2]: [[orig h, w], [scaled h, w], [scale y, x], [offset y, x]]),
-  through the eval input pipeline's own parser (the same normalisation, resize and pad)."""
+  through the eval input pipeline's own parser (the backbone's input normalisation, the
+  aspect-preserving resize and the bottom/right pad)."""
   eval_input, _ = _inference(model)
-  parser = DetectionParser(eval_input, model.anchors, model.num_classes)
+  # The backbone's input convention, as training and evaluation use it (experiment.py).
+  parser = DetectionParser(eval_input, model.anchors, model.num_classes,
+                           input_convention(model, default=IMAGENET_MEAN_STD))
   parsed = [parser.parse({
       "image": image, "boxes": tf.zeros([0, 4]), "classes": tf.zeros([0], tf.int32),
       "is_crowd": tf.zeros([0], tf.bool), "areas": tf.zeros([0]), "source_id": ""})

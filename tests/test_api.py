@@ -5,6 +5,8 @@ import pytest
 import tensorflow as tf
 
 from detlab import api
+from detlab.backbones import input_convention
+from detlab.backbones.conventions import InputConvention
 from detlab.data.detection_input import make_dataset
 from detlab.data.tf_example import build_example
 from detlab.training.ema import WeightAverage, averaged_variables
@@ -41,7 +43,8 @@ def test_detect_equals_the_evaluation_pipeline(model, tmp_path):
   _write_records(images, str(tmp_path / "val.tfrecord"))
   eval_input, task = api._inference(model)  # pylint: disable=protected-access
   eval_input = eval_input.__class__(file_pattern=str(tmp_path / "val.tfrecord"))
-  batch = next(iter(make_dataset(eval_input, model.anchors, model.num_classes, batch_size=2)))
+  batch = next(iter(make_dataset(eval_input, model.anchors, model.num_classes, batch_size=2,
+                                 convention=input_convention(model))))
   expected = task.detect_original_pixels(batch["images"], batch["image_info"])
   got = api.detect(model, images)
   assert got["num_detections"].tolist() == expected["num_detections"].tolist()
@@ -107,3 +110,20 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(model, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(api.CheckpointLoadError, match="No checkpoint in directory"):
     api.load_detector(["efficientdet_d0.gin"], BINDINGS, checkpoint=str(tmp_path / "empty"))
+
+
+def test_preprocess_uses_the_backbone_input_convention(model):
+  """An image of the input size passes unresized: ImageNet mean/std by default (automl's),
+  the backbone's own convention when it has one (e.g. keras Inception's [-1, 1])."""
+  image = _images()[0][:, :128].copy()
+  image = np.concatenate([image, image[:32]], axis=0)  # 128 x 128
+  inputs, info = api.preprocess(model, [image])
+  mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
+  np.testing.assert_allclose(inputs[0], (image - mean) / std, atol=1e-4)
+  np.testing.assert_allclose(info[0, 2], [1.0, 1.0])
+  model.backbone.input_convention = InputConvention(mean=(127.5,) * 3, std=(127.5,) * 3)
+  try:
+    inputs, _ = api.preprocess(model, [image])
+  finally:
+    del model.backbone.input_convention
+  np.testing.assert_allclose(inputs[0], image / 127.5 - 1.0, atol=1e-5)

@@ -27,5 +27,5 @@ setuptools.setup(
         "Pillow",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim"]},
 )

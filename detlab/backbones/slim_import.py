@@ -1,0 +1,118 @@
+"""Copy TF-slim checkpoint weights (`tf_slim.nets` / tensorflow/models research/slim) into
+detlab classifiers.
+
+A slim checkpoint holds one tensor per variable, e.g.
+`InceptionV3/Mixed_5b/Branch_1/Conv2d_0b_5x5/weights` and `.../BatchNorm/moving_mean`
+(BN without gamma: slim's `scale=False`), and logits as a 1x1 conv with biases,
+`InceptionV3/Logits/Conv2d_1c_1x1/{weights,biases}` [1, 1, C, K] (K = 1001: class 0 is
+slim's background). Supported:
+- inception_v3: detlab's v3 has keras' layer order; slim's scope names sort in the same order
+  (stem `Conv2d_1a` < `Conv2d_2a` < ... < `Mixed_5b` < ... < `Mixed_7c`; within a module
+  `Branch_0` < `Branch_1`, within a branch `Conv2d_0a` < `Conv2d_0b` < `Conv2d_1a`), so conv
+  units map one to one onto `conv2d_i` / `batch_normalization_i` in index order, every shape
+  checked. The aux head (`AuxLogits`) is not imported (detlab's inference graph has none).
+Any variable neither mapped nor listed as ignored is an error; so is a shape mismatch.
+"""
+import re
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.backbones.weight_import import WeightImportError, weighted_layers
+
+SCOPES = {"inception_v3": "InceptionV3"}
+_IGNORED = re.compile(r"(/AuxLogits/|ExponentialMovingAverage|global_step|/Momentum|/RMSProp)")
+
+
+def read_checkpoint(path: str) -> dict[str, np.ndarray]:
+  """{variable name: value} of a TF1 name-based checkpoint (prefix or directory)."""
+  if tf.io.gfile.isdir(path):
+    path = tf.train.latest_checkpoint(path) or path
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def conv_units(variables: dict, scope: str) -> dict[str, dict[str, np.ndarray]]:
+  """{conv scope: {'weights', 'biases', 'beta', 'gamma', 'moving_mean', 'moving_variance'}}
+  under `scope`, aux head and optimizer/EMA slots left out."""
+  units: dict = {}
+  for name, value in variables.items():
+    if not name.startswith(scope + "/") or _IGNORED.search(name):
+      continue
+    parts = name.split("/")
+    if parts[-2] == "BatchNorm":
+      unit, kind = "/".join(parts[:-2]), parts[-1]
+    else:
+      unit, kind = "/".join(parts[:-1]), parts[-1]
+    units.setdefault(unit, {})[kind] = value
+  return units
+
+
+def _assign(layer: keras.layers.Layer, values: list, source: str) -> None:
+  expected = [tuple(w.shape) for w in layer.weights]
+  got = [tuple(v.shape) for v in values]
+  if expected != got:
+    raise WeightImportError(f"{source} -> {layer.name}: shapes {got} vs detlab {expected}")
+  layer.set_weights(values)
+
+
+def _indexed(layers: dict, stem: str) -> list:
+  """Auto-named layers `stem`, `stem_1`, ... in index order."""
+  pattern = re.compile(rf"^{stem}(?:_(\d+))?$")
+  found = [(int(m.group(1) or 0), layer) for name, layer in layers.items()
+           if (m := pattern.match(name))]
+  return [layer for _, layer in sorted(found, key=lambda t: t[0])]
+
+
+def _copy_logits(layers: dict, units: dict, logits_scope: str) -> None:
+  unit = units.pop(logits_scope, None)
+  if unit is None:
+    raise WeightImportError(f"No logits {logits_scope} in the checkpoint.")
+  kernel = unit["weights"].reshape(unit["weights"].shape[-2:])  # [1, 1, C, K] -> [C, K]
+  _assign(layers["predictions"], [kernel, unit["biases"]], logits_scope)
+
+
+def _import_inception_v3(model: keras.Model, variables: dict) -> list[str]:
+  scope = SCOPES["inception_v3"]
+  units = conv_units(variables, scope)
+  layers = weighted_layers(model)
+  _copy_logits(layers, units, f"{scope}/Logits/Conv2d_1c_1x1")
+  convs, bns = _indexed(layers, "conv2d"), _indexed(layers, "batch_normalization")
+  names = sorted(units)
+  if not len(names) == len(convs) == len(bns):
+    raise WeightImportError(f"{len(names)} slim conv units vs {len(convs)} detlab convs / "
+                            f"{len(bns)} BNs; first slim units: {names[:5]}")
+  for name, conv, bn in zip(names, convs, bns):
+    unit = units[name]
+    _assign(conv, [unit["weights"]], name)
+    _assign(bn, [unit["beta"], unit["moving_mean"], unit["moving_variance"]], name)
+  return names
+
+
+_IMPORTERS = {"inception_v3": _import_inception_v3}
+
+
+def import_slim_checkpoint(model: keras.Model, checkpoint: str, backbone: str) -> list[str]:
+  """Copies the slim checkpoint's weights into detlab classifier `model` (include_top=True,
+  num_classes = the checkpoint's, aux heads off). Returns the slim scopes copied."""
+  if backbone not in _IMPORTERS:
+    raise ValueError(f"No TF-slim mapping for {backbone!r}; supported: {sorted(_IMPORTERS)}.")
+  variables = read_checkpoint(checkpoint)
+  if not any(n.startswith(SCOPES[backbone] + "/") for n in variables):
+    scopes = sorted({n.split("/")[0] for n in variables})
+    raise WeightImportError(f"{checkpoint} holds no {SCOPES[backbone]}/ variables (its "
+                            f"scopes: {scopes[:10]}); is it a {backbone} checkpoint?")
+  return _IMPORTERS[backbone](getattr(model, "inference_model", model), variables)
+
+
+def slim_num_classes(checkpoint: str, backbone: str) -> int:
+  """K of the checkpoint's logits conv (1001 for the published ImageNet checkpoints)."""
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(checkpoint)
+                                    if tf.io.gfile.isdir(checkpoint) else checkpoint)
+  shapes = reader.get_variable_to_shape_map()
+  logits = [s for n, s in shapes.items()
+            if n.startswith(SCOPES[backbone] + "/Logits/") and n.endswith("/weights")]
+  if not logits:
+    raise WeightImportError(f"{checkpoint}: no {SCOPES[backbone]}/Logits/*/weights.")
+  return int(logits[0][-1])

@@ -1,0 +1,32 @@
+"""TF-slim checkpoints into detlab: a `tf_slim.nets` network with seeded random weights
+(TF1-compat graph, see slim_nets.py), its checkpoint imported into the detlab classifier, gives
+the same logits for the same (normalized) images."""
+import numpy as np
+import pytest
+
+from detlab.backbones import inception_v3
+from detlab.backbones.slim_import import import_slim_checkpoint, slim_num_classes
+
+pytest.importorskip("tf_slim")
+from tests.backbones.slim_nets import slim_logits_and_checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _images(size: int) -> np.ndarray:
+  return np.random.default_rng(3).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+
+
+def test_inception_v3_slim_checkpoint_gives_slim_logits(tmp_path) -> None:
+  size = 75  # slim's and keras' smallest v3 input ('VALID' stem)
+  images = _images(size)
+  prefix = str(tmp_path / "inception_v3.ckpt")
+  expected = slim_logits_and_checkpoint("inception_v3", images, prefix)
+  assert slim_num_classes(prefix, "inception_v3") == 1001
+  model = inception_v3.inception_v3(include_top=True, num_classes=1001,
+                                    input_shape=(size, size, 3), aux_logits=False)
+  before = model(images, training=False).numpy()
+  copied = import_slim_checkpoint(model, prefix, "inception_v3")
+  got = model(images, training=False).numpy()
+  assert len(copied) == 94  # every conv-BN unit of the stem and the 11 modules
+  assert expected.shape == (2, 1001) and np.std(expected) > 0.05
+  assert np.max(np.abs(before - expected)) > 1e-2
+  assert np.max(np.abs(got - expected)) <= 1e-4

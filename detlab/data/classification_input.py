@@ -6,8 +6,9 @@ training: decode -> random resized crop (area 0.08-1, aspect 3/4-4/3, TF-slim/tf
           -> [AutoAugment | RandAugment] (uint8, tfm ops) -> normalise -> batch
           -> [Mixup/CutMix (detlab.data.mixup_cutmix)]
 eval:     decode -> centre crop 0.875 of the shorter side -> resize S x S -> normalise
-Normalisation: (pixel - mean) / std per channel, mean/std in 0-255 units (ImageNet's by
-default; (127.5,)*3 twice gives [-1, 1], the Inception/Xception convention).
+Normalisation: (pixel - mean) / std per channel in 0-255 units: the config's mean/std if
+set, else the backbone's input convention (`detlab.backbones.input_convention(model)`,
+passed to `make_classification_dataset`), else ImageNet's.
 
 Exact resume: crop and flip draw from a stateless seed per example, the mix from one per
 batch, both taken from a `tf.data.Dataset.random` zipped into the pipeline, whose position
@@ -39,8 +40,8 @@ class ClassificationInputConfig:
   is_training: bool = True
   image_size: int = 224
   label_offset: int = 0  # -1 for TF's own 1-based ImageNet records (0 = background)
-  mean: tuple = preprocess_ops.MEAN_RGB
-  std: tuple = preprocess_ops.STDDEV_RGB
+  mean: tuple | None = None  # None: the backbone's convention (see the module docstring)
+  std: tuple | None = None
   area_range: tuple = (0.08, 1.0)
   aspect_ratio_range: tuple = (3 / 4, 4 / 3)
   center_crop_fraction: float = 0.875
@@ -94,10 +95,17 @@ def center_crop(image: tf.Tensor, size: int, fraction: float = 0.875) -> tf.Tens
   return tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bilinear")
 
 
+def normalization(config: ClassificationInputConfig, convention=None) -> tuple:
+  """(mean, std) float32 [3] in 0-255 units: config's, else the convention's, else ImageNet's."""
+  mean = config.mean or (convention.mean if convention else preprocess_ops.MEAN_RGB)
+  std = config.std or (convention.std if convention else preprocess_ops.STDDEV_RGB)
+  return tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+
 class ClassificationParser:
   """One decoded example {"image", "label"} (+ seed in training) -> {"images", "labels"}."""
 
-  def __init__(self, config: ClassificationInputConfig):
+  def __init__(self, config: ClassificationInputConfig, convention=None):
     self.config = config
     self.augmenter = None
     if config.augment == "autoaugment":
@@ -105,8 +113,7 @@ class ClassificationParser:
     elif config.augment == "randaugment":
       self.augmenter = augment.RandAugment(config.randaugment_layers,
                                            config.randaugment_magnitude)
-    self.mean = tf.constant(config.mean, tf.float32)
-    self.std = tf.constant(config.std, tf.float32)
+    self.mean, self.std = normalization(config, convention)
 
   def __call__(self, data: dict, seed: tf.Tensor | None = None) -> dict:
     c = self.config
@@ -184,15 +191,17 @@ def record_examples(config: ClassificationInputConfig, input_context=None,
 
 def make_classification_dataset(config: ClassificationInputConfig, batch_size: int,
                                 input_context: tf.distribute.InputContext | None = None,
-                                seed: int | None = None) -> tf.data.Dataset:
+                                seed: int | None = None,
+                                convention=None) -> tf.data.Dataset:
   """Batches of {"images" [B, S, S, 3], "labels" [B]} (+ "mix_labels", "mix_weight" [B]
-  with Mixup/CutMix). `batch_size` is per replica; training batches are full and endless."""
+  with Mixup/CutMix). `batch_size` is per replica; training batches are full and endless.
+  `convention`: the backbone's `InputConvention` (used where config.mean/std are None)."""
   source = tfds_examples if config.tfds_name else record_examples
   dataset = source(config, input_context, seed)
   deterministic = not config.is_training or seed is not None
   if config.cache:
     dataset = dataset.cache()
-  parser = ClassificationParser(config)
+  parser = ClassificationParser(config, convention)
   if config.is_training:
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
     if seed is not None and input_context is not None:

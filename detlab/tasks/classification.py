@@ -15,8 +15,9 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from detlab.backbones import input_convention
 from detlab.data.classification_input import (ClassificationInputConfig,
-                                              make_classification_dataset)
+                                              make_classification_dataset, normalization)
 from detlab.evaluation.classification import ClassificationEvaluator, draw_labelled_grid
 from detlab.models.classifier import classifier
 
@@ -50,10 +51,17 @@ class ClassificationTask:
     self.train_input, self.eval_input = train_input, eval_input
     self.model_fn, self.label_smoothing = model_fn, label_smoothing
     self.class_names = class_names
+    self.convention = None  # the backbone's input convention, known once the model is built
 
   def build_model(self):
-    """Call inside `strategy.scope()`."""
-    return self.model_fn(num_classes=self.num_classes, image_size=self.image_size)
+    """Call inside `strategy.scope()`; build it before the inputs (they normalise by its
+    backbone's input convention)."""
+    model = self.model_fn(num_classes=self.num_classes, image_size=self.image_size)
+    try:
+      self.convention = input_convention(model)
+    except ValueError:  # a backbone without a registered convention: ImageNet's
+      self.convention = None
+    return model
 
   def build_inputs(self, training: bool, batch_size: int, input_context=None,
                    seed: int | None = None) -> tf.data.Dataset:
@@ -63,7 +71,8 @@ class ClassificationTask:
                        "set; bind it to @ClassificationInputConfig() with a file_pattern.")
     config = ClassificationInputConfig(**{**vars(base), "is_training": training,
                                           "image_size": self.image_size})
-    return make_classification_dataset(config, batch_size, input_context, seed)
+    return make_classification_dataset(config, batch_size, input_context, seed,
+                                       self.convention)
 
   def _mixed_loss(self, logits, batch) -> tf.Tensor:
     loss = smoothed_cross_entropy(logits, batch["labels"], self.label_smoothing)
@@ -99,8 +108,8 @@ class ClassificationTask:
         panels = (batch["images"].numpy()[:num_panels], labels[:num_panels],
                   logits[:num_panels].argmax(axis=1))
     if png_path and panels is not None:
-      base = self.eval_input
-      images = panels[0] * np.asarray(base.std, np.float32) + np.asarray(base.mean, np.float32)
+      mean, std = normalization(self.eval_input, self.convention)
+      images = panels[0] * std.numpy() + mean.numpy()
       names = dict(enumerate(self.class_names or []))
       draw_labelled_grid(np.clip(np.round(images), 0, 255).astype(np.uint8), panels[1],
                          panels[2], png_path, names)

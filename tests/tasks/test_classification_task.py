@@ -1,8 +1,10 @@
 """ClassificationTask: the loss (label smoothing, aux weights, Mixup/CutMix mixing) against a
 direct numpy computation, evaluation with its PNG, and the NUM_CLASSES check."""
 import functools
+import io
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 import tf_keras as keras
@@ -65,9 +67,8 @@ def test_num_classes_below_the_label_map_names_both_numbers():
     ClassificationTask(num_classes=3, image_size=32, class_names=list("abcd"))
 
 
-def test_evaluate_returns_the_metrics_and_writes_the_png(tmp_path):
-  import io
-  from PIL import Image
+def _records(tmp_path) -> str:
+  """10 flat 36x36 images, image i of value 20 i, label i % 3."""
   path = str(tmp_path / "val-00000-of-00001.tfrecord")
   with tf.io.TFRecordWriter(path) as writer:
     for i in range(10):
@@ -75,6 +76,26 @@ def test_evaluate_returns_the_metrics_and_writes_the_png(tmp_path):
       Image.fromarray(np.full((36, 36, 3), 20 * i, np.uint8)).save(buffer, format="PNG")
       writer.write(build_classification_example(buffer.getvalue(), i % 3, "x", 36, 36,
                                                 "png").SerializeToString())
+  return path
+
+
+def test_inputs_follow_the_backbones_input_convention(tmp_path):
+  """GoogLeNet takes [-1, 1] (x / 127.5 - 1); the config's own mean/std win over it."""
+  eval_input = ClassificationInputConfig(file_pattern=_records(tmp_path), is_training=False)
+  task = ClassificationTask(num_classes=3, image_size=32, eval_input=eval_input,
+                            model_fn=functools.partial(classifier, "inception_v1",
+                                                       aux_heads=False))
+  task.build_model()
+  images = next(iter(task.build_inputs(False, 10)))["images"].numpy()
+  np.testing.assert_allclose(images[:, 0, 0, 0], 20 * np.arange(10) / 127.5 - 1, atol=1e-5)
+  task.eval_input = ClassificationInputConfig(file_pattern=eval_input.file_pattern,
+                                              mean=(0.0,) * 3, std=(2.0,) * 3)
+  images = next(iter(task.build_inputs(False, 10)))["images"].numpy()
+  np.testing.assert_allclose(images[:, 0, 0, 0], 10 * np.arange(10), atol=1e-4)
+
+
+def test_evaluate_returns_the_metrics_and_writes_the_png(tmp_path):
+  path = _records(tmp_path)
   eval_input = ClassificationInputConfig(file_pattern=path, is_training=False)
   task = ClassificationTask(num_classes=3, image_size=32, eval_input=eval_input,
                             model_fn=functools.partial(classifier, "efficientnet_b0"),

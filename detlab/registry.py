@@ -6,5 +6,6 @@ from detlab.detection import anchors, losses, postprocess  # noqa: F401
 from detlab.models import classifier, efficientdet  # noqa: F401
 from detlab.models import joint, segmentation  # noqa: F401
 from detlab.segmentation import loss as segmentation_loss  # noqa: F401
+from detlab.data import segmentation_input  # noqa: F401
 from detlab.training import optimizer  # noqa: F401
 from detlab.training import experiment  # noqa: F401

@@ -105,3 +105,24 @@ def test_joint_model_shares_one_bifpn_between_detection_and_segmentation():
                                   + seg.fpn.count_params() + seg.seg_head.count_params())
   flat_cls, _ = joint.flatten_outputs(cls, box)
   assert flat_cls.shape[1] == joint.anchors.num_anchors
+
+
+def test_gin_files_build_the_papers_segmenters():
+  import gin  # pylint: disable=import-outside-toplevel
+  from detlab import config  # pylint: disable=import-outside-toplevel
+  for name, backbone, size in [("segmentation_d0.gin", "efficientnet_b0", 512),
+                               ("segmentation_d4.gin", "efficientnet_b4", 1024),
+                               ("segmentation_d0_shapes.gin", "efficientnet_b0", 128)]:
+    gin.clear_config()
+    config.parse_gin([name], [])
+    assert gin.query_parameter("segmenter.backbone_fn").selector == backbone
+    assert gin.query_parameter("%IMAGE_SIZE") == size
+    assert gin.query_parameter("segmenter.fpn_width") == 128
+    assert gin.query_parameter("segmenter.head_width") == 256
+  assert gin.query_parameter("%NUM_CLASSES") == 5  # shapes: background + 4
+  with gin.unlock_config():
+    gin.bind_parameter("%IMAGE_SIZE", 64)
+  model = gin.get_configurable("segmenter")()
+  # The 21-class count less 16 classes x (256 weights + 1 bias) of the 1x1 classifier.
+  assert model.count_params() == 4_528_249 - 16 * 257
+  gin.clear_config()

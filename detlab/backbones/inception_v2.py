@@ -6,7 +6,10 @@ stride-2 modules (3c, 4e in the paper) instead of max-pool layers between stages
 widths are those of TF-slim's `inception_v2` (paper Figure 5 with the pool projections that
 make every 14x14 module output 576 channels). The paper's 224 geometry is 'same' throughout.
 
-No aux classifiers (TF-slim's reference has none). Classifier: global average pool, dropout,
+`stem="separable"` builds TF-slim's first layer instead of the paper's 7x7 conv-BN: a separable
+7x7/2 (depthwise x8, pointwise to 64) with bias and ReLU, no BN -- what TF-slim's
+`inception_v2` (and its published checkpoint) has; needed to import that checkpoint
+(detlab.backbones.slim_import). No aux classifiers (TF-slim's reference has none). Classifier: global average pool, dropout,
 FC. Levels (include_top=False): 2 = conv2 (192), 3 = 3b (320), 4 = 4d (576), 5 = 5b (1024).
 """
 import dataclasses
@@ -74,7 +77,8 @@ def bn_inception_module(x, m: Module, sync_bn: bool = False):
 
 def build_inception_v2(*, input_shape=None, include_top: bool = False, num_classes: int = 1000,
                        dropout: float = 0.2, sync_bn: bool = False, min_level: int = 2,
-                       max_level: int = 5, name: str = "inception_v2") -> keras.Model:
+                       max_level: int = 5, name: str = "inception_v2",
+                       stem: str = "conv") -> keras.Model:
   """BN-Inception as a classifier (include_top=True) or a `{str(level): tensor}` extractor.
 
   Input: float32 [B, S, S, 3] in [-1, 1]; input_shape None: (224, 224, 3) for the classifier,
@@ -87,7 +91,13 @@ def build_inception_v2(*, input_shape=None, include_top: bool = False, num_class
     return named_conv_bn_act(t, filters, kernel, strides=strides, bn_scale=False,
                              sync_bn=sync_bn, prefix=prefix)
 
-  x = conv(inputs, 64, 7, "conv1_7x7", strides=2)
+  if stem == "conv":
+    x = conv(inputs, 64, 7, "conv1_7x7", strides=2)
+  elif stem == "separable":
+    x = keras.layers.SeparableConv2D(64, 7, strides=2, padding="same", depth_multiplier=8,
+                                     activation="relu", name="conv1_7x7_sep")(inputs)
+  else:
+    raise ValueError(f"stem must be 'conv' (paper) or 'separable' (TF-slim), got {stem!r}.")
   x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
   x = conv(x, 64, 1, "conv2_3x3_reduce")
   x = conv(x, 192, 3, "conv2_3x3")

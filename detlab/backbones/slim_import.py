@@ -11,6 +11,9 @@ slim's background). Supported:
   `Branch_0` < `Branch_1`, within a branch `Conv2d_0a` < `Conv2d_0b` < `Conv2d_1a`), so conv
   units map one to one onto `conv2d_i` / `batch_normalization_i` in index order, every shape
   checked. The aux head (`AuxLogits`) is not imported (detlab's inference graph has none).
+- inception_v2 (BN-Inception): by explicit names (`_v2_names`) into detlab's
+  `inception_v2(stem="separable")`: TF-slim's first layer is a separable 7x7 conv with bias
+  and no BN, where the paper (and detlab's default) has a 7x7 conv + BN.
 Any variable neither mapped nor listed as ignored is an error; so is a shape mismatch.
 """
 import re
@@ -21,7 +24,21 @@ import tf_keras as keras
 
 from detlab.backbones.weight_import import WeightImportError, weighted_layers
 
-SCOPES = {"inception_v3": "InceptionV3"}
+SCOPES = {"inception_v3": "InceptionV3", "inception_v2": "InceptionV2"}
+# detlab inception_v2 module -> TF-slim scope (slim counts modules as the paper's Figure 5).
+_V2_MODULES = {"3a": "Mixed_3b", "3b": "Mixed_3c", "3c": "Mixed_4a", "4a": "Mixed_4b",
+               "4b": "Mixed_4c", "4c": "Mixed_4d", "4d": "Mixed_4e", "4e": "Mixed_5a",
+               "5a": "Mixed_5b", "5b": "Mixed_5c"}
+# detlab conv suffix -> slim Branch/Conv, for modules with a 1x1 branch and for reductions.
+_V2_BRANCHES = {"1x1": "Branch_0/Conv2d_0a_1x1", "3x3_reduce": "Branch_1/Conv2d_0a_1x1",
+                "3x3": "Branch_1/Conv2d_0b_3x3", "double3x3_reduce": "Branch_2/Conv2d_0a_1x1",
+                "double3x3a": "Branch_2/Conv2d_0b_3x3", "double3x3b": "Branch_2/Conv2d_0c_3x3",
+                "pool_proj": "Branch_3/Conv2d_0b_1x1"}
+_V2_REDUCTION_BRANCHES = {"3x3_reduce": "Branch_0/Conv2d_0a_1x1",
+                          "3x3": "Branch_0/Conv2d_1a_3x3",
+                          "double3x3_reduce": "Branch_1/Conv2d_0a_1x1",
+                          "double3x3a": "Branch_1/Conv2d_0b_3x3",
+                          "double3x3b": "Branch_1/Conv2d_1a_3x3"}
 _IGNORED = re.compile(r"(/AuxLogits/|ExponentialMovingAverage|global_step|/Momentum|/RMSProp)")
 
 
@@ -90,7 +107,43 @@ def _import_inception_v3(model: keras.Model, variables: dict) -> list[str]:
   return names
 
 
-_IMPORTERS = {"inception_v3": _import_inception_v3}
+def _v2_names() -> dict[str, str]:
+  """{detlab conv-BN prefix: slim conv scope} of BN-Inception (stem and the 10 modules)."""
+  names = {"conv2_3x3_reduce": "Conv2d_2b_1x1", "conv2_3x3": "Conv2d_2c_3x3"}
+  for module, slim_module in _V2_MODULES.items():
+    reduction = module in ("3c", "4e")
+    for suffix, branch in (_V2_REDUCTION_BRANCHES if reduction else _V2_BRANCHES).items():
+      names[f"inception_{module}_{suffix}"] = f"{slim_module}/{branch}"
+  return names
+
+
+def _import_inception_v2(model: keras.Model, variables: dict) -> list[str]:
+  scope = SCOPES["inception_v2"]
+  units = conv_units(variables, scope)
+  layers = weighted_layers(model)
+  _copy_logits(layers, units, f"{scope}/Logits/Conv2d_1c_1x1")
+  stem = units.pop(f"{scope}/Conv2d_1a_7x7")
+  if "conv1_7x7_sep" not in layers:
+    raise WeightImportError("TF-slim's inception_v2 starts with a separable 7x7 conv: build "
+                            "the detlab model with inception_v2(stem='separable').")
+  _assign(layers["conv1_7x7_sep"], [stem["depthwise_weights"], stem["pointwise_weights"],
+                                    stem["biases"]], f"{scope}/Conv2d_1a_7x7")
+  copied = [f"{scope}/Conv2d_1a_7x7"]
+  for prefix, slim_name in _v2_names().items():
+    name = f"{scope}/{slim_name}"
+    unit = units.pop(name, None)
+    if unit is None:
+      raise WeightImportError(f"{name} (for detlab {prefix}) is not in the checkpoint.")
+    _assign(layers[prefix + "_conv"], [unit["weights"]], name)
+    _assign(layers[prefix + "_bn"], [unit["beta"], unit["moving_mean"],
+                                     unit["moving_variance"]], name)
+    copied.append(name)
+  if units:
+    raise WeightImportError(f"Unmapped TF-slim variables: {sorted(units)[:10]}")
+  return copied
+
+
+_IMPORTERS = {"inception_v3": _import_inception_v3, "inception_v2": _import_inception_v2}
 
 
 def import_slim_checkpoint(model: keras.Model, checkpoint: str, backbone: str) -> list[str]:

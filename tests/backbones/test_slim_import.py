@@ -4,7 +4,7 @@ the same logits for the same (normalized) images."""
 import numpy as np
 import pytest
 
-from detlab.backbones import inception_v3
+from detlab.backbones import inception_v2, inception_v3
 from detlab.backbones.slim_import import import_slim_checkpoint, slim_num_classes
 
 pytest.importorskip("tf_slim")
@@ -30,3 +30,23 @@ def test_inception_v3_slim_checkpoint_gives_slim_logits(tmp_path) -> None:
   assert expected.shape == (2, 1001) and np.std(expected) > 0.05
   assert np.max(np.abs(before - expected)) > 1e-2
   assert np.max(np.abs(got - expected)) <= 1e-4
+
+
+def test_bn_inception_slim_checkpoint_gives_slim_logits(tmp_path) -> None:
+  """TF-slim's inception_v2 = BN-Inception with a separable 7x7 first layer (bias, no BN)."""
+  size = 64
+  images = _images(size)
+  prefix = str(tmp_path / "inception_v2.ckpt")
+  expected = slim_logits_and_checkpoint("inception_v2", images, prefix)
+  model = inception_v2.inception_v2(include_top=True, num_classes=1001,
+                                    input_shape=(size, size, 3), stem="separable")
+  copied = import_slim_checkpoint(model, prefix, "inception_v2")
+  got = model(images, training=False).numpy()
+  assert len(copied) == 1 + 2 + 8 * 7 + 2 * 5  # stem, conv2, 8 modules, 2 reductions
+  assert np.std(expected) > 0.05
+  assert np.max(np.abs(got - expected)) <= 1e-4
+  # The paper's stem (detlab's default) is refused with the fix.
+  with pytest.raises(ValueError, match="stem='separable'"):
+    import_slim_checkpoint(inception_v2.inception_v2(include_top=True, num_classes=1001,
+                                                     input_shape=(size, size, 3)),
+                           prefix, "inception_v2")

@@ -26,7 +26,7 @@ from official.vision.ops import preprocess_ops
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
-from detlab.data import tfds_source
+from detlab.data import record_files, tfds_source
 from detlab.data.mosaic import Mosaic, mosaic_dataset
 from detlab.data.source_id import encode_source_id
 from detlab.data.tf_example import decode_example
@@ -235,13 +235,14 @@ def list_files(file_pattern: str, hint_dir: str | None = None) -> list[str]:
 def _records(config: InputConfig, input_context, seed) -> tf.data.Dataset:
   """Serialized Examples from config.file_pattern (training: shuffled, infinite)."""
   files = list_files(config.file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  dataset = tf.data.Dataset.from_tensor_slices((files, record_files.file_sizes(files)))
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
   if config.is_training:
     dataset = dataset.shuffle(len(files), seed=seed)
-  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+  # A truncated/corrupt record ends its file's stream, logged and counted (record_files).
+  dataset = dataset.interleave(record_files.records_of_file, cycle_length=min(8, len(files)),
                                num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=not config.is_training or seed is not None)
   logging.info("Input %s: %d file(s).", config.file_pattern, len(files))

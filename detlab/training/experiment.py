@@ -17,6 +17,8 @@ import tf_keras as keras
 from official.common import distribute_utils
 
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
+from detlab.data import record_files
+from detlab.data.category_ids import check_category_ids
 from detlab.data.detection_input import InputConfig, make_dataset
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
@@ -128,6 +130,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
     step = opt.iterations
   logging.info("Model %s: %s parameters, %d anchors", model.name, f"{model.count_params():,}",
                model.anchors.num_anchors)
+  check_category_ids(model.num_classes, label_map_file, train_input, eval_input)  # not at step N
+  record_files.SKIPPED.report_to(os.path.join(model_dir, "train"))  # cut-short shards -> TB
   task = DetectionTask(model, loss, postprocess)
   trackables = {"optimizer": opt}
   if average is not None:

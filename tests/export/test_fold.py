@@ -8,27 +8,7 @@ from detlab.backbones.efficientnet import efficientnet_b0
 from detlab.export.fold import count_batch_norms, fold_batch_norms
 from detlab.layers import batch_norm
 from detlab.models.efficientdet import efficientdet
-
-
-def randomize_batch_norms(model: keras.Model, seed: int = 0) -> None:
-  """Non-trivial BN statistics (a fresh BN is the identity up to epsilon)."""
-  rng = np.random.default_rng(seed)
-  for layer in model.submodules:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      n = layer.moving_mean.shape[0]
-      layer.moving_mean.assign(rng.normal(0.0, 0.2, n))
-      layer.moving_variance.assign(rng.uniform(0.5, 1.5, n))
-      if layer.scale:
-        layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-      if layer.center:
-        layer.beta.assign(rng.normal(0.0, 0.2, n))
-
-
-def randomize_biases(model: keras.Model, seed: int = 1) -> None:
-  rng = np.random.default_rng(seed)
-  for layer in model.submodules:
-    if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
-      layer.bias.assign(rng.normal(0.0, 0.2, layer.bias.shape[0]))
+from random_stats import randomize_batch_norms, randomize_biases  # pylint: disable=import-error
 
 
 CONVS = {

@@ -1,0 +1,168 @@
+"""What `python -m detlab.export` does: checks, model loading, folding, one writer per format.
+
+Checks come first and fail fast with the fix (unknown format, no checkpoint, no gin config,
+non-empty output directory, missing calibration data), before any model is built.
+"""
+import json
+import os
+
+from absl import logging
+import gin
+import tensorflow as tf
+
+from detlab import api
+from detlab.export.fold import count_batch_norms, fold_batch_norms
+from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
+
+FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
+           "openvino_int8")
+# Formats this version writes; the others are planned (issue #15) and refused by name.
+IMPLEMENTED_FORMATS = ("saved_model",)
+CONFIG_FILES = ("operative_config.gin", "config.gin")  # preferred first
+
+
+class ExportError(ValueError):
+  """A user error in the export request; the message names the fix."""
+
+
+def output_paths(output_dir: str, formats) -> dict[str, str]:
+  """{format: the path it writes} inside output_dir."""
+  names = {"saved_model": "saved_model", "tflite_fp32": "model_fp32.tflite",
+           "tflite_fp16": "model_fp16.tflite", "tflite_int8": "model_int8.tflite",
+           "openvino_fp32": "openvino_fp32", "openvino_int8": "openvino_int8"}
+  return {f: os.path.join(output_dir, names[f]) for f in formats}
+
+
+def check_formats(formats) -> list[str]:
+  formats = [f.strip() for f in formats if f.strip()]
+  if not formats:
+    raise ExportError(f"--formats is empty; give one or more of {', '.join(FORMATS)}.")
+  for name in formats:
+    if name not in FORMATS:
+      raise ExportError(f"Unknown format {name!r} in --formats; choose from "
+                        f"{', '.join(FORMATS)}.")
+    if name not in IMPLEMENTED_FORMATS:
+      raise ExportError(f"Format {name!r} is not implemented in this version of detlab; "
+                        f"available: {', '.join(IMPLEMENTED_FORMATS)}.")
+  return list(dict.fromkeys(formats))
+
+
+def check_checkpoint(model_dir: str) -> str:
+  """The latest checkpoint prefix in model_dir, or an error saying how to get one."""
+  if not tf.io.gfile.isdir(model_dir):
+    raise ExportError(f"--model_dir={model_dir} does not exist; point it at the --model_dir "
+                      "of a training run (python -m detlab.train --model_dir=...).")
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest is None:
+    listed = tf.io.gfile.glob(os.path.join(model_dir, "ckpt-*.index"))
+    if listed:  # a state file that is missing: the newest ckpt-N found by listing
+      latest = max(listed, key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0]))[:-6]
+  if latest is None:
+    raise ExportError(
+        f"No checkpoint in --model_dir={model_dir} (no ckpt-N.index files). Train first, e.g. "
+        f"python -m detlab.train --gin_file=efficientdet_d0.gin --model_dir={model_dir}, or "
+        "point --model_dir at a directory that holds a training run's checkpoints.")
+  return latest
+
+
+def model_gin_files(model_dir: str, gin_files) -> list[str]:
+  """--gin_file's if given, else the model_dir's operative_config.gin (or config.gin)."""
+  if gin_files:
+    return list(gin_files)
+  for name in CONFIG_FILES:
+    path = os.path.join(model_dir, name)
+    if tf.io.gfile.exists(path):
+      return [path]
+  raise ExportError(f"--model_dir={model_dir} holds neither {' nor '.join(CONFIG_FILES)}; "
+                    "pass the gin files that trained the model with --gin_file=... "
+                    "(and --gin_bindings=...).")
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Refuses a non-empty output_dir unless overwrite."""
+  if tf.io.gfile.exists(output_dir) and tf.io.gfile.listdir(output_dir) and not overwrite:
+    raise ExportError(f"--output_dir={output_dir} is not empty; pass --overwrite to replace "
+                      "the exported files in it, or choose an empty directory.")
+
+
+def clear_outputs(output_dir: str, paths: dict) -> None:
+  """Removes what this export writes (other files in output_dir stay)."""
+  for path in [*paths.values(), os.path.join(output_dir, "export.json")]:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  tf.io.gfile.makedirs(output_dir)
+
+
+def calibration_files(file_pattern: str | None) -> list[str]:
+  """The eval TFRecords INT8 calibration reads, or an error naming the flag that sets them."""
+  files = []
+  for pattern in (file_pattern or "").split(","):
+    if pattern.strip():
+      files += tf.io.gfile.glob(pattern.strip())
+  if not files:
+    raise ExportError(
+        f"INT8 calibration needs the eval TFRecords, but {file_pattern!r} matches no file. "
+        "Pass --calibration_file_pattern='/path/val-*.tfrecord' (or fix EVAL_FILE_PATTERN "
+        "with --gin_bindings), or leave tflite_int8 out of --formats.")
+  return sorted(files)
+
+
+def _category_names() -> dict | None:
+  try:
+    label_map = gin.query_parameter("train.label_map_file")
+  except ValueError:
+    return None
+  if not label_map or not tf.io.gfile.exists(label_map):
+    return None
+  with tf.io.gfile.GFile(label_map) as f:
+    return {int(k): v for k, v in json.load(f).items()}
+
+
+def export(model_dir: str, output_dir: str, formats=("saved_model",),
+           input_type: str = "image_tensor", batch_size: int | None = None,
+           use_ema: bool = True, calibration_steps: int = 100,
+           calibration_file_pattern: str | None = None, overwrite: bool = False,
+           gin_files=(), gin_bindings=(), fold: bool = True) -> dict[str, str]:
+  """Exports the model of model_dir in each format; returns {format: path written}."""
+  formats = check_formats(formats)
+  if input_type not in INPUT_TYPES:
+    raise ExportError(f"--input_type must be one of {INPUT_TYPES}, got {input_type!r}.")
+  if batch_size is not None and batch_size < 1:
+    raise ExportError(f"--batch_size must be >= 1 (or unset for any size), got {batch_size}.")
+  checkpoint = check_checkpoint(model_dir)
+  files = model_gin_files(model_dir, gin_files)
+  paths = output_paths(output_dir, formats)
+  check_output_dir(output_dir, overwrite)
+  model = api.load_detector(files, gin_bindings, checkpoint=checkpoint, use_ema=use_ema)
+  eval_input, task = api._inference(model)  # pylint: disable=protected-access
+  calibration = None
+  if "tflite_int8" in formats:
+    calibration = calibration_files(calibration_file_pattern or eval_input.file_pattern)
+  clear_outputs(output_dir, paths)
+  bns = count_batch_norms(model)
+  if fold:
+    model = fold_batch_norms(model)
+    logging.info("Folded %d batch norms into their convs.", bns - count_batch_norms(model))
+  serving = DetectionServing(model, task.postprocess_config, eval_input)
+  written = {}
+  if "saved_model" in formats:
+    export_saved_model(serving, paths["saved_model"], input_type, batch_size)
+    written["saved_model"] = paths["saved_model"]
+  tflite_formats = [f for f in formats if f.startswith("tflite_")]
+  if tflite_formats:
+    from detlab.export import tflite  # pylint: disable=import-outside-toplevel
+    for name in tflite_formats:
+      written[name] = tflite.export_tflite(
+          serving, paths[name], name.split("_")[1], batch_size or 1,
+          calibration_files=calibration, calibration_steps=calibration_steps)
+  info = {"model_dir": model_dir, "checkpoint": checkpoint, "weights": "EMA" if use_ema else
+          "raw", "gin_files": files, "gin_bindings": list(gin_bindings),
+          "formats": {f: os.path.basename(p) for f, p in written.items()},
+          "input_type": input_type, "batch_size": batch_size,
+          "image_size": model.anchors.image_size, "num_classes": model.num_classes,
+          "batch_norms_folded": bool(fold), "category_names": _category_names()}
+  with tf.io.gfile.GFile(os.path.join(output_dir, "export.json"), "w") as f:
+    json.dump(info, f, indent=2)
+  return written

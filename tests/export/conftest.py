@@ -1,0 +1,35 @@
+"""A model_dir as training leaves it (config.gin, ckpt-N with EMA shadows), D0 at 128 px."""
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from detlab import api
+from detlab.training.ema import WeightAverage
+from random_stats import randomize_batch_norms  # pylint: disable=import-error
+
+BINDINGS = ["IMAGE_SIZE = 128", "NUM_CLASSES = 3"]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+  """ckpt-3 with raw weights and EMA shadows that differ from them, and config.gin."""
+  directory = tmp_path_factory.mktemp("model_dir")
+  model = api.load_detector(["efficientdet_d0.gin"], BINDINGS)
+  randomize_batch_norms(model)
+  average = WeightAverage(model)
+  rng = np.random.default_rng(1)
+  for shadow in average.shadows:
+    shadow.assign(shadow * (1.0 + rng.normal(0.0, 0.05, shadow.shape)))
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model, ema=average.shadows),
+                             str(directory), max_to_keep=1).save(checkpoint_number=3)
+  (directory / "config.gin").write_text(gin.config_str())
+  return directory
+
+
+@pytest.fixture(scope="session")
+def images():
+  """Two uint8 images of one size (a batch) and one of another size."""
+  rng = np.random.RandomState(0)
+  return (rng.randint(0, 256, (2, 96, 160, 3), dtype=np.uint8),
+          rng.randint(0, 256, (200, 120, 3), dtype=np.uint8))

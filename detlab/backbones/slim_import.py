@@ -11,6 +11,10 @@ slim's background). Supported:
   `Branch_0` < `Branch_1`, within a branch `Conv2d_0a` < `Conv2d_0b` < `Conv2d_1a`), so conv
   units map one to one onto `conv2d_i` / `batch_normalization_i` in index order, every shape
   checked. The aux head (`AuxLogits`) is not imported (detlab's inference graph has none).
+- inception_v1 (GoogLeNet): by explicit names into detlab's `inception_v1(variant="slim")`
+  (TF-slim's network: BN after every conv, no LRN, 3x3 in the "5x5" branch, 2x2/2 pool
+  before 5a; the paper's is detlab's default). Slim names Mixed_5b's third-branch 3x3
+  `Conv2d_0a_3x3` (all others `Conv2d_0b_3x3`).
 - inception_v2 (BN-Inception): by explicit names (`_v2_names`) into detlab's
   `inception_v2(stem="separable")`: TF-slim's first layer is a separable 7x7 conv with bias
   and no BN, where the paper (and detlab's default) has a 7x7 conv + BN.
@@ -24,7 +28,14 @@ import tf_keras as keras
 
 from detlab.backbones.weight_import import WeightImportError, weighted_layers
 
-SCOPES = {"inception_v3": "InceptionV3", "inception_v2": "InceptionV2"}
+SCOPES = {"inception_v3": "InceptionV3", "inception_v2": "InceptionV2",
+          "inception_v1": "InceptionV1"}
+_V1_MODULES = {"3a": "Mixed_3b", "3b": "Mixed_3c", "4a": "Mixed_4b", "4b": "Mixed_4c",
+               "4c": "Mixed_4d", "4d": "Mixed_4e", "4e": "Mixed_4f", "5a": "Mixed_5b",
+               "5b": "Mixed_5c"}
+_V1_BRANCHES = {"1x1": "Branch_0/Conv2d_0a_1x1", "3x3_reduce": "Branch_1/Conv2d_0a_1x1",
+                "3x3": "Branch_1/Conv2d_0b_3x3", "5x5_reduce": "Branch_2/Conv2d_0a_1x1",
+                "5x5": "Branch_2/Conv2d_0b_3x3", "pool_proj": "Branch_3/Conv2d_0b_1x1"}
 # detlab inception_v2 module -> TF-slim scope (slim counts modules as the paper's Figure 5).
 _V2_MODULES = {"3a": "Mixed_3b", "3b": "Mixed_3c", "3c": "Mixed_4a", "4a": "Mixed_4b",
                "4b": "Mixed_4c", "4c": "Mixed_4d", "4d": "Mixed_4e", "4e": "Mixed_5a",
@@ -117,6 +128,46 @@ def _v2_names() -> dict[str, str]:
   return names
 
 
+def _v1_names() -> dict[str, str]:
+  """{detlab conv name: slim conv scope} of TF-slim's GoogLeNet."""
+  names = {"conv1_7x7": "Conv2d_1a_7x7", "conv2_3x3_reduce": "Conv2d_2b_1x1",
+           "conv2_3x3": "Conv2d_2c_3x3"}
+  for module, slim_module in _V1_MODULES.items():
+    for suffix, branch in _V1_BRANCHES.items():
+      names[f"inception_{module}_{suffix}"] = f"{slim_module}/{branch}"
+  names["inception_5a_5x5"] = "Mixed_5b/Branch_2/Conv2d_0a_3x3"  # slim's name there
+  return names
+
+
+def _copy_named_units(layers: dict, units: dict, scope: str, names: dict, conv_suffix: str,
+                      bn_suffix: str) -> list[str]:
+  """conv + gamma-free BN per {detlab prefix: slim scope}; all units must be used."""
+  copied = []
+  for prefix, slim_name in names.items():
+    name = f"{scope}/{slim_name}"
+    unit = units.pop(name, None)
+    if unit is None:
+      raise WeightImportError(f"{name} (for detlab {prefix}) is not in the checkpoint.")
+    if prefix + conv_suffix not in layers or prefix + bn_suffix not in layers:
+      raise WeightImportError(f"detlab model has no {prefix}{conv_suffix} + {prefix}"
+                              f"{bn_suffix}; build the TF-slim variant (see slim_import).")
+    _assign(layers[prefix + conv_suffix], [unit["weights"]], name)
+    _assign(layers[prefix + bn_suffix], [unit["beta"], unit["moving_mean"],
+                                         unit["moving_variance"]], name)
+    copied.append(name)
+  if units:
+    raise WeightImportError(f"Unmapped TF-slim variables: {sorted(units)[:10]}")
+  return copied
+
+
+def _import_inception_v1(model: keras.Model, variables: dict) -> list[str]:
+  scope = SCOPES["inception_v1"]
+  units = conv_units(variables, scope)
+  layers = weighted_layers(model)
+  _copy_logits(layers, units, f"{scope}/Logits/Conv2d_0c_1x1")
+  return _copy_named_units(layers, units, scope, _v1_names(), "", "_bn")
+
+
 def _import_inception_v2(model: keras.Model, variables: dict) -> list[str]:
   scope = SCOPES["inception_v2"]
   units = conv_units(variables, scope)
@@ -128,22 +179,12 @@ def _import_inception_v2(model: keras.Model, variables: dict) -> list[str]:
                             "the detlab model with inception_v2(stem='separable').")
   _assign(layers["conv1_7x7_sep"], [stem["depthwise_weights"], stem["pointwise_weights"],
                                     stem["biases"]], f"{scope}/Conv2d_1a_7x7")
-  copied = [f"{scope}/Conv2d_1a_7x7"]
-  for prefix, slim_name in _v2_names().items():
-    name = f"{scope}/{slim_name}"
-    unit = units.pop(name, None)
-    if unit is None:
-      raise WeightImportError(f"{name} (for detlab {prefix}) is not in the checkpoint.")
-    _assign(layers[prefix + "_conv"], [unit["weights"]], name)
-    _assign(layers[prefix + "_bn"], [unit["beta"], unit["moving_mean"],
-                                     unit["moving_variance"]], name)
-    copied.append(name)
-  if units:
-    raise WeightImportError(f"Unmapped TF-slim variables: {sorted(units)[:10]}")
-  return copied
+  return [f"{scope}/Conv2d_1a_7x7"] + _copy_named_units(layers, units, scope, _v2_names(),
+                                                         "_conv", "_bn")
 
 
-_IMPORTERS = {"inception_v3": _import_inception_v3, "inception_v2": _import_inception_v2}
+_IMPORTERS = {"inception_v3": _import_inception_v3, "inception_v2": _import_inception_v2,
+              "inception_v1": _import_inception_v1}
 
 
 def import_slim_checkpoint(model: keras.Model, checkpoint: str, backbone: str) -> list[str]:

@@ -4,7 +4,7 @@ the same logits for the same (normalized) images."""
 import numpy as np
 import pytest
 
-from detlab.backbones import inception_v2, inception_v3
+from detlab.backbones import inception_v1, inception_v2, inception_v3
 from detlab.backbones.slim_import import import_slim_checkpoint, slim_num_classes
 
 pytest.importorskip("tf_slim")
@@ -50,3 +50,22 @@ def test_bn_inception_slim_checkpoint_gives_slim_logits(tmp_path) -> None:
     import_slim_checkpoint(inception_v2.inception_v2(include_top=True, num_classes=1001,
                                                      input_shape=(size, size, 3)),
                            prefix, "inception_v2")
+
+
+def test_googlenet_slim_checkpoint_gives_slim_logits(tmp_path) -> None:
+  """TF-slim's inception_v1 (its 7x7 VALID logits pool needs the 224 input): BN after every
+  conv, no LRN, 3x3 third branch, 2x2/2 pool before 5a -- detlab's variant='slim'."""
+  size = 224
+  images = _images(size)[:1]
+  prefix = str(tmp_path / "inception_v1.ckpt")
+  expected = slim_logits_and_checkpoint("inception_v1", images, prefix)
+  model = inception_v1.inception_v1(include_top=True, num_classes=1001, variant="slim")
+  copied = import_slim_checkpoint(model, prefix, "inception_v1")
+  got = model(images, training=False).numpy()
+  assert len(copied) == 3 + 9 * 6  # stem convs, 9 modules x 6 convs
+  assert np.std(expected) > 0.05
+  assert np.max(np.abs(got - expected)) <= 1e-4
+  # The paper's GoogLeNet (no BN) cannot take TF-slim's weights: refused with the fix.
+  with pytest.raises(ValueError, match="TF-slim variant"):
+    import_slim_checkpoint(inception_v1.inception_v1(include_top=True, num_classes=1001),
+                           prefix, "inception_v1")

@@ -113,3 +113,25 @@ def test_the_identification_table_agrees_with_the_gin_files(dk):
 def describe_checkpoint_like(row) -> Architecture:
   backbone, width, cells, repeats, max_level, fusion = row
   return Architecture(backbone, width, cells, repeats, 3, max_level, fusion, 90)
+
+
+# Variables of the reference EfficientDets (google/automl tf2 EfficientDetNet, 90 classes,
+# counted by building the reference code under TF 2.20 + tf_keras): the mapping gives each
+# Dk exactly as many names. D6 and D7 share their weights' shapes.
+REFERENCE_VARIABLE_COUNTS = {"d0": 709, "d1": 912, "d3": 1165, "d5": 1482, "d6": 1565,
+                             "d7": 1565, "d7x": 1902}
+
+
+@pytest.mark.parametrize("dk", [
+    "d0", "d1", "d3", *[pytest.param(d, marks=pytest.mark.slow) for d in ("d5", "d6", "d7x")]])
+def test_every_dk_maps_to_the_reference_variable_count(dk):
+  gin.clear_config()
+  try:
+    config.parse_gin([f"efficientdet_{dk}.gin"], ["IMAGE_SIZE = 256"])
+    model = gin.query_parameter("train.model_fn").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  names = _names(model)
+  assert len(names) == REFERENCE_VARIABLE_COUNTS[dk]
+  arch = describe_checkpoint({n: v.shape.as_list() for n, v in names.items()})
+  assert dk in guess_models(arch)

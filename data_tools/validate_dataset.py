@@ -71,6 +71,7 @@ def load_json(path: str) -> dict:
 
 
 def write_json(data: dict, path: str) -> None:
+  """Local files without TensorFlow (the validator starts in a second), others via gfile."""
   text = json.dumps(data)
   if "://" in path:
     import tensorflow as tf  # only for remote file systems

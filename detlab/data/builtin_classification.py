@@ -2,18 +2,18 @@
 
 Each 64x64 image shows one shape (ellipse, rectangle, triangle, cross -- the polygons of the
 built-in detection set -- star, hexagon, ring, chevron, L-shape, semicircle) of random colour,
-size (35-80 % of the side), aspect, rotation and position, over the detection set's
-cluttered background (colour gradient, lines, dots) plus up to two small distractor shapes
-of any class. Colour, place and pose carry no class information, so a linear classifier on
-raw pixels stays near chance (tests/data_tools/test_make_classification_dataset.py), while a
-small CNN learns it. Image i depends only on (seed, i); classes cycle (label = i % 10).
+size (45-85 % of the side), aspect, rotation and position, over a colour gradient with
+thin lines and dots (the detection set's clutter, thinned for 64 px) and at most one small
+distractor shape of any class. Colour, place and pose carry no class information, so a
+linear classifier on raw pixels stays near chance (tests/data_tools/
+test_make_classification_dataset.py) while a CNN learns the shapes. Image i depends only on (seed, i); classes cycle (label = i % 10).
 """
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detlab.data.builtin_shapes import _background, _rotate, _shape_polygon
+from detlab.data.builtin_shapes import _rotate, _shape_polygon
 
 CLASSES = ("ellipse", "rectangle", "triangle", "cross", "star", "hexagon", "ring", "chevron",
            "lshape", "semicircle")
@@ -62,6 +62,25 @@ def _draw_shape(canvas: Image.Image, name: str, centre, half_w: float, half_h: f
   canvas.paste(solid, (int(centre[0] - side / 2), int(centre[1] - side / 2)), layer)
 
 
+def _background(rng, size: int) -> Image.Image:
+  """The detection set's colour gradient with its kind of clutter (lines, dots), thinned for
+  64 px images (its 15-40 items are sized for 160-256 px scenes and bury a 64 px shape)."""
+  top, bottom = rng.uniform(40, 215, size=(2, 3))
+  ramp = np.linspace(0.0, 1.0, size)[:, None, None]
+  canvas = Image.fromarray(np.clip((top * (1 - ramp) + bottom * ramp) * np.ones((size, size, 3)),
+                                   0, 255).astype(np.uint8))
+  draw = ImageDraw.Draw(canvas)
+  for _ in range(rng.randint(4, 11)):
+    colour = _random_colour(rng)
+    if rng.rand() < 0.5:
+      draw.line([tuple(rng.uniform(0, size, 2)), tuple(rng.uniform(0, size, 2))], fill=colour,
+                width=1)
+    else:
+      x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.5, 2)
+      draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+  return canvas
+
+
 def _random_colour(rng) -> tuple:
   return tuple(int(v) for v in rng.randint(0, 256, 3))
 
@@ -70,12 +89,12 @@ def render_example(seed: int, index: int, size: int = IMAGE_SIZE) -> tuple[np.nd
   """(image uint8 [size, size, 3], label in 0..9) of example `index`."""
   rng = np.random.RandomState([seed, index])
   label = index % len(CLASSES)
-  canvas = _background(rng, size, size)
-  for _ in range(rng.randint(0, 3)):  # small distractors of any class
+  canvas = _background(rng, size)
+  for _ in range(rng.randint(0, 2)):  # a small distractor of any class
     half = rng.uniform(0.06, 0.12) * size
     _draw_shape(canvas, CLASSES[rng.randint(len(CLASSES))], rng.uniform(0, size, 2), half,
                 half, rng.uniform(0, 2 * math.pi), _random_colour(rng), rng)
-  extent = rng.uniform(0.35, 0.8) * size
+  extent = rng.uniform(0.45, 0.85) * size
   aspect = math.exp(rng.uniform(-0.4, 0.4))
   half_w, half_h = extent * math.sqrt(aspect) / 2, extent / math.sqrt(aspect) / 2
   reach = max(half_w, half_h)

@@ -5,10 +5,12 @@ r"""Train and evaluate a detector from gin files.
 --gin_file takes a name from gin_configs/ or a path (repeatable); --gin_bindings overrides
 (repeatable), e.g. --gin_bindings="Schedule.batch_size = 64".
 
-SIGTERM saves a checkpoint after the current loop of steps and exits with code 0; running the
-same command again resumes from it. --mode=eval --continuous evaluates each new checkpoint
-in --model_dir (e.g. beside a training job) until the last step or --eval_timeout seconds
-without a new one.
+Exit codes: 0 done; 1 an error that names its fix; 42 (PREEMPTED_EXIT_CODE) stopped on
+SIGTERM, during training or any evaluation, after saving a checkpoint: running the same
+command again resumes from it. --mode=eval --continuous evaluates each new checkpoint in
+--model_dir (e.g. beside a training job) until the last step or --eval_timeout seconds
+without a new one; any --mode=eval writes only under model_dir/eval/. A second training
+process on a model_dir that has a live writer stops with an error naming it.
 """
 import sys
 
@@ -18,6 +20,8 @@ from detlab import config
 from detlab.training.checkpoint import CheckpointMismatchError
 from detlab.training.initialize import InitCheckpointError
 from detlab.training.loop import NonFiniteLossError
+from detlab.training.preemption import PREEMPTED_EXIT_CODE
+from detlab.training.writer import ModelDirLockedError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin file name (in gin_configs/) or path.")
@@ -43,14 +47,16 @@ def main(argv):
     from detlab.training.experiment import train  # pylint: disable=import-outside-toplevel
     results = train(FLAGS.model_dir, FLAGS.mode, continuous=FLAGS.continuous,
                     eval_timeout_s=FLAGS.eval_timeout)
-    if results.get("preempted"):
-      print(f"detlab.train: stopped on SIGTERM; checkpoint saved in {FLAGS.model_dir}. Run the "
-            "same command again to resume.", file=sys.stderr)
   except (FileNotFoundError, CheckpointMismatchError, InitCheckpointError,
-          NonFiniteLossError) as error:
+          NonFiniteLossError, ModelDirLockedError) as error:
     # Errors that name their fix: print them plainly instead of a traceback.
     print(f"detlab.train: error: {error}", file=sys.stderr)
     sys.exit(1)
+  if results.get("preempted"):
+    print(f"detlab.train: stopped on SIGTERM; checkpoint saved in {FLAGS.model_dir}. Run the "
+          f"same command again to resume (exit code {PREEMPTED_EXIT_CODE}: preempted).",
+          file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ class DetectionTask:
     return postprocess(cls, box, self.anchor_boxes, self.model.anchors.image_size,
                        self.postprocess_config)
 
-  def detect_original_pixels(self, images: tf.Tensor, image_info: tf.Tensor) -> dict:
-    """As `detect`, with boxes mapped back to the original image (÷ scale, clipped)."""
-    detections = {k: v.numpy() for k, v in self.detect(images).items()}
+  def detect_original_pixels(self, images: tf.Tensor, image_info: tf.Tensor,
+                             detect=None) -> dict:
+    """As `detect` (or the given `detect(images)`, e.g. one that runs per replica of a
+    strategy), with boxes mapped back to the original image (÷ scale, clipped)."""
+    detections = {k: v.numpy() for k, v in (detect or self.detect)(images).items()}
     info = image_info.numpy()
     scale = np.tile(info[:, 2, :], [1, 2])[:, None, :]
     offset = np.tile(info[:, 3, :], [1, 2])[:, None, :]
@@ -57,13 +59,17 @@ class DetectionTask:
 
   def evaluate(self, dataset: tf.data.Dataset, category_names: dict,
                annotation_file: str | None = None, num_images: int | None = None,
-               visualize_path: str | None = None, num_visualize: int = 8) -> tuple[dict, dict]:
-    """Runs the model over `dataset` (eval form) and returns COCO (metrics, per-class AP)."""
+               visualize_path: str | None = None, num_visualize: int = 8,
+               detect=None) -> tuple[dict, dict]:
+    """Runs the model over `dataset` (eval form) and returns COCO (metrics, per-class AP).
+    detect: `detect(images) -> detections` in place of `self.detect` (see
+    detect_original_pixels)."""
     evaluator = CocoEvaluator(category_names, annotation_file)
     progress = Progress(num_images or 0, unit="images", min_interval=5.0)
     panels, seen = [], 0
     for batch in dataset:
-      detections = self.detect_original_pixels(batch["images"], batch["image_info"])
+      detections = self.detect_original_pixels(batch["images"], batch["image_info"],
+                                               **({"detect": detect} if detect else {}))
       ground_truth = {k: v.numpy() for k, v in batch.items() if k != "images"}
       evaluator.add_batch(detections, ground_truth)
       if visualize_path and len(panels) < num_visualize:

@@ -68,6 +68,18 @@ def _describe_differences(saved: dict, current: dict, limit: int = 20) -> list[s
   return lines
 
 
+def _known_checkpoints(directory: str) -> list[str]:
+  """The checkpoints the state file in `directory` names, oldest first ([] if unreadable)."""
+  try:
+    state = tf.train.get_checkpoint_state(directory)
+  except (ValueError, UnicodeDecodeError, tf.errors.OpError):
+    return []
+  if state is None:
+    return []
+  paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+  return [os.path.join(directory, os.path.basename(p)) for p in paths if p]
+
+
 def _manager(checkpoint, directory: str, max_to_keep: int) -> tf.train.CheckpointManager:
   """A CheckpointManager; a state file it cannot parse (empty, binary) is moved aside to
   `checkpoint.unreadable`, and the checkpoints are then found by listing (restore_latest)."""
@@ -84,10 +96,15 @@ def _manager(checkpoint, directory: str, max_to_keep: int) -> tf.train.Checkpoin
 class CheckpointKeeper:
   """Saves every `every_steps` (and on demand) and restores the latest on start."""
 
-  def __init__(self, model_dir: str, model, max_to_keep: int = 3, **trackables):
+  def __init__(self, model_dir: str, model, max_to_keep: int = 3, *,
+               read_dir: str | None = None, read_only: bool = False, **trackables):
+    """Saves into `model_dir`; restores from `read_dir` (default model_dir: a non-chief
+    worker reads the chief's checkpoints and saves into its own temporary directory).
+    `read_only` (evaluation): never writes, not even a repaired state file."""
     self.model_dir, self.model = model_dir, model
+    self.read_dir, self.read_only = read_dir or model_dir, read_only
     self.checkpoint = tf.train.Checkpoint(model=model, **trackables)
-    self.manager = _manager(self.checkpoint, model_dir, max_to_keep)
+    self.manager = None if read_only else _manager(self.checkpoint, model_dir, max_to_keep)
     self._signature_checked = False
     # What a NaN recovery restores: everything but the input position, so that the data
     # moves on past the batch that went wrong.
@@ -117,20 +134,29 @@ class CheckpointKeeper:
                         type(error).__name__, _first_line(error), paths[i + 1])
         continue
       logging.info("Restored %s", path)
-      if path != self.manager.latest_checkpoint:
+      if self.manager is not None and self.read_dir == self.model_dir and \
+          path != self.manager.latest_checkpoint:
         self._rewrite_state(path, paths[i:])
       return True
     return False
 
+  def latest(self) -> str | None:
+    """The checkpoint a NaN recovery goes back to: the newest saved here, else the one read."""
+    if self.manager is not None and self.manager.latest_checkpoint:
+      return self.manager.latest_checkpoint
+    if self.read_dir != self.model_dir:
+      return (_known_checkpoints(self.read_dir) or [None])[-1]
+    return None
+
   def _candidates(self) -> list[str]:
     """Checkpoints the state file names plus the ckpt-N.index files found, newest first."""
-    known = {os.path.basename(p): p for p in self.manager.checkpoints}
+    known = {os.path.basename(p): p for p in _known_checkpoints(self.read_dir)}
     listed = [os.path.basename(p)[:-len(".index")]
-              for p in tf.io.gfile.glob(os.path.join(self.model_dir, "ckpt-*.index"))]
-    found = {name: os.path.join(self.model_dir, name) for name in listed
+              for p in tf.io.gfile.glob(os.path.join(self.read_dir, "ckpt-*.index"))]
+    found = {name: os.path.join(self.read_dir, name) for name in listed
              if re.fullmatch(r"ckpt-\d+", name)}
     if set(found) - set(known):
-      state = os.path.join(self.model_dir, "checkpoint")
+      state = os.path.join(self.read_dir, "checkpoint")
       logging.warning("The state file %s %s; using the checkpoints found by listing: %s.",
                       state, "does not name " + ", ".join(sorted(set(found) - set(known)))
                       if known else "is missing, empty or unreadable",
@@ -150,7 +176,7 @@ class CheckpointKeeper:
 
   def restore_for_recovery(self) -> str:
     """Restores the latest checkpoint except the input iterator; returns its path."""
-    path = self.manager.latest_checkpoint
+    path = self.latest()
     if not path:
       raise FileNotFoundError(f"No checkpoint in {self.model_dir} to recover from.")
     self._without_input.restore(path).expect_partial()
@@ -194,6 +220,8 @@ class CheckpointKeeper:
     self.checkpoint.restore(path).expect_partial()
 
   def save(self, step: int) -> str:
+    if self.manager is None:
+      raise RuntimeError(f"CheckpointKeeper({self.model_dir}) is read-only (evaluation).")
     if not self._signature_checked:  # once per run: absent, unreadable or stale -> rewrite
       current = variable_signature(self.model)
       if self._read_signature() != current:

@@ -30,6 +30,8 @@ from detlab.training.initialize import initialize_from_checkpoint
 from detlab.training.loop import Trainer, run_training
 from detlab.training.optimizer import OptimizerConfig, build_optimizer
 from detlab.training.preemption import PreemptionWatcher
+from detlab.training.run_seed import resolve_seed, save_seed
+from detlab.training.writer import ModelDirLock, task_of, write_dir
 
 MODES = ("train", "eval", "train_and_eval")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -66,8 +68,10 @@ def get_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
 
 
 def _write_text(path: str, text: str) -> None:
-  with tf.io.gfile.GFile(path, "w") as f:
+  """Write + rename: a rerun replaces the file whole (ram:// appends on a plain rewrite)."""
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
     f.write(text)
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 @contextlib.contextmanager
@@ -108,6 +112,11 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
     when model_dir has no checkpoint yet). precision: keras dtype policy ('mixed_float16'
     adds loss scaling); losses, box decoding and NMS stay float32. continuous (eval mode):
     evaluate each new checkpoint until the last step or `eval_timeout_s` without one.
+  seed: None -> the seed saved in model_dir (seed.json), else a fresh one, logged and saved.
+  num_eval_images: evaluate only the first N images of the eval set (None: all).
+  Writers: a training run holds model_dir/writer.lock (a second one is refused); in a
+  multi-worker job only the chief writes to model_dir; --mode=eval writes only under eval/.
+  SIGTERM (training or any evaluation): stop, save, return with "preempted" True.
   Results: {"train": last logged losses, "train_seconds", "preempted", "metrics",
   "per_class_AP"}.
   """
@@ -115,11 +124,43 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
   if continuous and mode != "eval":
     raise ValueError("--continuous needs --mode=eval (it watches a training job's model_dir).")
-  if seed is not None:
-    keras.utils.set_random_seed(seed)  # python, numpy and TF seeds: reproducible init
-  tf.io.gfile.makedirs(model_dir)
-  _write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+  training = mode in ("train", "train_and_eval")
   distribution = get_strategy(strategy, tpu)
+  # One writer per model_dir (training/writer.py): the chief of a training job, holding the
+  # lock; other workers write into a temporary directory; evaluation only under eval/.
+  _, _, chief = task_of(distribution)
+  out_dir = write_dir(model_dir, distribution) if training else os.path.join(model_dir, "eval")
+  with contextlib.ExitStack() as stack:
+    preemption = stack.enter_context(PreemptionWatcher())
+    tf.io.gfile.makedirs(out_dir)
+    if training and chief:
+      stack.enter_context(ModelDirLock(model_dir))
+    elif training:
+      stack.callback(tf.io.gfile.rmtree, out_dir)
+    seed, new_seed = resolve_seed(model_dir, seed)
+    keras.utils.set_random_seed(seed)  # python, numpy and TF seeds: reproducible init
+    if training and new_seed:
+      save_seed(out_dir, seed)
+    _write_text(os.path.join(out_dir, "config.gin"), gin.config_str())
+    return _run(model_dir, out_dir, mode, distribution, preemption, model_fn=model_fn,
+                train_input=train_input, eval_input=eval_input, schedule=schedule,
+                optimizer=optimizer, loss=loss, postprocess=postprocess, ema=ema,
+                label_map_file=label_map_file, annotation_file=annotation_file,
+                strategy=strategy, seed=seed, num_eval_images=num_eval_images,
+                checkpoint_input=checkpoint_input, nan_trials=nan_trials,
+                init_checkpoint=init_checkpoint, init_mode=init_mode, precision=precision,
+                jit_compile=jit_compile, continuous=continuous, eval_timeout_s=eval_timeout_s)
+
+
+def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, model_fn,
+         train_input, eval_input, schedule, optimizer, loss, postprocess, ema, label_map_file,
+         annotation_file, strategy, seed, num_eval_images, checkpoint_input, nan_trials,
+         init_checkpoint, init_mode, precision, jit_compile, continuous,
+         eval_timeout_s) -> dict:
+  """train()'s work once the writer is settled: reads model_dir, writes only out_dir."""
+  training = mode in ("train", "train_and_eval")
+  stop_requested = lambda: preemption.requested  # pylint: disable=unnecessary-lambda-assignment
+
   with precision_policy(precision), distribution.scope():
     model = model_fn()
     opt, learning_rate = build_optimizer(
@@ -136,7 +177,6 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
   trackables = {"optimizer": opt}
   if average is not None:
     trackables["ema"] = average.shadows
-  training = mode in ("train", "train_and_eval")
   if training:
     iterator = iter(_train_dataset(distribution, train_input, model, schedule, seed))
     if checkpoint_input and _checkpointable(iterator):
@@ -145,7 +185,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
       logging.warning("The %s strategy's input iterator cannot be checkpointed; a resumed run "
                       "restarts the input stream (model, optimizer and EMA resume exactly).",
                       strategy)
-  keeper = CheckpointKeeper(model_dir, model, **trackables)
+  keeper = CheckpointKeeper(out_dir, model, read_dir=model_dir, read_only=not training,
+                            **trackables)
   resumed = keeper.restore_latest()
   if not resumed and init_checkpoint:
     initialize_from_checkpoint(model, init_checkpoint, init_mode)
@@ -157,14 +198,15 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
     if eval_input is None:
       raise ValueError("train.eval_input is not set; bind it in the gin file.")
     evaluator = PeriodicEvaluator(
-        model_dir, task,
+        out_dir, task,
         lambda: make_dataset(eval_input, model.anchors, model.num_classes, batch_size=8,
                              convention=input_convention(model, default=IMAGENET_MEAN_STD)),
         load_category_names(label_map_file, annotation_file, model.num_classes),
         annotation_file, postprocess.nms_mode, num_eval_images,
         average if ema.evaluate_average else None,
-        BestCheckpoint(model_dir, model=model, **({"ema": average.shadows} if average else {}))
-        if mode == "train_and_eval" else None)
+        BestCheckpoint(out_dir, model=model, **({"ema": average.shadows} if average else {}))
+        if mode == "train_and_eval" else None, stop_requested=stop_requested,
+        strategy=distribution)
 
   if training:
     trainer = Trainer(distribution, model, opt, task.compute_loss, optimizer.weight_decay,
@@ -173,34 +215,34 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
     logging.info("%s at step %d of %d (global batch %d, %d replica(s)).",
                  "Resuming" if resumed else "Starting", start, schedule.total_steps,
                  schedule.batch_size, distribution.num_replicas_in_sync)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
     started = time.monotonic()
-    with PreemptionWatcher() as preemption:
-      results["train"] = run_training(
-          trainer, iterator, start_step=start, total_steps=schedule.total_steps,
-          steps_per_loop=schedule.steps_per_loop, global_batch=schedule.batch_size,
-          learning_rate=learning_rate, checkpoint=keeper,
-          checkpoint_every=schedule.checkpoint_every_steps, summary_writer=writer,
-          log_every=schedule.log_every_steps, nan_trials=nan_trials,
-          stop_requested=lambda: preemption.requested,
-          evaluate_every=schedule.eval_every_steps if evaluator else 0,
-          evaluate=evaluator)
-      results["preempted"] = preemption.requested
+    results["train"] = run_training(
+        trainer, iterator, start_step=start, total_steps=schedule.total_steps,
+        steps_per_loop=schedule.steps_per_loop, global_batch=schedule.batch_size,
+        learning_rate=learning_rate, checkpoint=keeper,
+        checkpoint_every=schedule.checkpoint_every_steps, summary_writer=writer,
+        log_every=schedule.log_every_steps, nan_trials=nan_trials,
+        stop_requested=stop_requested,
+        evaluate_every=schedule.eval_every_steps if evaluator else 0,
+        evaluate=evaluator)
+    results["preempted"] = preemption.requested
     results["train_seconds"] = time.monotonic() - started
-    _write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+    _write_text(os.path.join(out_dir, "operative_config.gin"), gin.operative_config_str())
     if results["preempted"]:
       return results
 
   if evaluator is not None:
     if mode == "eval" and continuous:
       final = evaluate_continuously(evaluator, keeper, step, schedule.total_steps,
-                                    eval_timeout_s)
+                                    eval_timeout_s, stop_requested)
     else:
       if mode == "eval" and not resumed:
         raise FileNotFoundError(f"No checkpoint in {model_dir} to evaluate; train first.")
       final = evaluator(int(step.numpy()))
     if final is not None:
       results["metrics"], results["per_class_AP"] = final
+    results["preempted"] = preemption.requested  # a stop during the evaluation
   return results
 
 

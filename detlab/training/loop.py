@@ -148,13 +148,14 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
   Non-finite loss or gradient: after the loop of steps, logs the first bad batch's
   source_ids, restores the last checkpoint (all but the input position) and goes on, at most `nan_trials` times in a row, then raises
   NonFiniteLossError. `stop_requested()` (e.g. SIGTERM) is checked after every loop: then a
-  checkpoint is saved and the function returns early. `evaluate(step)` runs every
+  checkpoint is saved and the function returns early; so after an evaluation that a stop cut
+  short. `evaluate(step)` runs every
   `evaluate_every` steps (0: never) after the checkpoint of that step.
   """
   step = start_step
   progress = Progress(total_steps, unit="steps", start=start_step, min_interval=0)
   last_log, last_save, results, trials = step, step, {}, 0
-  if checkpoint.manager.latest_checkpoint is None:
+  if checkpoint.latest() is None:
     checkpoint.save(step)  # something to go back to if the first steps are non-finite
   while step < total_steps:
     n = min(steps_per_loop, total_steps - step,
@@ -193,7 +194,13 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
     # The caller evaluates the final step itself.
     if evaluate is not None and evaluate_every > 0 and step % evaluate_every == 0 and \
         step < total_steps:
-      evaluate(step)
+      evaluate(step)  # stops early (returning None) when a stop is requested meanwhile
+      if stop_requested():
+        if last_save != step:
+          logging.info("Saved %s", checkpoint.save(step))
+        logging.warning("Stopped at step %d of %d on request (during the evaluation); the "
+                        "same command resumes.", step, total_steps)
+        break
   return results
 
 

@@ -1,10 +1,14 @@
-"""SIGTERM -> finish the current loop of steps, save a checkpoint, exit cleanly.
+"""SIGTERM -> stop at the next safe point, save a checkpoint, exit with a distinct code.
 
 Cluster schedulers (Kubernetes, Slurm, preemptible VMs) send SIGTERM and kill the process a
-grace period later (Kubernetes: 30 s by default). The handler only sets a flag; the training
-loop checks it between loops of `Schedule.steps_per_loop` steps, so a loop must finish well
-within the grace period. `python -m detlab.train` then exits with code 0
-(`PREEMPTED_EXIT_CODE`) and the same command resumes from the saved step.
+grace period later (Kubernetes: 30 s by default). The handler only sets a flag. Training
+checks it between loops of `Schedule.steps_per_loop` steps, and every evaluation (periodic,
+final, `--continuous`, also while it waits for a checkpoint) before each batch; a stopped
+evaluation writes nothing. So the time from SIGTERM to the saved checkpoint is bounded by one
+loop of steps, or one eval batch, plus the save: size `steps_per_loop` to fit the grace
+period. `python -m detlab.train` then exits with `PREEMPTED_EXIT_CODE` (42, the code TF's own
+preemption handling exits with), distinct from success (0) and failure (1), so a scheduler
+reschedules the job, and the same command resumes from the saved step.
 
 TF's `tf.distribute.experimental.PreemptionCheckpointHandler` does this for multi-worker and
 TPU jobs but watches cloud-specific signals; this plain signal flag also works on one host.
@@ -14,7 +18,7 @@ import threading
 
 from absl import logging
 
-PREEMPTED_EXIT_CODE = 0
+PREEMPTED_EXIT_CODE = 42
 
 
 class PreemptionWatcher:
@@ -31,8 +35,9 @@ class PreemptionWatcher:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: saving a checkpoint after the current loop of "
-                    "steps, then stopping.", signum)
+    logging.warning("Received signal %d: stopping at the end of the current loop of steps or "
+                    "eval batch, saving a checkpoint, exiting with code %d.", signum,
+                    PREEMPTED_EXIT_CODE)
     self._event.set()
 
   def __enter__(self) -> "PreemptionWatcher":

@@ -36,6 +36,20 @@ def test_mirrored_two_replicas_match_the_default_strategy():
   assert figures["loss_single"] == pytest.approx(figures["loss_mirrored"], rel=1e-4)
 
 
+def test_evaluation_detects_per_replica_under_mirrored_with_one_device_detections():
+  script = os.path.join(os.path.dirname(__file__), "mirrored_eval_check.py")
+  result = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  print(figures)
+  assert figures["replicas"] == [0, 1]  # the network ran inside strategy.run on both
+  assert figures["shapes_equal"] and min(figures["num_detections"]) > 0
+  assert set(figures["keys"]) >= {"boxes", "scores", "classes", "num_detections"}
+  # Same parts on the same CPU kernels: equal up to float noise, boxes in pixels.
+  assert all(diff < 1e-4 for diff in figures["max_diff"].values()), figures["max_diff"]
+
+
 def _one_step(model, optimizer, jit_compile=False):
   task = DetectionTask(model, DetectionLoss(), PostprocessConfig())
   trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, task.compute_loss, 4e-5,

@@ -1,5 +1,5 @@
-"""SIGTERM to a real `python -m detlab.train`: it saves a checkpoint, exits 0, and the same
-command resumes from that step."""
+"""SIGTERM to a real `python -m detlab.train`: it saves a checkpoint, exits with 42 (not 0:
+a scheduler must see that it did not finish), and the same command resumes from that step."""
 import os
 import re
 import signal
@@ -8,6 +8,8 @@ import sys
 import time
 
 import tensorflow as tf
+
+from detlab.training.preemption import PREEMPTED_EXIT_CODE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,7 +30,7 @@ def _command(model_dir, shapes_dir, train_steps):
           [f"--gin_bindings={b}" for b in bindings])
 
 
-def test_sigterm_saves_exits_cleanly_and_the_next_start_resumes(tmp_path, shapes_dir):
+def test_sigterm_saves_exits_42_and_the_next_start_resumes(tmp_path, shapes_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   log = open(tmp_path / "log.txt", "w+")
   process = subprocess.Popen(_command(tmp_path, shapes_dir, 1000), stdout=log,
@@ -41,7 +43,7 @@ def test_sigterm_saves_exits_cleanly_and_the_next_start_resumes(tmp_path, shapes
       time.sleep(0.5)
     assert process.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0
+    assert process.wait(timeout=120) == PREEMPTED_EXIT_CODE == 42
   finally:
     if process.poll() is None:
       process.kill()

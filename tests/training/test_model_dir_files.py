@@ -1,0 +1,44 @@
+"""A model_dir on another file system (ram://, TF's in-memory one, standing in for gs://) gets
+every file a run writes; `train.num_eval_images` limits the evaluation; the run's seed is
+drawn when unset, saved, and reused on resume."""
+import json
+import logging
+
+import tensorflow as tf
+
+from detlab.tasks.detection import DetectionTask
+
+
+def test_a_ram_model_dir_gets_every_file_and_the_seed_is_saved_and_reused(
+    run_train, monkeypatch, caplog):
+  detect = DetectionTask.detect_original_pixels
+  evaluated = []
+
+  def counting(self, images, image_info, **kwargs):
+    evaluated.append(int(images.shape[0]))
+    return detect(self, images, image_info, **kwargs)
+
+  monkeypatch.setattr(DetectionTask, "detect_original_pixels", counting)
+  model_dir = "ram://detlab-run"
+  with caplog.at_level(logging.INFO):
+    results = run_train(model_dir, "train_and_eval", "Schedule.train_steps = 2",
+                        "train.num_eval_images = 3", "train.seed = None")
+  assert not results["preempted"] and "AP" in results["metrics"]
+  assert sum(evaluated) == 3  # of the 8 eval images
+  for name in ("config.gin", "operative_config.gin", "checkpoint", "ckpt-2.index",
+               "variables.json", "metrics.json", "eval_detections.png", "seed.json"):
+    assert tf.io.gfile.exists(f"{model_dir}/{name}"), name
+  for events in ("train", "eval"):
+    assert tf.io.gfile.glob(f"{model_dir}/{events}/events.out.tfevents.*"), events
+  with tf.io.gfile.GFile(f"{model_dir}/metrics.json") as f:
+    assert json.load(f)["step"] == 2
+  with tf.io.gfile.GFile(f"{model_dir}/seed.json") as f:
+    seed = json.load(f)["seed"]
+  assert f"Seed {seed} (drawn; set train.seed = {seed}" in caplog.text
+  assert not tf.io.gfile.exists(f"{model_dir}/writer.lock")  # released at the end
+
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    run_train(model_dir, "train", "Schedule.train_steps = 3", "train.seed = None")
+  assert f"Seed {seed} (saved in" in caplog.text
+  assert tf.io.gfile.exists(f"{model_dir}/ckpt-3.index")

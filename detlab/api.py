@@ -24,7 +24,7 @@ from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.tasks.detection import DetectionTask
-from detlab.training.ema import WeightAverage
+from detlab.training.ema import WeightAverage, averaged_variables
 from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_checkpoint
 
 # model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect.
@@ -116,7 +116,8 @@ def load_weights(model, checkpoint: str, use_ema: bool = True) -> str:
     average = WeightAverage(model)
     tf.train.Checkpoint(ema=average.shadows).restore(path).assert_existing_objects_matched() \
         .expect_partial()
-    average._swap()  # pylint: disable=protected-access  (the model now holds the averages)
+    for shadow, variable in zip(average.shadows, averaged_variables(model)):
+      variable.assign(shadow)  # the model now holds the averages
     logging.info("Loaded %s (EMA weights).", path)
   else:
     if use_ema:

@@ -33,10 +33,11 @@ def build_classifier(name: str, num_classes: int, **kwargs) -> keras.Model:
   return builder_of(name)(include_top=True, num_classes=num_classes, **kwargs)
 
 
-def extractor_from_classifier(name: str, classifier: keras.Model) -> keras.Model:
-  """The feature extractor (include_top=False, as detectors build it) with the classifier's
-  weights, copied layer by layer by name (padding differs, weight shapes do not)."""
-  backbone = builder_of(name)()
+def extractor_from_classifier(name: str, classifier: keras.Model, **kwargs) -> keras.Model:
+  """The feature extractor (include_top=False, as detectors build it; kwargs as the builder's)
+  with the classifier's weights, copied layer by layer by name (padding may differ, weight
+  shapes do not)."""
+  backbone = builder_of(name)(**kwargs)
   source = weighted_layers(getattr(classifier, "inference_model", classifier))
   missing = [n for n in weighted_layers(backbone) if n not in source]
   if missing:
@@ -47,14 +48,16 @@ def extractor_from_classifier(name: str, classifier: keras.Model) -> keras.Model
 
 
 def save_backbone_checkpoint(name: str, backbone: keras.Model, output_dir: str,
-                             source: str) -> str:
+                             source: str, builder_kwargs: dict | None = None) -> str:
   """Writes the checkpoint (+ backbone.json) into output_dir; returns the checkpoint prefix."""
   tf.io.gfile.makedirs(output_dir)
   checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=backbone))
   prefix = tf.train.CheckpointManager(checkpoint, output_dir, max_to_keep=1).save()
   info = {"backbone": name, "source": source,
           "input_convention": dataclasses.asdict(input_convention(name)),
-          "usage": f"train.init_checkpoint='{output_dir}' train.init_mode='backbone'"}
+          "builder_kwargs": builder_kwargs or {},
+          "usage": f"train.init_checkpoint='{output_dir}' train.init_mode='backbone'" +
+                   "".join(f" {name}.{k}={v!r}" for k, v in (builder_kwargs or {}).items())}
   with tf.io.gfile.GFile(os.path.join(output_dir, "backbone.json"), "w") as f:
     json.dump(info, f, indent=2)
   return prefix

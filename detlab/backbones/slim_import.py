@@ -183,6 +183,10 @@ def _import_inception_v2(model: keras.Model, variables: dict) -> list[str]:
                                                          "_conv", "_bn")
 
 
+# Builder arguments that make detlab's network TF-slim's (detectors need them too, via gin).
+SLIM_BUILDER_KWARGS = {"inception_v1": {"variant": "slim"}, "inception_v2": {"stem": "separable"},
+                       "inception_v3": {}}
+
 _IMPORTERS = {"inception_v3": _import_inception_v3, "inception_v2": _import_inception_v2,
               "inception_v1": _import_inception_v1}
 

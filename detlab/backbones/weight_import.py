@@ -6,8 +6,10 @@ the keras weights. The copy is all-or-nothing: every weighted layer must match b
 count, weight kind (kernel/gamma/...) and shape, or a `WeightImportError` lists what differs.
 
 Input convention: keras apps put their input preprocessing inside the model (`Rescaling`,
-`Normalization`, ...); detlab models do not. Feed a detlab model what keras' preprocessing layers
-output -- `keras_preprocessing(keras_model)` returns that part as a model:
+`Normalization`, ...); detlab models do not: detlab's pipelines apply the backbone's
+`detlab.backbones.input_convention` (what the published keras weights expect; tested end to end
+from raw uint8 in tests/backbones/test_weight_import.py). `keras_preprocessing(keras_model)`
+returns keras' in-model part as a model:
   - EfficientNet V1: x / 255 then keras' `Normalization` (identity with weights=None; with the
     ImageNet file: ImageNet mean/std, plus keras' extra 1/sqrt(std) fix-up).
   - EfficientNetV2 B0-B3: (x / 255 - ImageNet mean) / ImageNet std.

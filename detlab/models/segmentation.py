@@ -27,8 +27,9 @@ class Segmenter(keras.Model):
     self.backbone = backbone
     self.num_classes, self.image_size = num_classes, image_size
     self.min_level, self.max_level = min_level, max_level
+    # Only P2 is read: the last cell builds just the nodes P2 depends on (no dead weights).
     self.fpn = BiFPN(fpn_width, fpn_cells, min_level=min_level, max_level=max_level,
-                     fusion=fusion, sync_bn=sync_bn, name="bifpn")
+                     fusion=fusion, sync_bn=sync_bn, output_levels=(min_level,), name="bifpn")
     self.seg_head = SegmentationHead(num_classes, head_width, head_repeats, sync_bn=sync_bn,
                                      name="seg_head")
 

@@ -114,15 +114,24 @@ class BiFPN(keras.layers.Layer):
   P_{l+1} = maxpool(BN(conv1x1(P_l))) (conv only when channels differ).
 
   Input: {str(level): tensor} from the backbone (it must provide min_level..backbone max).
-  Output: {str(level): [B, ceil(S/2^l), ., width]} for min_level..max_level.
+  Output: {str(level): [B, ceil(S/2^l), ., width]} for min_level..max_level, or only for
+  `output_levels` if given: then the last cell builds only the nodes those outputs depend on
+  (a head on P2 alone never reads the last cell's bottom-up nodes, which would otherwise be
+  parameters without gradients). Node names stay those of the full graph.
   """
 
   def __init__(self, width: int = 64, num_cells: int = 3, min_level: int = 3,
-               max_level: int = 7, fusion: str = "fast", sync_bn: bool = False, **kwargs):
+               max_level: int = 7, fusion: str = "fast", sync_bn: bool = False,
+               output_levels=None, **kwargs):
     super().__init__(**kwargs)
     self.width, self.num_cells, self.fusion, self.sync_bn = width, num_cells, fusion, sync_bn
     self.min_level, self.max_level = min_level, max_level
     self.graph = bifpn_graph(min_level, max_level)
+    levels = range(min_level, max_level + 1)
+    self.output_levels = tuple(levels if output_levels is None else sorted(output_levels))
+    if not set(self.output_levels) <= set(levels):
+      raise ValueError(f"BiFPN output_levels {self.output_levels} must lie in "
+                       f"{min_level}..{max_level}.")
     self.extra_levels = {}
     self.cells = []
 
@@ -133,9 +142,20 @@ class BiFPN(keras.layers.Layer):
       self.extra_levels[str(level)] = ResampleToLevel(self.width, 1, self.sync_bn,
                                                  name=f"resample_p{level}")
     num_inputs = self.max_level - self.min_level + 1
+    # A level's output is its last node in the graph (bottom-up, or top-down at min_level).
+    self._output_node = {self._node_level(i, num_inputs): i
+                         for i in range(num_inputs, num_inputs + len(self.graph))}
+    needed = {self._output_node[l] for l in self.output_levels}
+    for i in range(num_inputs + len(self.graph) - 1, num_inputs - 1, -1):
+      if i in needed:
+        needed.update(self.graph[i - num_inputs][1])
     for c in range(self.num_cells):
+      last = c == self.num_cells - 1
       nodes = []
       for n, (level, inputs) in enumerate(self.graph):
+        if last and n + num_inputs not in needed:
+          nodes.append(None)
+          continue
         ratios = [level - self._node_level(i, num_inputs) for i in inputs]
         nodes.append(FusionNode(self.width, ratios, self.fusion, self.sync_bn,
                                 name=f"cell{c}_fnode{n}"))
@@ -157,10 +177,8 @@ class BiFPN(keras.layers.Layer):
     for nodes in self.cells:
       all_nodes = list(feats)
       for (level, inputs), node in zip(self.graph, nodes):
-        all_nodes.append(node([all_nodes[i] for i in inputs], training=training))
-      # The cell's outputs: the last node of each level (bottom-up, or top-down at min_level).
-      latest = {}
-      for i in range(num_inputs, len(all_nodes)):
-        latest[self._node_level(i, num_inputs)] = all_nodes[i]
-      feats = [latest[l] for l in range(self.min_level, self.max_level + 1)]
-    return {str(l): f for l, f in zip(range(self.min_level, self.max_level + 1), feats)}
+        all_nodes.append(None if node is None else  # pruned (last cell, output not asked)
+                         node([all_nodes[i] for i in inputs], training=training))
+      feats = [all_nodes[self._output_node[l]]
+               for l in range(self.min_level, self.max_level + 1)]
+    return {str(l): feats[l - self.min_level] for l in self.output_levels}

@@ -28,12 +28,35 @@ def test_logits_are_float32_at_the_input_size(seg_b0):
   assert logits.dtype == tf.float32
 
 
-def test_bifpn_spans_p2_to_p7_at_ceil_sizes(seg_b0):
+def test_bifpn_spans_p2_to_p7_and_only_p2_is_output(seg_b0):
   features = seg_b0.pyramid(tf.zeros([1, SIZE, SIZE, 3]))
-  assert sorted(features, key=int) == [str(l) for l in range(2, 8)]
-  for level, f in features.items():
-    side = math.ceil(SIZE / 2**int(level))
-    assert tuple(f.shape) == (1, side, side, 128)
+  assert list(features) == ["2"]
+  assert tuple(features["2"].shape) == (1, SIZE // 4, SIZE // 4, 128)
+  assert (seg_b0.fpn.min_level, seg_b0.fpn.max_level) == (2, 7)
+  assert len(seg_b0.fpn.extra_levels) == 2  # P6, P7 beyond B0's P5
+
+
+def test_every_parameter_gets_a_gradient(seg_b0):
+  # The last BiFPN cell keeps only what P2 depends on: its 5 top-down nodes.
+  assert sum(n is not None for n in seg_b0.fpn.cells[-1]) == 5
+  assert all(n is not None for n in seg_b0.fpn.cells[0])
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(seg_b0(tf.random.normal([1, SIZE, SIZE, 3]), training=True) ** 2)
+  grads = tape.gradient(loss, seg_b0.trainable_variables)
+  assert [v.name for v, g in zip(seg_b0.trainable_variables, grads) if g is None] == []
+
+
+def test_pruned_bifpn_equals_the_full_one_on_p2():
+  inputs = {str(l): tf.random.normal([1, 2**(7 - l), 2**(7 - l), 8]) for l in range(2, 6)}
+  full = BiFPN(16, 2, min_level=2, max_level=7)
+  pruned = BiFPN(16, 2, min_level=2, max_level=7, output_levels=(2,))
+  full_out = full(inputs)
+  pruned(inputs)
+  by_name = {w.name.split("/", 1)[1]: w for w in full.weights}
+  for w in pruned.weights:
+    w.assign(by_name[w.name.split("/", 1)[1]])
+  np.testing.assert_allclose(pruned(inputs)["2"].numpy(), full_out["2"].numpy(), rtol=1e-6)
+  assert len(pruned.weights) < len(full.weights)
 
 
 def test_bifpn_from_level_2_has_the_general_graph():
@@ -53,7 +76,7 @@ def test_parameters_split_into_backbone_bifpn_and_the_papers_head(seg_b0):
   assert seg_b0.seg_head.count_params() == head
   assert seg_b0.count_params() == (seg_b0.backbone.count_params()
                                    + seg_b0.fpn.count_params() + head)
-  assert seg_b0.count_params() == 4_528_249
+  assert seg_b0.count_params() == 4_437_355
 
 
 def test_head_upsamples_bilinearly_from_the_p2_logits():
@@ -98,11 +121,13 @@ def test_joint_model_shares_one_bifpn_between_detection_and_segmentation():
   assert sorted(cls, key=int) == ["3", "4", "5", "6", "7"]
   assert tuple(cls["3"].shape) == (2, 16, 16, 9 * 4) and tuple(box["7"].shape) == (2, 1, 1, 36)
   assert tuple(logits.shape) == (2, DET_SIZE, DET_SIZE, 5) and logits.dtype == tf.float32
-  # One BiFPN over P2..P7 (the segmenter's at width 64), the detector's heads, the seg head.
-  assert joint.fpn.min_level == 2
-  assert joint.fpn.count_params() == seg.fpn.count_params()
+  # One full BiFPN over P2..P7 (all its outputs are read), the detector's heads, the seg head.
+  assert (joint.fpn.min_level, joint.fpn.output_levels) == (2, (2, 3, 4, 5, 6, 7))
+  fpn = BiFPN(64, 3, min_level=2, max_level=7)
+  fpn(det.backbone(tf.zeros([1, DET_SIZE, DET_SIZE, 3])))
+  assert joint.fpn.count_params() == fpn.count_params()
   assert joint.count_params() == (det.count_params() - det.fpn.count_params()
-                                  + seg.fpn.count_params() + seg.seg_head.count_params())
+                                  + fpn.count_params() + seg.seg_head.count_params())
   flat_cls, _ = joint.flatten_outputs(cls, box)
   assert flat_cls.shape[1] == joint.anchors.num_anchors
 
@@ -124,5 +149,5 @@ def test_gin_files_build_the_papers_segmenters():
     gin.bind_parameter("%IMAGE_SIZE", 64)
   model = gin.get_configurable("segmenter")()
   # The 21-class count less 16 classes x (256 weights + 1 bias) of the 1x1 classifier.
-  assert model.count_params() == 4_528_249 - 16 * 257
+  assert model.count_params() == 4_437_355 - 16 * 257
   gin.clear_config()

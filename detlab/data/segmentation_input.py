@@ -1,4 +1,4 @@
-"""Semantic segmentation input pipeline: records -> decode -> flip + scale jitter + crop on
+"""Semantic segmentation input pipeline: records (or a TFDS builder with masks) -> decode -> flip + scale jitter + crop on
 image and label map together -> normalize -> pad (labels with the ignore label 255).
 
 Training: horizontal flip (p 1/2), aspect-preserving resize to `image_size` x U(aug_scale_min,
@@ -20,7 +20,7 @@ import gin
 import tensorflow as tf
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
-from detlab.data import record_files
+from detlab.data import record_files, tfds_segmentation
 from detlab.data.detection_input import list_files
 from detlab.data.segmentation_example import IGNORE_LABEL, decode_segmentation_example
 
@@ -36,6 +36,10 @@ class SegmentationInputConfig:
   flip: bool = True
   shuffle_buffer: int = 1000
   cache: bool = False
+  tfds_name: str = ""  # a TFDS builder with masks (tfds_segmentation.SPECS) instead of files
+  tfds_split: str = "train"
+  tfds_data_dir: str | None = None
+  tfds_download: bool = False
 
   def __post_init__(self):
     if not 0 < self.aug_scale_min <= self.aug_scale_max:
@@ -114,21 +118,31 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
                  convention: InputConvention | None = None) -> tf.data.Dataset:
   """Batched parsed examples; `batch_size` per replica; `convention` the backbone's
   (`detlab.backbones.input_convention(model)`; None: ImageNet mean/std)."""
-  files = list_files(config.file_pattern)
   deterministic = not config.is_training or seed is not None
-  dataset = tf.data.Dataset.from_tensor_slices((files, record_files.file_sizes(files)))
-  if input_context and input_context.num_input_pipelines > 1:
-    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  if config.is_training:
-    dataset = dataset.shuffle(len(files), seed=seed)
-  dataset = dataset.interleave(record_files.records_of_file, cycle_length=min(8, len(files)),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if config.tfds_name:
+    dataset = tfds_segmentation.decoded_dataset(
+        config.tfds_name, config.tfds_split, config.tfds_data_dir, config.tfds_download,
+        config.is_training, input_context, seed)
+    source = config.tfds_name
+  else:
+    files = list_files(config.file_pattern)
+    source = f"{config.file_pattern} ({len(files)} file(s))"
+    dataset = tf.data.Dataset.from_tensor_slices((files, record_files.file_sizes(files)))
+    if input_context and input_context.num_input_pipelines > 1:
+      dataset = dataset.shard(input_context.num_input_pipelines,
+                              input_context.input_pipeline_id)
+    if config.is_training:
+      dataset = dataset.shuffle(len(files), seed=seed)
+    dataset = dataset.interleave(record_files.records_of_file, cycle_length=min(8, len(files)),
+                                 num_parallel_calls=tf.data.AUTOTUNE,
+                                 deterministic=deterministic)
   if config.cache:
     dataset = dataset.cache()
   if config.is_training:
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
-  dataset = dataset.map(decode_segmentation_example, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=deterministic)
+  if not config.tfds_name:
+    dataset = dataset.map(decode_segmentation_example, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
   parser = SegmentationParser(config, convention)
   if config.is_training:
     if seed is not None and input_context is not None:
@@ -142,6 +156,5 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
     dataset = dataset.padded_batch(batch_size, padding_values={
         "images": 0.0, "labels": tf.constant(IGNORE_LABEL, tf.uint8), "image_info": 0.0,
         "original_labels": tf.constant(IGNORE_LABEL, tf.uint8)})
-  logging.info("Segmentation input %s: %d file(s), batch %d per replica.",
-               config.file_pattern, len(files), batch_size)
+  logging.info("Segmentation input %s: batch %d per replica.", source, batch_size)
   return dataset.prefetch(tf.data.AUTOTUNE)

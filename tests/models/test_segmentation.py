@@ -151,3 +151,9 @@ def test_gin_files_build_the_papers_segmenters():
   # The 21-class count less 16 classes x (256 weights + 1 bias) of the 1x1 classifier.
   assert model.count_params() == 4_437_355 - 16 * 257
   gin.clear_config()
+
+
+def test_input_convention_is_found_through_the_backbone(seg_b0):
+  from detlab.backbones import input_convention  # pylint: disable=import-outside-toplevel
+  from detlab.backbones.conventions import IMAGENET_MEAN_STD  # pylint: disable=import-outside-toplevel
+  assert input_convention(seg_b0).mean == IMAGENET_MEAN_STD.mean

@@ -113,6 +113,8 @@ def _bifpn(fpn) -> list[Mapped]:
   num_inputs = fpn.max_level - fpn.min_level + 1
   for c, nodes in enumerate(fpn.cells):
     for n, ((_, inputs), node) in enumerate(zip(fpn.graph, nodes)):
+      if node is None:  # pruned (BiFPN output_levels): the reference has all nodes
+        continue
       node_id = num_inputs + n
       prefix = f"fpn_cells/cell_{c}/fnode{n}"
       if node.fusion != "sum":

@@ -27,5 +27,8 @@ setuptools.setup(
         "Pillow",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim"],
+                    # LiteRT export (ai_edge_litert.interpreter; tf.lite.Interpreter is
+                    # deprecated in TF 2.20)
+                    "export": ["ai-edge-litert"]},
 )

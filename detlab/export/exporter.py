@@ -17,7 +17,7 @@ from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_save
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
            "openvino_int8")
 # Formats this version writes; the others are planned (issue #15) and refused by name.
-IMPLEMENTED_FORMATS = ("saved_model",)
+IMPLEMENTED_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
 CONFIG_FILES = ("operative_config.gin", "config.gin")  # preferred first
 
 

@@ -20,6 +20,13 @@ def test_unknown_format_is_a_plain_cli_error(model_dir, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_int8_without_calibration_records_names_the_flag(model_dir, tmp_path):
+  with pytest.raises(exporter.ExportError, match="--calibration_file_pattern"):
+    exporter.export(str(model_dir), str(tmp_path / "out"), ["tflite_int8"],
+                    calibration_file_pattern=str(tmp_path / "missing-*.tfrecord"))
+  assert not (tmp_path / "out").exists()
+
+
 def test_planned_formats_are_refused_by_name(model_dir, tmp_path):
   with pytest.raises(exporter.ExportError, match="'openvino_fp32' is not implemented"):
     exporter.export(str(model_dir), str(tmp_path), ["openvino_fp32"])

@@ -125,7 +125,7 @@ class CheckpointKeeper:
         failures.append(f"  {os.path.basename(path)}: {_first_line(error)}")
         if i + 1 == len(paths):
           raise CheckpointMismatchError(
-              f"No checkpoint in {self.model_dir} could be read; tried, newest first:\n" +
+              f"No checkpoint in {self.read_dir} could be read; tried, newest first:\n" +
               "\n".join(failures) + "\nTraining does not start over them. If the input "
               "pipeline changed (batch size, files, augmentation), restore without the input "
               "position: --gin_bindings='train.checkpoint_input = False'; otherwise move "
@@ -182,9 +182,10 @@ class CheckpointKeeper:
     self._without_input.restore(path).expect_partial()
     return path
 
-  def _read_signature(self) -> dict | None:
-    """The saved signature; None if absent or unreadable (a half-written first save)."""
-    signature_path = os.path.join(self.model_dir, SIGNATURE_FILE)
+  def _read_signature(self, directory: str) -> dict | None:
+    """The signature saved in `directory`; None if absent or unreadable (a half-written
+    first save)."""
+    signature_path = os.path.join(directory, SIGNATURE_FILE)
     if not tf.io.gfile.exists(signature_path):
       return None
     try:
@@ -197,15 +198,15 @@ class CheckpointKeeper:
     return saved if isinstance(saved, dict) else None
 
   def _check_signature(self) -> None:
-    saved = self._read_signature()
+    saved = self._read_signature(self.read_dir)
     if saved is not None:
       differences = _describe_differences(saved, variable_signature(self.model))
       if differences:
         raise CheckpointMismatchError(
-            f"The checkpoint in {self.model_dir} does not fit this model; these variables "
+            f"The checkpoint in {self.read_dir} does not fit this model; these variables "
             f"differ:\n" + "\n".join(differences) +
             "\nUse a new --model_dir, or go back to the configuration that wrote it "
-            f"(its operative gin config is saved in {self.model_dir}).")
+            f"(its operative gin config is saved in {self.read_dir}).")
 
   def _restore(self, path: str) -> None:
     try:
@@ -224,7 +225,7 @@ class CheckpointKeeper:
       raise RuntimeError(f"CheckpointKeeper({self.model_dir}) is read-only (evaluation).")
     if not self._signature_checked:  # once per run: absent, unreadable or stale -> rewrite
       current = variable_signature(self.model)
-      if self._read_signature() != current:
+      if self._read_signature(self.model_dir) != current:
         tf.io.gfile.makedirs(self.model_dir)
         signature_path = os.path.join(self.model_dir, SIGNATURE_FILE)
         temporary = signature_path + ".tmp"

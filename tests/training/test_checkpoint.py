@@ -39,3 +39,14 @@ def test_a_different_model_is_an_error_listing_the_variables(tmp_path):
 
 def test_empty_model_dir_starts_fresh(tmp_path):
   assert not CheckpointKeeper(str(tmp_path), _model(2)).restore_latest()
+
+
+def test_an_evaluation_keeper_reading_model_dir_checks_its_signature(tmp_path):
+  """--mode=eval writes under eval/ but reads (and checks) model_dir's checkpoints."""
+  CheckpointKeeper(str(tmp_path), _model(2)).save(1)
+  with pytest.raises(CheckpointMismatchError, match="does not fit this model"):
+    CheckpointKeeper(str(tmp_path / "eval"), _model(5), read_dir=str(tmp_path),
+                     read_only=True).restore_latest()
+  assert CheckpointKeeper(str(tmp_path / "eval"), _model(2), read_dir=str(tmp_path),
+                          read_only=True).restore_latest()
+  assert not (tmp_path / "eval").exists()  # read-only: wrote nothing

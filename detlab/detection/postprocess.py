@@ -2,7 +2,8 @@
 
 Protocol of the published EfficientDet AP: the top 5000 (anchor, class) logits per image,
 decoded, clipped to the image, per-class Gaussian soft-NMS (sigma 0.5 in the paper's
-convention, exp(-iou^2/sigma)), score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is the other mode.
+convention, exp(-iou^2/sigma)), score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is
+the other mode.
 
 Per-class NMS is done as one NMS call per image over class-offset boxes: boxes of different
 classes never overlap after the offset, so IoU (and the Gaussian decay) between classes is 0

@@ -35,11 +35,15 @@ from detlab.weights.automl_checkpoint import AutomlCheckpointError, load_automl_
 from detlab.weights.automl_names import UnsupportedModelError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "automl checkpoint directory or prefix.")
-flags.DEFINE_multi_string("gin_file", [], "Detector gin file (e.g. efficientdet_d0.gin).")
-flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. \"NUM_CLASSES = 90\".")
-flags.DEFINE_string("model_dir", None, "Output detlab model_dir (must hold no checkpoint).")
-flags.DEFINE_bool("use_ema", True, "Model weights := the automl EMA shadows (else raw).")
+
+
+def define_flags() -> None:
+  """Defined only when run as a tool: tests import `convert` beside other flag owners."""
+  flags.DEFINE_string("checkpoint", None, "automl checkpoint directory or prefix.")
+  flags.DEFINE_multi_string("gin_file", [], "Detector gin file (e.g. efficientdet_d0.gin).")
+  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. \"NUM_CLASSES = 90\".")
+  flags.DEFINE_string("model_dir", None, "Output detlab model_dir (must hold no checkpoint).")
+  flags.DEFINE_bool("use_ema", True, "Model weights := the automl EMA shadows (else raw).")
 
 
 def convert(checkpoint: str, gin_files, gin_bindings, model_dir: str,
@@ -95,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

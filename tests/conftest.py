@@ -1,7 +1,11 @@
 """Fixtures shared by all tests: a tiny built-in data set made on the fly."""
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tests/training's tiny backbone is imported as `tiny_backbone` from every test directory: one
+# module, so its gin registration happens once (a second name would register it twice).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "training"))
 
 import pytest  # noqa: E402
 

@@ -11,7 +11,7 @@ import tf_keras as keras
 
 from detlab.heads.detection import box_head, class_head
 from detlab.models.efficientdet import efficientdet
-from tests.training.tiny_backbone import tiny_test_backbone
+from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=import-error
 
 
 @pytest.fixture

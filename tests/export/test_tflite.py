@@ -13,7 +13,7 @@ from detlab.export.fold import fold_batch_norms
 from detlab.export.saved_model import DetectionServing
 from detlab.models.efficientdet import efficientdet
 from random_stats import randomize_batch_norms  # pylint: disable=import-error
-from tests.training.tiny_backbone import tiny_test_backbone
+from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=import-error
 
 pytest.importorskip("ai_edge_litert", reason="LiteRT export needs pip install ai-edge-litert "
                     "(the 'export' extra)")

@@ -1,35 +1,90 @@
-"""The detection task: loss for training, prediction in original pixels, COCO evaluation."""
-import json
+"""The detection task: an EfficientDet-style model, its inputs, loss and prediction in
+original pixels. COCO evaluation and drawing are in tasks/detection_eval.py.
 
-from absl import logging
+Two ways to make one: `DetectionTask(model, loss, postprocess_config)` around a built model
+(detlab.api, benchmark), or from gin (`train.task = @DetectionTask()`, binding model_fn,
+train_input, eval_input, ...), the model then built by `build_model()` inside the strategy.
+"""
+import os
+from typing import Callable
+
+import gin
 import numpy as np
 import tensorflow as tf
 
+from detlab.backbones import IMAGENET_MEAN_STD, input_convention
+from detlab.data.category_ids import check_category_ids
+from detlab.data.detection_input import InputConfig, make_dataset
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig, postprocess
-from detlab.evaluation import visualize
-from detlab.evaluation.coco_evaluator import CocoEvaluator
-from detlab.progress import Progress
+from detlab.evaluation.coco_evaluator import format_metrics
+from detlab.tasks.base import Task
+from detlab.tasks.detection_eval import evaluate_detections, load_category_names
+from detlab.training.evaluation import replica_detect
+
+__all__ = ["DetectionTask", "load_category_names"]
 
 
-def load_category_names(label_map_file: str | None, annotation_file: str | None,
-                        num_classes: int) -> dict[int, str]:
-  """{category id: name} from a label map JSON, a COCO annotation file, or ids as names."""
-  if label_map_file:
-    with tf.io.gfile.GFile(label_map_file) as f:
-      return {int(k): v for k, v in json.load(f).items()}
-  if annotation_file:
-    with tf.io.gfile.GFile(annotation_file) as f:
-      return {c["id"]: c["name"] for c in json.load(f)["categories"]}
-  return {i: str(i) for i in range(1, num_classes + 1)}
-
-
-class DetectionTask:
+@gin.register(module="detlab.tasks")
+class DetectionTask(Task):
   """Glue between an EfficientDet-style model, its loss and post-processing."""
 
-  def __init__(self, model, loss: DetectionLoss, postprocess_config: PostprocessConfig):
-    self.model, self.loss, self.postprocess_config = model, loss, postprocess_config
+  name = "detection"
+  loss_parts = ("class", "box")
+  primary_metric = "AP"
+  summary_prefix = "coco"
+  png_name = "eval_detections.png"
+  summary_image = "detections"  # ground truth green, predictions red, as in the PNG
+
+  def __init__(self, model=None, loss: DetectionLoss | None = None,
+               postprocess_config: PostprocessConfig | None = None, *,
+               model_fn: Callable | None = None, train_input: InputConfig | None = None,
+               eval_input: InputConfig | None = None, label_map_file: str | None = None,
+               annotation_file: str | None = None):
+    """model: a built detector, or None and `model_fn` (built by build_model()).
+    label_map_file / annotation_file: category names and the COCO ground truth (see
+    README); the label map also bounds the category ids checked before training."""
+    self.loss = loss or DetectionLoss()
+    self.postprocess_config = postprocess_config or PostprocessConfig()
+    self.model_fn, self.train_input, self.eval_input = model_fn, train_input, eval_input
+    self.label_map_file, self.annotation_file = label_map_file, annotation_file
+    self.model = None
+    self._detect_for = {}  # strategy -> its per-replica detect (one trace per strategy)
+    if model is not None:
+      self._bind(model)
+
+  def _bind(self, model) -> None:
+    self.model = model
     self.anchor_boxes = model.anchors.boxes()
+
+  def build_model(self):
+    if self.model_fn is None:
+      raise ValueError("DetectionTask.model_fn is not set (train.model_fn in the legacy "
+                       "gin files); bind it, e.g. to @efficientdet.")
+    self._bind(self.model_fn())
+    return self.model
+
+  def describe(self, model) -> str:
+    return (f"Model {model.name}: {model.count_params():,} parameters, "
+            f"{model.anchors.num_anchors} anchors")
+
+  def preflight(self, model) -> None:
+    check_category_ids(model.num_classes, self.label_map_file, self.train_input,
+                       self.eval_input)
+
+  def _dataset(self, config, model, batch, context=None, seed=None):
+    return make_dataset(config, model.anchors, model.num_classes, batch, context, seed=seed,
+                        convention=input_convention(model, default=IMAGENET_MEAN_STD))
+
+  def train_dataset(self, model, input_context, per_replica_batch, seed):
+    if self.train_input is None:
+      raise ValueError("train.train_input is not set; bind it in the gin file.")
+    return self._dataset(self.train_input, model, per_replica_batch, input_context, seed)
+
+  def eval_dataset(self, model, batch_size):
+    if self.eval_input is None:
+      raise ValueError("train.eval_input is not set; bind it in the gin file.")
+    return self._dataset(self.eval_input, model, batch_size)
 
   def compute_loss(self, model, batch: dict, training: bool) -> dict:
     class_outputs, box_outputs = model(batch["images"], training=training)
@@ -57,42 +112,26 @@ class DetectionTask:
     detections["boxes"] = np.clip(boxes, 0.0, limit)
     return detections
 
-  def evaluate(self, dataset: tf.data.Dataset, category_names: dict,
-               annotation_file: str | None = None, num_images: int | None = None,
-               visualize_path: str | None = None, num_visualize: int = 8,
-               detect=None) -> tuple[dict, dict]:
-    """Runs the model over `dataset` (eval form) and returns COCO (metrics, per-class AP).
-    detect: `detect(images) -> detections` in place of `self.detect` (see
-    detect_original_pixels)."""
-    evaluator = CocoEvaluator(category_names, annotation_file)
-    progress = Progress(num_images or 0, unit="images", min_interval=5.0)
-    panels, seen = [], 0
-    for batch in dataset:
-      detections = self.detect_original_pixels(batch["images"], batch["image_info"],
-                                               **({"detect": detect} if detect else {}))
-      ground_truth = {k: v.numpy() for k, v in batch.items() if k != "images"}
-      evaluator.add_batch(detections, ground_truth)
-      if visualize_path and len(panels) < num_visualize:
-        panels += self._panels(batch, detections, category_names, num_visualize - len(panels))
-      seen += len(ground_truth["source_ids"])
-      if num_images:
-        progress.update(seen, prefix="eval ")
-    metrics, per_class = evaluator.evaluate()
-    if visualize_path and panels:
-      visualize.save_grid(panels, visualize_path)
-      logging.info("Wrote %s", visualize_path)
-    return metrics, per_class
+  def evaluate(self, model, dataset, out_dir, step, strategy=None, num_images=None):
+    """COCO metrics and {"per_class_AP"}; network + NMS run per replica of `strategy`."""
+    if model is not self.model:
+      self._bind(model)
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy not in self._detect_for:
+      self._detect_for[strategy] = replica_detect(strategy, self.detect)
+    detect = self._detect_for[strategy]
+    names = load_category_names(self.label_map_file, self.annotation_file, model.num_classes)
+    metrics, per_class = evaluate_detections(
+        lambda images, info: self.detect_original_pixels(images, info, detect=detect),
+        dataset, names, self.annotation_file, num_images,
+        os.path.join(out_dir, self.png_name))
+    return metrics, {"per_class_AP": per_class}
 
-  def _panels(self, batch, detections, category_names, limit):
-    images = visualize.denormalize(batch["images"].numpy()[:limit])
-    info = batch["image_info"].numpy()
-    panels = []
-    for i, image in enumerate(images):
-      scale = np.tile(info[i, 2], 2)
-      count = int(batch["gt_count"][i])
-      gt = batch["gt_boxes"].numpy()[i, :count] * scale
-      n = int(detections["num_detections"][i])
-      pred = detections["boxes"][i, :n] * scale
-      panels.append(visualize.draw_panel(image, gt, pred, detections["scores"][i, :n],
-                                         detections["classes"][i, :n], category_names))
-    return panels
+  def format_metrics(self, metrics, extra):
+    per_class = extra.get("per_class_AP", {})
+    return (format_metrics(metrics, self.postprocess_config.nms_mode) + "\nPer-class AP: " +
+            ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a"
+                      for k, v in per_class.items()))
+
+  def metrics_record(self, metrics, extra):
+    return {"metrics": metrics, **extra, "nms": self.postprocess_config.nms_mode}

@@ -1,18 +1,40 @@
-"""COCO evaluation inside training: once, every N steps (keeping the best), or continuously.
+"""Evaluation inside training (any task): once, every N steps (keeping the best), or continuously.
 
 Evaluates the EMA weights when there are any (EmaConfig.evaluate_average), swapping them into
 the model for the evaluation and back afterwards. `stop_requested()` (SIGTERM) is checked
 before every batch: an evaluation stopped that way writes nothing and returns None, so a
 preempted job stops within one batch's time.
 """
+import json
+import math
 import os
 import time
 
 from absl import logging
 import tensorflow as tf
 
-from detlab.evaluation.coco_evaluator import format_metrics, save_metrics
+from detlab.tasks.base import scalar_metrics
 from detlab.training.checkpoint import BestCheckpoint
+
+
+def _strict(value):
+  """NaN and infinities -> None (JSON null): metrics.json stays strict JSON for any reader."""
+  if isinstance(value, dict):
+    return {str(k): _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+    return _strict(value.item())
+  return value
+
+
+def write_json(path: str, record: dict) -> None:
+  """Strict JSON at `path` (any tf.io.gfile path: local, gs://, ram://)."""
+  text = json.dumps(_strict(record), indent=1, allow_nan=False)
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
 
 
 def replica_detect(strategy: tf.distribute.Strategy, detect_fn):
@@ -44,59 +66,58 @@ def replica_detect(strategy: tf.distribute.Strategy, detect_fn):
 
 
 class PeriodicEvaluator:
-  """Runs `task.evaluate` on `make_dataset()` and writes metrics.json + eval/ summaries."""
+  """Runs `task.evaluate` on `make_dataset()` and writes metrics.json + eval/ summaries.
 
-  def __init__(self, model_dir: str, task, make_dataset, category_names: dict,
-               annotation_file: str | None, nms_mode: str, num_images: int | None = None,
+  Task-free: the task computes its metrics and PNG (tasks/base.py: Task.evaluate), names its
+  TensorBoard prefix and PNG, formats the printed lines and the metrics.json content."""
+
+  def __init__(self, model_dir: str, task, model, make_dataset, num_images: int | None = None,
                average=None, best: BestCheckpoint | None = None, output_dir: str | None = None,
                stop_requested=lambda: False, strategy: tf.distribute.Strategy | None = None):
     """num_images: evaluate only the first N images (None: all). output_dir: where
     metrics.json and the PNG go (default model_dir; an eval sidecar uses model_dir/eval).
-    strategy: the model's; detection then runs per replica (`replica_detect`)."""
-    self.model_dir, self.task, self.make_dataset = model_dir, task, make_dataset
-    self.category_names, self.annotation_file = category_names, annotation_file
-    self.nms_mode, self.num_images = nms_mode, num_images
+    strategy: the model's (a task may run its network per replica, see `replica_detect`)."""
+    self.model_dir, self.task, self.model = model_dir, task, model
+    self.make_dataset, self.num_images = make_dataset, num_images
     self.average, self.best = average, best
     self.output_dir, self.stop_requested = output_dir or model_dir, stop_requested
-    self.detect = replica_detect(strategy or tf.distribute.get_strategy(), task.detect)
+    self.strategy = strategy or tf.distribute.get_strategy()
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
 
   def __call__(self, step: int) -> tuple[dict, dict] | None:
-    """Evaluates the current weights (EMA if configured) as those of `step`; None if stopped."""
+    """Evaluates the current weights (EMA if configured) as those of `step`; returns
+    (metrics, extra) (tasks/base.py), None if stopped."""
     weights = "EMA" if self.average is not None else "raw"
     logging.info("Evaluating step %d on %s weights.", step, weights)
     try:
       if self.average is not None:
         with self.average.swapped():
-          metrics, per_class = self._evaluate()
+          metrics, extra = self._evaluate(step)
       else:
-        metrics, per_class = self._evaluate()
+        metrics, extra = self._evaluate(step)
     except _Stopped:
       logging.warning("Evaluation of step %d stopped on request; nothing written.", step)
       return None
-    print(f"Step {step} ({weights} weights):\n" + format_metrics(metrics, self.nms_mode),
+    print(f"Step {step} ({weights} weights):\n" + self.task.format_metrics(metrics, extra),
           flush=True)
-    print("Per-class AP: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()),
-          flush=True)
-    save_metrics(os.path.join(self.output_dir, "metrics.json"), metrics, per_class,
-                 {"step": step, "nms": self.nms_mode, "weights": weights})
-    png = os.path.join(self.output_dir, "eval_detections.png")
+    record = {**self.task.metrics_record(metrics, extra), "step": step, "weights": weights}
+    write_json(os.path.join(self.output_dir, "metrics.json"), record)
+    png = os.path.join(self.output_dir, self.task.png_name)
     with self.writer.as_default(step=step):
-      for name, value in metrics.items():
-        tf.summary.scalar(f"coco/{name}", value)
-      if tf.io.gfile.exists(png):  # ground truth green, predictions red, as in the PNG
-        tf.summary.image("detections", tf.io.decode_png(tf.io.read_file(png), 3)[None])
+      for name, value in scalar_metrics(metrics).items():
+        tf.summary.scalar(f"{self.task.summary_prefix}/{name}", value)
+      if tf.io.gfile.exists(png):
+        tf.summary.image(self.task.summary_image, tf.io.decode_png(tf.io.read_file(png), 3)[None])
     self.writer.flush()
-    if self.best is not None:
-      self.best.update(step, metrics)
-    return metrics, per_class
+    scalars = scalar_metrics(metrics)
+    if self.best is not None and self.best.metric in scalars:  # None (e.g. no image): skip
+      self.best.update(step, scalars)
+    return metrics, extra
 
-  def _evaluate(self) -> tuple[dict, dict]:
+  def _evaluate(self, step: int) -> tuple[dict, dict]:
     tf.io.gfile.makedirs(self.output_dir)
-    return self.task.evaluate(
-        self._batches(), self.category_names, self.annotation_file,
-        num_images=self.num_images, detect=self.detect,
-        visualize_path=os.path.join(self.output_dir, "eval_detections.png"))
+    return self.task.evaluate(self.model, self._batches(), self.output_dir, step,
+                              strategy=self.strategy, num_images=self.num_images)
 
   def _batches(self):
     """The eval batches, cut to `num_images` images, checking for a stop before each."""

@@ -1,4 +1,7 @@
-"""The configurable root, `train(...)`: strategy -> model -> inputs -> loop -> evaluation.
+"""The configurable root, `train(...)`: strategy -> task's model -> task's inputs -> loop ->
+task's evaluation. Task-free: everything task-specific is behind tasks/base.py's Task
+(`train.task = @DetectionTask()` / `@ClassificationTask()` / `@SegmentationTask()`); without
+`train.task`, the legacy detection arguments (model_fn, train_input, ...) build a DetectionTask.
 
 Everything that creates variables is built inside `strategy.scope()` from uncalled factories.
 A checkpoint holds the model, optimizer (step), EMA shadows and the input iterator, so a
@@ -16,13 +19,12 @@ import tensorflow as tf
 import tf_keras as keras
 from official.common import distribute_utils
 
-from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data import record_files
-from detlab.data.category_ids import check_category_ids
-from detlab.data.detection_input import InputConfig, make_dataset
+from detlab.data.detection_input import InputConfig
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
-from detlab.tasks.detection import DetectionTask, load_category_names
+from detlab.tasks.base import Task
+from detlab.tasks.detection import DetectionTask
 from detlab.training.checkpoint import BestCheckpoint, CheckpointKeeper
 from detlab.training.ema import EmaConfig, WeightAverage
 from detlab.training.evaluation import PeriodicEvaluator, evaluate_continuously
@@ -93,19 +95,23 @@ def with_loss_scaling(opt, policy: str):
 
 
 @gin.configurable(denylist=["model_dir", "mode", "continuous", "eval_timeout_s"])
-def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED,
-          train_input: InputConfig | None = None, eval_input: InputConfig | None = None,
+def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = None,
+          model_fn=None, train_input: InputConfig | None = None,
+          eval_input: InputConfig | None = None,
           schedule: Schedule = Schedule(), optimizer: OptimizerConfig = OptimizerConfig(),
-          loss: DetectionLoss = DetectionLoss(),
-          postprocess: PostprocessConfig = PostprocessConfig(), ema: EmaConfig = EmaConfig(),
+          loss: DetectionLoss | None = None,
+          postprocess: PostprocessConfig | None = None, ema: EmaConfig = EmaConfig(),
           label_map_file: str | None = None, annotation_file: str | None = None,
           strategy: str = "off", tpu: str | None = None, seed: int | None = None,
           num_eval_images: int | None = None, checkpoint_input: bool = True,
           nan_trials: int = 3, init_checkpoint: str | None = None,
           init_mode: str = "detector", precision: str = "float32", jit_compile: bool = False,
           continuous: bool = False, eval_timeout_s: float = 3600.0) -> dict:
-  """Trains and/or evaluates a detector in `model_dir`; returns the final metrics (if any).
+  """Trains and/or evaluates `task`'s model in `model_dir`; returns the final metrics.
 
+  task: a tasks/base.py Task (model, inputs, loss, evaluation). Without it, the legacy
+    detection arguments model_fn, train_input, eval_input, loss, postprocess, label_map_file
+    and annotation_file build a DetectionTask (giving both is an error).
   checkpoint_input: save the tf.data iterator position in checkpoints (exact resume; costs
     the shuffle/prefetch buffers in every checkpoint). nan_trials: restores after a
     non-finite step before giving up. init_checkpoint/init_mode: fine-tuning start (used only
@@ -117,13 +123,16 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
   Writers: a training run holds model_dir/writer.lock (a second one is refused); in a
   multi-worker job only the chief writes to model_dir; --mode=eval writes only under eval/.
   SIGTERM (training or any evaluation): stop, save, return with "preempted" True.
-  Results: {"train": last logged losses, "train_seconds", "preempted", "metrics",
-  "per_class_AP"}.
+  Results: {"train": last logged losses, "train_seconds", "preempted", "metrics", and the
+  task's extra results (detection: "per_class_AP")}.
   """
   if mode not in MODES:
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
   if continuous and mode != "eval":
     raise ValueError("--continuous needs --mode=eval (it watches a training job's model_dir).")
+  task = _resolve_task(task, model_fn=model_fn, train_input=train_input,
+                       eval_input=eval_input, loss=loss, postprocess=postprocess,
+                       label_map_file=label_map_file, annotation_file=annotation_file)
   training = mode in ("train", "train_and_eval")
   distribution = get_strategy(strategy, tpu)
   # One writer per model_dir (training/writer.py): the chief of a training job, holding the
@@ -142,19 +151,35 @@ def train(model_dir: str, mode: str = "train_and_eval", *, model_fn=gin.REQUIRED
     if training and new_seed:
       save_seed(out_dir, seed)
     _write_text(os.path.join(out_dir, "config.gin"), gin.config_str())
-    return _run(model_dir, out_dir, mode, distribution, preemption, model_fn=model_fn,
-                train_input=train_input, eval_input=eval_input, schedule=schedule,
-                optimizer=optimizer, loss=loss, postprocess=postprocess, ema=ema,
-                label_map_file=label_map_file, annotation_file=annotation_file,
-                strategy=strategy, seed=seed, num_eval_images=num_eval_images,
+    return _run(model_dir, out_dir, mode, distribution, preemption, task=task,
+                schedule=schedule, optimizer=optimizer, ema=ema, strategy=strategy, seed=seed, num_eval_images=num_eval_images,
                 checkpoint_input=checkpoint_input, nan_trials=nan_trials,
                 init_checkpoint=init_checkpoint, init_mode=init_mode, precision=precision,
                 jit_compile=jit_compile, continuous=continuous, eval_timeout_s=eval_timeout_s)
 
 
-def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, model_fn,
-         train_input, eval_input, schedule, optimizer, loss, postprocess, ema, label_map_file,
-         annotation_file, strategy, seed, num_eval_images, checkpoint_input, nan_trials,
+def _resolve_task(task, **legacy) -> Task:
+  """`train.task`, or a DetectionTask from the legacy detection arguments."""
+  given = sorted(k for k, v in legacy.items() if v is not None)
+  if task is not None:
+    if given:
+      raise ValueError(f"train.task is set, and so are the legacy detection arguments "
+                       f"{', '.join('train.' + k for k in given)}: bind those on the task "
+                       "(e.g. DetectionTask.model_fn) instead, or drop train.task.")
+    return task
+  if legacy["model_fn"] is None:
+    raise ValueError("Neither train.task nor train.model_fn is set: bind train.task (e.g. "
+                     "@DetectionTask(), @ClassificationTask(), @SegmentationTask()) or "
+                     "include a detection gin file that sets train.model_fn.")
+  return DetectionTask(None, legacy["loss"], legacy["postprocess"],
+                       model_fn=legacy["model_fn"], train_input=legacy["train_input"],
+                       eval_input=legacy["eval_input"],
+                       label_map_file=legacy["label_map_file"],
+                       annotation_file=legacy["annotation_file"])
+
+
+def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, task: Task,
+         schedule, optimizer, ema, strategy, seed, num_eval_images, checkpoint_input, nan_trials,
          init_checkpoint, init_mode, precision, jit_compile, continuous,
          eval_timeout_s) -> dict:
   """train()'s work once the writer is settled: reads model_dir, writes only out_dir."""
@@ -162,23 +187,22 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, m
   stop_requested = lambda: preemption.requested  # pylint: disable=unnecessary-lambda-assignment
 
   with precision_policy(precision), distribution.scope():
-    model = model_fn()
+    model = task.build_model()
     opt, learning_rate = build_optimizer(
         optimizer, schedule.batch_size, schedule.total_steps,
-        schedule.steps_for_epochs(optimizer.warmup_epochs))
+        schedule.steps_for_epochs(optimizer.warmup_epochs),
+        schedule.num_train_images / schedule.batch_size)
     opt = with_loss_scaling(opt, precision)
     average = WeightAverage(model, ema) if ema.enabled else None
     step = opt.iterations
-  logging.info("Model %s: %s parameters, %d anchors", model.name, f"{model.count_params():,}",
-               model.anchors.num_anchors)
-  check_category_ids(model.num_classes, label_map_file, train_input, eval_input)  # not at step N
+  logging.info("%s", task.describe(model))
+  task.preflight(model)  # bad data fails now, not at step N
   record_files.SKIPPED.report_to(os.path.join(model_dir, "train"))  # cut-short shards -> TB
-  task = DetectionTask(model, loss, postprocess)
   trackables = {"optimizer": opt}
   if average is not None:
     trackables["ema"] = average.shadows
   if training:
-    iterator = iter(_train_dataset(distribution, train_input, model, schedule, seed))
+    iterator = iter(_train_dataset(distribution, task, model, schedule, seed))
     if checkpoint_input and _checkpointable(iterator):
       trackables["iterator"] = iterator
     elif checkpoint_input:
@@ -195,22 +219,19 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, m
   results = {"preempted": False}
   evaluator = None
   if mode in ("eval", "train_and_eval"):
-    if eval_input is None:
-      raise ValueError("train.eval_input is not set; bind it in the gin file.")
+    task.eval_dataset(model, 8)  # a missing eval input fails before training, not after
     evaluator = PeriodicEvaluator(
-        out_dir, task,
-        lambda: make_dataset(eval_input, model.anchors, model.num_classes, batch_size=8,
-                             convention=input_convention(model, default=IMAGENET_MEAN_STD)),
-        load_category_names(label_map_file, annotation_file, model.num_classes),
-        annotation_file, postprocess.nms_mode, num_eval_images,
+        out_dir, task, model, lambda: task.eval_dataset(model, 8), num_eval_images,
         average if ema.evaluate_average else None,
-        BestCheckpoint(out_dir, model=model, **({"ema": average.shadows} if average else {}))
+        BestCheckpoint(out_dir, task.primary_metric, model=model,
+                       **({"ema": average.shadows} if average else {}))
         if mode == "train_and_eval" else None, stop_requested=stop_requested,
         strategy=distribution)
 
   if training:
     trainer = Trainer(distribution, model, opt, task.compute_loss, optimizer.weight_decay,
-                      optimizer.clip_norm, ema=average, jit_compile=jit_compile)
+                      optimizer.clip_norm, ema=average, jit_compile=jit_compile,
+                      loss_parts=task.loss_parts)
     start = int(step.numpy())
     logging.info("%s at step %d of %d (global batch %d, %d replica(s)).",
                  "Resuming" if resumed else "Starting", start, schedule.total_steps,
@@ -241,7 +262,8 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, m
         raise FileNotFoundError(f"No checkpoint in {model_dir} to evaluate; train first.")
       final = evaluator(int(step.numpy()))
     if final is not None:
-      results["metrics"], results["per_class_AP"] = final
+      results["metrics"] = final[0]
+      results.update(final[1])
     results["preempted"] = preemption.requested  # a stop during the evaluation
   return results
 
@@ -255,9 +277,7 @@ def _checkpointable(iterator) -> bool:
   return True
 
 
-def _train_dataset(distribution, train_input, model, schedule: Schedule, seed):
-  if train_input is None:
-    raise ValueError("train.train_input is not set; bind it in the gin file.")
+def _train_dataset(distribution, task: Task, model, schedule: Schedule, seed):
   replicas = distribution.num_replicas_in_sync
   if schedule.batch_size % replicas:
     raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
@@ -269,8 +289,6 @@ def _train_dataset(distribution, train_input, model, schedule: Schedule, seed):
   options = tf.data.Options()
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   return distribution.distribute_datasets_from_function(
-      lambda ctx: make_dataset(train_input, model.anchors, model.num_classes,
-                               ctx.get_per_replica_batch_size(schedule.batch_size), ctx,
-                               seed=seed,
-                               convention=input_convention(model, default=IMAGENET_MEAN_STD)
-                               ).with_options(options))
+      lambda ctx: task.train_dataset(model, ctx,
+                                     ctx.get_per_replica_batch_size(schedule.batch_size),
+                                     seed).with_options(options))

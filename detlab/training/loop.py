@@ -40,10 +40,14 @@ class Trainer:
   it skips overflowing steps itself, so then only a non-finite loss counts as a bad step.
   """
 
-  METRICS = ("total", "class", "box", "weight_decay", "grad_norm")
+  METRICS = ("total", "class", "box", "weight_decay", "grad_norm")  # detection's
 
   def __init__(self, strategy: tf.distribute.Strategy, model, optimizer, loss_fn,
-               weight_decay: float, clip_norm: float, ema=None, jit_compile: bool = False):
+               weight_decay: float, clip_norm: float, ema=None, jit_compile: bool = False,
+               loss_parts: tuple = ("class", "box")):
+    """loss_parts: the keys of loss_fn's dict (besides "total") logged and summarised; a
+    task's `loss_parts` (detection: class, box)."""
+    self.loss_parts = tuple(loss_parts)
     self.strategy, self.model, self.optimizer = strategy, model, optimizer
     self.loss_fn, self.weight_decay, self.clip_norm = loss_fn, weight_decay, clip_norm
     self.ema = ema
@@ -51,7 +55,8 @@ class Trainer:
     self._step = tf.function(self._replica_step, jit_compile=True) if jit_compile \
         else self._replica_step
     with strategy.scope():
-      self.metrics = {name: keras.metrics.Mean(name) for name in self.METRICS}
+      names = ("total", *self.loss_parts, "weight_decay", "grad_norm")
+      self.metrics = {name: keras.metrics.Mean(name) for name in names}
       # Slot variables now, not lazily in the first step: a checkpoint saved before the first
       # step must hold them, or a NaN recovery to it would keep the non-finite slots.
       inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
@@ -83,8 +88,9 @@ class Trainer:
       grad_norm = tf.linalg.global_norm(grads)
     self.optimizer.apply_gradients(zip(grads, variables),
                                    experimental_aggregate_gradients=False)
-    for name, value in (("total", total), ("class", losses["class"]), ("box", losses["box"]),
-                        ("weight_decay", decay), ("grad_norm", grad_norm)):
+    parts = tuple((name, losses[name]) for name in self.loss_parts)
+    for name, value in (("total", total), *parts, ("weight_decay", decay),
+                        ("grad_norm", grad_norm)):
       self.metrics[name].update_state(value)
     finite = tf.math.is_finite(total)
     if not self._loss_scaled:
@@ -175,8 +181,8 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
       trainer.reset_metrics()
       lr = float(learning_rate(step))
       progress.update(step, prefix="train ", force=True, suffix=lambda p: (
-          f" | loss {results['total']:.4f} (class {results['class']:.4f} box "
-          f"{results['box']:.5f}) lr {lr:.5f} {p.rate * global_batch:.1f} img/s"))
+          f" | loss {results['total']:.4f} ({_parts(results, trainer.loss_parts)}) lr "
+          f"{lr:.5f} {p.rate * global_batch:.1f} img/s"))
       with summary_writer.as_default(step=step):
         for name, value in results.items():
           tf.summary.scalar(f"loss/{name}" if name != "grad_norm" else name, value)
@@ -223,3 +229,8 @@ def _recover(trainer: Trainer, checkpoint, bad_step: int, bad_ids: tf.Tensor, tr
   logging.warning("%s Restored %s (step %d) and going on with the next batches (trial %d of "
                   "%d).", what, path, step, trials + 1, nan_trials)
   return step
+
+
+def _parts(results: dict, names: tuple) -> str:
+  """'class 0.1234 box 0.01234': detection's box loss is ~10x smaller, hence 5 digits."""
+  return " ".join(f"{n} {results[n]:.{5 if n == 'box' else 4}f}" for n in names)

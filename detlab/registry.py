@@ -8,4 +8,6 @@ from detlab.models import joint, segmentation  # noqa: F401
 from detlab.segmentation import loss as segmentation_loss  # noqa: F401
 from detlab.data import segmentation_input  # noqa: F401
 from detlab.training import optimizer  # noqa: F401
+from detlab.tasks import classification as classification_task  # noqa: F401
+from detlab.tasks import segmentation as segmentation_task  # noqa: F401
 from detlab.training import experiment  # noqa: F401

@@ -14,16 +14,17 @@ def clean_gin():
 
 # Data-only files: no model of their own; they go after a detector file.
 DATA_FILES = ("shapes_data.gin",)
-# Model-side only until the segmentation task exists: they bind `segmenter`, not `train`.
-MODEL_ONLY_PREFIX = "segmentation_"
+# Task files: they bind `train.task` (the task-generic root), not the legacy train.model_fn.
+TASK_PREFIXES = ("classification_", "segmentation_")
 
 
 @pytest.mark.parametrize("name", config.available_gin_files())
 def test_every_gin_file_parses(name):
   files = ["efficientdet_d0.gin", name] if name in DATA_FILES else [name]
   config.parse_gin(files, [])
-  if name.startswith(MODEL_ONLY_PREFIX):
-    assert gin.query_parameter("segmenter.num_classes") is not None
+  if name.startswith(TASK_PREFIXES):
+    assert gin.query_parameter("train.task") is not None
+    assert gin.query_parameter("%NUM_CLASSES") and gin.query_parameter("%IMAGE_SIZE")
     return
   assert gin.query_parameter("train.model_fn") is not None
 

@@ -1,7 +1,5 @@
-"""Classification task: model, inputs, loss and evaluation for the shared training loop.
-
-Draft against today's `training.loop.Trainer` (`compute_loss(model, batch, training)` ->
-dict with "total"); the task-generic training root of #12 wires it into `train()`.
+"""Classification task: model, inputs, loss and evaluation for the shared training root
+(`train.task = @ClassificationTask()`; see tasks/base.py).
 
 Loss (float32): softmax cross-entropy with label smoothing (0.1 in the EfficientNet and
 Inception v3 recipes) on the main logits plus sum_k w_k x the same loss on each auxiliary
@@ -9,6 +7,7 @@ head's logits (GoogLeNet 0.3 each, Inception v3/v4/ResNet-v2 0.4). With Mixup/Cu
 batch carries "mix_labels" and "mix_weight" w, and every term is w CE(labels) +
 (1 - w) CE(mix_labels). Weight decay is the Trainer's.
 """
+import os
 from typing import Callable
 
 import gin
@@ -16,10 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from detlab.backbones import input_convention
+from detlab.data.classification_example import read_label_map
 from detlab.data.classification_input import (ClassificationInputConfig,
                                               make_classification_dataset, normalization)
 from detlab.evaluation.classification import ClassificationEvaluator, draw_labelled_grid
 from detlab.models.classifier import classifier
+from detlab.tasks.base import Task
 
 
 def smoothed_cross_entropy(logits: tf.Tensor, labels: tf.Tensor,
@@ -35,15 +36,25 @@ def smoothed_cross_entropy(logits: tf.Tensor, labels: tf.Tensor,
 
 
 @gin.register(module="detlab.tasks")
-class ClassificationTask:
+class ClassificationTask(Task):
   """Glue between a classifier, its input pipeline, its loss and its evaluator."""
+
+  name = "classification"
+  loss_parts = ("class", "aux")
+  primary_metric = "top1"
+  summary_prefix = "classification"
+  png_name = "eval_classification.png"
+  summary_image = "classification"
 
   def __init__(self, num_classes: int, image_size: int, train_input=None, eval_input=None,
                model_fn: Callable = classifier, label_smoothing: float = 0.1,
-               class_names: list[str] | None = None):
+               class_names: list[str] | None = None, label_map_file: str | None = None):
     """train_input / eval_input: ClassificationInputConfig (file_pattern or tfds_name);
     their image_size and is_training are set here. model_fn: the classifier builder,
-    called with num_classes and image_size (bind backbone_fn etc. on it)."""
+    called with num_classes and image_size (bind backbone_fn etc. on it).
+    label_map_file: class names by label (else class_names, else the label numbers)."""
+    if class_names is None and label_map_file:
+      class_names = read_label_map(label_map_file)
     if class_names is not None and len(class_names) > num_classes:
       raise ValueError(f"NUM_CLASSES is {num_classes} but the label map has "
                        f"{len(class_names)} classes; set NUM_CLASSES = {len(class_names)}.")
@@ -74,6 +85,12 @@ class ClassificationTask:
     return make_classification_dataset(config, batch_size, input_context, seed,
                                        self.convention)
 
+  def train_dataset(self, model, input_context, per_replica_batch, seed):
+    return self.build_inputs(True, per_replica_batch, input_context, seed)
+
+  def eval_dataset(self, model, batch_size):
+    return self.build_inputs(False, batch_size)
+
   def _mixed_loss(self, logits, batch) -> tf.Tensor:
     loss = smoothed_cross_entropy(logits, batch["labels"], self.label_smoothing)
     if "mix_weight" in batch:
@@ -93,8 +110,24 @@ class ClassificationTask:
         aux += weight * self._mixed_loss(outputs[key], batch)
     return {"total": main + aux, "class": main, "aux": aux}
 
-  def evaluate(self, model, dataset: tf.data.Dataset, png_path: str | None = None,
-               num_panels: int = 16) -> dict:
+  def evaluate(self, model, dataset, out_dir, step, strategy=None, num_images=None):
+    """({"top1", "top5", "loss", "num_examples"}, {"per_class_accuracy"}); the PNG in
+    out_dir. The network runs on the host's default device (the metric is host-side)."""
+    result = self.evaluate_to_png(model, dataset, os.path.join(out_dir, self.png_name))
+    per_class = result.pop("per_class_accuracy")
+    return result, {"per_class_accuracy": per_class}
+
+  def format_metrics(self, metrics, extra):
+    return (f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}, loss "
+            f"{metrics['loss']:.4f} ({metrics['num_examples']} images)")
+
+  def metrics_record(self, metrics, extra):
+    """metrics.json: top1, top5, per_class_accuracy at the top level (and under "metrics"
+    as detection's file has them)."""
+    return {**metrics, **extra, "metrics": metrics}
+
+  def evaluate_to_png(self, model, dataset: tf.data.Dataset, png_path: str | None = None,
+                      num_panels: int = 16) -> dict:
     """Top-1/top-5/per-class accuracy/loss of `model` (inference form) over `dataset`; a
     labelled PNG of the first `num_panels` images at `png_path` if given."""
     evaluator = ClassificationEvaluator(self.num_classes)

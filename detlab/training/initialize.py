@@ -10,6 +10,8 @@ Variables are matched through the checkpoint's object graph (the attribute path,
 - 'backbone': every backbone variable must load; the rest is new. The checkpoint may hold a
   detector (`model/backbone/...`), a backbone saved as `tf.train.Checkpoint(model=backbone)`,
   or a backbone saved with `backbone.save_weights(prefix)`.
+A detlab training checkpoint with EMA shadows (a classifier's model_dir, say) gives the
+averaged weights and BN statistics where it has them (see `_prefer_ema`).
 A google/automl EfficientDet checkpoint (efficientdet-dN, name-based) works too: its EMA
 weights load through detlab/weights/ (the reference fine-tunes from them), by the same rules.
 A table of loaded / skipped / new variables per part is logged and printed. A checkpoint in
@@ -102,11 +104,38 @@ def _object_graph_values(model, path: str, mode: str) -> tuple[str, dict]:
     if len(attempt) > len(found):
       found = attempt
   shapes = reader.get_variable_to_shape_map()
+  if mode == "backbone":  # a detector fine-tuned from a detector keeps its raw weights
+    found = _prefer_ema(graph, found)
   values = {}
   for variable, key in found.values():
     fits = list(shapes[key]) == list(variable.shape)
     values[variable.ref()] = (lambda key=key: reader.get_tensor(key)) if fits else None
   return path, values
+
+
+def _prefer_ema(graph, found: dict) -> dict:
+  """A detlab training checkpoint's EMA shadows (`ema/<i>`, training/ema.py names each
+  `<variable name with / as _>_ema`) in place of the raw weights they average, as the
+  recipes evaluate and fine-tune from the average."""
+  ema = _child(graph, 0, "ema")
+  if ema is None:
+    return found
+  shadow_keys, full_names = {}, {}
+  for node in graph.nodes:
+    for attribute in node.attributes:
+      if attribute.name == _VALUE:
+        full_names[attribute.checkpoint_key] = attribute.full_name
+  for ref in graph.nodes[ema].children:
+    for attribute in graph.nodes[ref.node_id].attributes:
+      if attribute.name == _VALUE:
+        shadow_keys[attribute.full_name] = attribute.checkpoint_key
+  swapped = {}
+  for ident, (variable, key) in found.items():
+    shadow = full_names.get(key, "").replace("/", "_") + "_ema"
+    swapped[ident] = (variable, shadow_keys.get(shadow, key))
+  used = sum(swapped[i][1] != found[i][1] for i in found)
+  logging.info("init_checkpoint: %d of %d variables from the EMA shadows.", used, len(found))
+  return swapped
 
 
 def _automl_values(model, path: str, mode: str) -> tuple[str, dict]:

@@ -101,7 +101,7 @@ def test_evaluate_returns_the_metrics_and_writes_the_png(tmp_path):
                             model_fn=functools.partial(classifier, "efficientnet_b0"),
                             class_names=["a", "b", "c"])
   model = task.build_model()
-  metrics = task.evaluate(model, task.build_inputs(False, 4), str(tmp_path / "eval.png"))
-  assert metrics["num_examples"] == 10 and len(metrics["per_class_accuracy"]) == 3
+  metrics, extra = task.evaluate(model, task.eval_dataset(model, 4), str(tmp_path), step=0)
+  assert metrics["num_examples"] == 10 and len(extra["per_class_accuracy"]) == 3
   assert 0 <= metrics["top1"] <= metrics["top5"] == 1.0  # top-5 of 3 classes
-  assert Image.open(tmp_path / "eval.png").size[0] == 4 * 64
+  assert Image.open(tmp_path / task.png_name).size[0] == 4 * 64

@@ -1,0 +1,107 @@
+"""Semantic segmentation task for the shared training root (`train.task = @SegmentationTask()`):
+the EfficientDet paper's segmenter, its inputs, the per-pixel loss, and mIoU at each image's
+original resolution with the overlay PNG (detlab/evaluation/segmentation.py)."""
+import os
+from typing import Callable
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from detlab.backbones import IMAGENET_MEAN_STD, input_convention
+from detlab.data.segmentation_input import SegmentationInputConfig, make_dataset
+from detlab.evaluation.segmentation import (SegmentationEvaluator, draw_segmentation_panels,
+                                            original_size_predictions)
+from detlab.segmentation.loss import SegmentationLoss
+from detlab.tasks.base import Task
+
+
+def original_images(images: np.ndarray, image_info: np.ndarray, convention) -> list:
+  """Model-input images (normalised, resized, padded) -> uint8 images at original size."""
+  mean, std = np.array(convention.mean, np.float32), np.array(convention.std, np.float32)
+  out = []
+  for image, info in zip(images, image_info):
+    (h, w), (rh, rw) = info[0], info[1]
+    pixels = np.clip(image[:int(np.ceil(rh)), :int(np.ceil(rw))] * std + mean, 0, 255)
+    resized = tf.image.resize(pixels[None], [int(h), int(w)], method="bilinear")[0]
+    out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+  return out
+
+
+@gin.register(module="detlab.tasks")
+class SegmentationTask(Task):
+  """Glue between a segmenter (logits [B, S, S, K]), its inputs, loss and evaluator."""
+
+  name = "segmentation"
+  loss_parts = ()
+  primary_metric = "mIoU"
+  summary_prefix = "segmentation"
+  png_name = "eval_segmentation.png"
+  summary_image = "segmentation"
+
+  def __init__(self, model_fn: Callable = gin.REQUIRED,
+               train_input: SegmentationInputConfig | None = None,
+               eval_input: SegmentationInputConfig | None = None,
+               loss: SegmentationLoss = SegmentationLoss(),
+               class_names: list[str] | None = None, num_visualize: int = 4):
+    """model_fn: the segmenter builder (@segmenter, bound in segmentation_common.gin).
+    class_names: names by class id for the PNG legend (0 = background)."""
+    self.model_fn, self.train_input, self.eval_input = model_fn, train_input, eval_input
+    self.loss, self.class_names, self.num_visualize = loss, class_names, num_visualize
+    self.convention = IMAGENET_MEAN_STD
+
+  def build_model(self):
+    model = self.model_fn()
+    self.convention = input_convention(model, default=IMAGENET_MEAN_STD)
+    return model
+
+  def _dataset(self, config, batch, context=None, seed=None, training=True):
+    if config is None:
+      which = "train_input" if training else "eval_input"
+      raise ValueError(f"SegmentationTask.{which} is not set; bind it to "
+                       f"@{'train' if training else 'eval'}/SegmentationInputConfig().")
+    return make_dataset(config, batch, context, seed, self.convention)
+
+  def train_dataset(self, model, input_context, per_replica_batch, seed):
+    return self._dataset(self.train_input, per_replica_batch, input_context, seed)
+
+  def eval_dataset(self, model, batch_size):
+    return self._dataset(self.eval_input, batch_size, training=False)
+
+  def compute_loss(self, model, batch: dict, training: bool) -> dict:
+    logits = model(batch["images"], training=training)
+    return self.loss(logits, batch["labels"])
+
+  def evaluate(self, model, dataset, out_dir, step, strategy=None, num_images=None):
+    """({"mIoU", "pixel_accuracy", ...}, {"per_class_iou"}); the overlay PNG in out_dir."""
+    num_classes = model.num_classes
+    evaluator = SegmentationEvaluator(num_classes, self.loss.ignore_label)
+    predict = tf.function(lambda images: model(images, training=False))
+    panels = None
+    for batch in dataset:
+      logits = predict(batch["images"])
+      labels, info = batch["original_labels"].numpy(), batch["image_info"].numpy()
+      evaluator.update(logits, labels, info)
+      if panels is None and self.num_visualize:
+        n = self.num_visualize
+        maps = original_size_predictions(logits[:n], info[:n])
+        images = original_images(batch["images"].numpy()[:n], info[:n], self.convention)
+        panels = (images, [labels[i, :m.shape[0], :m.shape[1]] for i, m in enumerate(maps)],
+                  maps)
+    result = evaluator.result()
+    if panels is not None:
+      draw_segmentation_panels(*panels, os.path.join(out_dir, self.png_name),
+                               dict(enumerate(self.class_names or [])))
+    per_class = result.pop("per_class_iou")
+    return result, {"per_class_iou": per_class}
+
+  def format_metrics(self, metrics, extra):
+    miou = metrics["mIoU"]
+    return (f"mIoU {'n/a' if miou is None else f'{miou:.4f}'}, pixel accuracy "
+            f"{metrics['pixel_accuracy']:.4f} ({metrics['num_images']} images); per-class IoU "
+            + ", ".join("n/a" if v is None else f"{v:.3f}" for v in extra["per_class_iou"]))
+
+  def metrics_record(self, metrics, extra):
+    """metrics.json: mIoU, per_class_iou, pixel_accuracy at the top level (and under
+    "metrics" as detection's file has them)."""
+    return {**metrics, **extra, "metrics": metrics}

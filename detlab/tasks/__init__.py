@@ -1,1 +1,2 @@
-"""Tasks: model, inputs, loss and evaluator for detection (later classification, segmentation)."""
+"""Tasks for the shared training root (training/experiment.py): tasks/base.py's Task, and the
+detection, classification and segmentation tasks that implement it."""

@@ -1,7 +1,7 @@
 """The backbone contract, checked once for every entry of `detlab.backbones.BACKBONES`.
 
 A registered builder called with no arguments returns a tf_keras Model whose output is
-`{str(level): [B, ceil(S/2^l), ceil(S/2^l), C_l]}` for levels "2".."5" (DESIGN.md rule 1).
+`{str(level): [B, ceil(S/2^l), ceil(S/2^l), C_l]}` for levels "2".."5" (detlab's backbone contract, WORKSPACE.md).
 Checked at S = 64 (divisible by 32) and S = 65 (odd). A family whose contract holds only for
 S divisible by 32 (e.g. VALID-padded stems) says so with the builder attribute
 `odd_input_sizes = False`; its odd-size check is then skipped. A builder whose model has a static

@@ -1,4 +1,4 @@
-"""Anchor geometry against the reference check values (REFERENCE.md)."""
+"""Anchor geometry against check values computed with google/automl's anchors.py (D0 at 512)."""
 import numpy as np
 import pytest
 

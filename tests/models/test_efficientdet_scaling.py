@@ -1,4 +1,5 @@
-"""EfficientDet D0-D7x built through their gin files equal the reference (REFERENCE.md).
+"""EfficientDet D0-D7x built through their gin files equal the reference (google/automl's TF2
+EfficientDetNet built and counted at each Dk's native size; the paper's Table 1).
 
 Parameter counts (90 classes) exactly; multiply-adds at each model's native size within 1 % of
 the reference profiler counts. Each model is built once at its native size (`EfficientDet.build_for_size`) and shared by both

@@ -1,4 +1,5 @@
-"""BiFPN node graph, fusion arithmetic and feature sizes (REFERENCE.md)."""
+"""BiFPN node graph, fusion arithmetic and feature sizes as the EfficientDet paper (Tan, Pang
+& Le, 2020, Fig. 2 and eq. 2) and google/automl's efficientdet_keras.py build them."""
 import math
 
 import numpy as np

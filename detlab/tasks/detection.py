@@ -40,14 +40,17 @@ class DetectionTask(Task):
                postprocess_config: PostprocessConfig | None = None, *,
                model_fn: Callable | None = None, train_input: InputConfig | None = None,
                eval_input: InputConfig | None = None, label_map_file: str | None = None,
-               annotation_file: str | None = None):
+               annotation_file: str | None = None, coco_backend: str | None = None):
     """model: a built detector, or None and `model_fn` (built by build_model()).
     label_map_file / annotation_file: category names and the COCO ground truth (see
-    README); the label map also bounds the category ids checked before training."""
+    README); the label map also bounds the category ids checked before training.
+    coco_backend: 'faster' (faster-coco-eval, the default when installed) or 'pycocotools'
+    (the reference); the same numbers either way (tests/evaluation/test_coco_backends.py)."""
     self.loss = loss or DetectionLoss()
     self.postprocess_config = postprocess_config or PostprocessConfig()
     self.model_fn, self.train_input, self.eval_input = model_fn, train_input, eval_input
     self.label_map_file, self.annotation_file = label_map_file, annotation_file
+    self.coco_backend = coco_backend
     self.model = None
     self._detect_for = {}  # strategy -> its per-replica detect (one trace per strategy)
     if model is not None:
@@ -124,7 +127,7 @@ class DetectionTask(Task):
     metrics, per_class = evaluate_detections(
         lambda images, info: self.detect_original_pixels(images, info, detect=detect),
         dataset, names, self.annotation_file, num_images,
-        os.path.join(out_dir, self.png_name))
+        os.path.join(out_dir, self.png_name), backend=self.coco_backend)
     return metrics, {"per_class_AP": per_class}
 
   def format_metrics(self, metrics, extra):

@@ -25,10 +25,13 @@ def load_category_names(label_map_file: str | None, annotation_file: str | None,
 def evaluate_detections(detect_original_pixels, dataset: tf.data.Dataset,
                         category_names: dict, annotation_file: str | None = None,
                         num_images: int | None = None, visualize_path: str | None = None,
-                        num_visualize: int = 8) -> tuple[dict, dict]:
+                        num_visualize: int = 8,
+                        backend: str | None = None) -> tuple[dict, dict]:
   """COCO (metrics, per-class AP) of `detect_original_pixels(images, image_info)` over
   `dataset` (eval form); the first `num_visualize` images drawn to `visualize_path`."""
-  evaluator = CocoEvaluator(category_names, annotation_file)
+  # Passed only when chosen, so a gin binding `CocoEvaluator.backend` still applies.
+  evaluator = CocoEvaluator(category_names, annotation_file,
+                            **({"backend": backend} if backend else {}))
   progress = Progress(num_images or 0, unit="images", min_interval=5.0)
   panels, seen = [], 0
   for batch in dataset:

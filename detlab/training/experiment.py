@@ -102,7 +102,7 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
           loss: DetectionLoss | None = None,
           postprocess: PostprocessConfig | None = None, ema: EmaConfig = EmaConfig(),
           label_map_file: str | None = None, annotation_file: str | None = None,
-          strategy: str = "off", tpu: str | None = None, seed: int | None = None,
+          coco_backend: str | None = None, strategy: str = "off", tpu: str | None = None, seed: int | None = None,
           num_eval_images: int | None = None, checkpoint_input: bool = True,
           nan_trials: int = 3, init_checkpoint: str | None = None,
           init_mode: str = "detector", precision: str = "float32", jit_compile: bool = False,
@@ -110,8 +110,9 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
   """Trains and/or evaluates `task`'s model in `model_dir`; returns the final metrics.
 
   task: a tasks/base.py Task (model, inputs, loss, evaluation). Without it, the legacy
-    detection arguments model_fn, train_input, eval_input, loss, postprocess, label_map_file
-    and annotation_file build a DetectionTask (giving both is an error).
+    detection arguments model_fn, train_input, eval_input, loss, postprocess, label_map_file,
+    annotation_file and coco_backend ('faster' | 'pycocotools') build a DetectionTask
+    (giving both is an error).
   checkpoint_input: save the tf.data iterator position in checkpoints (exact resume; costs
     the shuffle/prefetch buffers in every checkpoint). nan_trials: restores after a
     non-finite step before giving up. init_checkpoint/init_mode: fine-tuning start (used only
@@ -132,7 +133,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
     raise ValueError("--continuous needs --mode=eval (it watches a training job's model_dir).")
   task = _resolve_task(task, model_fn=model_fn, train_input=train_input,
                        eval_input=eval_input, loss=loss, postprocess=postprocess,
-                       label_map_file=label_map_file, annotation_file=annotation_file)
+                       label_map_file=label_map_file, annotation_file=annotation_file,
+                       coco_backend=coco_backend)
   training = mode in ("train", "train_and_eval")
   distribution = get_strategy(strategy, tpu)
   # One writer per model_dir (training/writer.py): the chief of a training job, holding the
@@ -152,7 +154,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
       save_seed(out_dir, seed)
     _write_text(os.path.join(out_dir, "config.gin"), gin.config_str())
     return _run(model_dir, out_dir, mode, distribution, preemption, task=task,
-                schedule=schedule, optimizer=optimizer, ema=ema, strategy=strategy, seed=seed, num_eval_images=num_eval_images,
+                schedule=schedule, optimizer=optimizer, ema=ema, strategy=strategy, seed=seed,
+                num_eval_images=num_eval_images,
                 checkpoint_input=checkpoint_input, nan_trials=nan_trials,
                 init_checkpoint=init_checkpoint, init_mode=init_mode, precision=precision,
                 jit_compile=jit_compile, continuous=continuous, eval_timeout_s=eval_timeout_s)
@@ -175,7 +178,8 @@ def _resolve_task(task, **legacy) -> Task:
                        model_fn=legacy["model_fn"], train_input=legacy["train_input"],
                        eval_input=legacy["eval_input"],
                        label_map_file=legacy["label_map_file"],
-                       annotation_file=legacy["annotation_file"])
+                       annotation_file=legacy["annotation_file"],
+                       coco_backend=legacy.get("coco_backend"))
 
 
 def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, task: Task,

@@ -27,3 +27,26 @@ def test_neither_names_both_ways_to_fix_it():
   with pytest.raises(ValueError, match="train.task nor train.model_fn"):
     _resolve_task(None, model_fn=None, train_input=None, eval_input=None, loss=None,
                   postprocess=None, label_map_file=None, annotation_file=None)
+
+
+def test_train_coco_backend_reaches_the_coco_evaluator(monkeypatch):
+  """`train.coco_backend = 'pycocotools'` (the issue's name) selects the reference backend;
+  unset, the evaluator's own default (or a `CocoEvaluator.backend` binding) applies."""
+  from detlab.tasks import detection_eval  # pylint: disable=import-outside-toplevel
+  made = []
+
+  class Recorder:
+    def __init__(self, names, annotation_file, **kwargs):
+      made.append(kwargs)
+
+    def evaluate(self):
+      return {}, {}
+
+  monkeypatch.setattr(detection_eval, "CocoEvaluator", Recorder)
+  task = _resolve_task(None, model_fn=object(), train_input=None, eval_input=None, loss=None,
+                       postprocess=None, label_map_file=None, annotation_file=None,
+                       coco_backend="pycocotools")
+  assert task.coco_backend == "pycocotools"
+  detection_eval.evaluate_detections(None, [], {1: "a"}, backend=task.coco_backend)
+  detection_eval.evaluate_detections(None, [], {1: "a"})
+  assert made == [{"backend": "pycocotools"}, {}]

@@ -235,16 +235,10 @@ def list_files(file_pattern: str, hint_dir: str | None = None) -> list[str]:
 def _records(config: InputConfig, input_context, seed) -> tf.data.Dataset:
   """Serialized Examples from config.file_pattern (training: shuffled, infinite)."""
   files = list_files(config.file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices((files, record_files.file_sizes(files)))
-  if input_context and input_context.num_input_pipelines > 1:
-    dataset = dataset.shard(input_context.num_input_pipelines,
-                            input_context.input_pipeline_id)
-  if config.is_training:
-    dataset = dataset.shuffle(len(files), seed=seed)
   # A truncated/corrupt record ends its file's stream, logged and counted (record_files).
-  dataset = dataset.interleave(record_files.records_of_file, cycle_length=min(8, len(files)),
-                               num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=not config.is_training or seed is not None)
+  dataset = record_files.sharded_records(
+      files, input_context, shuffle=config.is_training, seed=seed,
+      deterministic=not config.is_training or seed is not None)
   logging.info("Input %s: %d file(s).", config.file_pattern, len(files))
   return dataset
 

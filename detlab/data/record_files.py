@@ -91,3 +91,17 @@ def records_of_file(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
           .scan(tf.constant(0, tf.int64), count_bytes)
           .filter(keep)
           .map(lambda record, is_end, consumed: record))
+
+
+def sharded_records(files: list[str], input_context=None, shuffle: bool = False,
+                    seed: int | None = None, deterministic: bool = True) -> tf.data.Dataset:
+  """Serialized records of `files`: sharded per input pipeline, file order shuffled when
+  `shuffle`, interleaved; a truncated/corrupt record ends its file's stream, logged and
+  counted (`records_of_file`). Shared by the detection and segmentation pipelines."""
+  dataset = tf.data.Dataset.from_tensor_slices((files, file_sizes(files)))
+  if input_context and input_context.num_input_pipelines > 1:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  if shuffle:
+    dataset = dataset.shuffle(len(files), seed=seed)
+  return dataset.interleave(records_of_file, cycle_length=min(8, len(files)),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

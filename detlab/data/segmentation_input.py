@@ -127,15 +127,8 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
   else:
     files = list_files(config.file_pattern)
     source = f"{config.file_pattern} ({len(files)} file(s))"
-    dataset = tf.data.Dataset.from_tensor_slices((files, record_files.file_sizes(files)))
-    if input_context and input_context.num_input_pipelines > 1:
-      dataset = dataset.shard(input_context.num_input_pipelines,
-                              input_context.input_pipeline_id)
-    if config.is_training:
-      dataset = dataset.shuffle(len(files), seed=seed)
-    dataset = dataset.interleave(record_files.records_of_file, cycle_length=min(8, len(files)),
-                                 num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=deterministic)
+    dataset = record_files.sharded_records(files, input_context, shuffle=config.is_training,
+                                           seed=seed, deterministic=deterministic)
   if config.cache:
     dataset = dataset.cache()
   if config.is_training:

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.heads.detection import SharedConvHead
+from detlab.layers.functional import deep_graph_recursion
 from detlab.models.efficientdet import EfficientDet
 from detlab.necks.bifpn import FusionNode, ResampleToLevel
 
@@ -111,7 +112,8 @@ def fold_functional(model: keras.Model) -> keras.Model:
       return keras.layers.Identity(name=layer.name)
     return layer.__class__.from_config(layer.get_config())
 
-  clone_ = keras.models.clone_model(model, clone_function=clone)
+  with deep_graph_recursion():  # clone_model maps the graph recursively, as keras.Model does
+    clone_ = keras.models.clone_model(model, clone_function=clone)
   for layer in clone_.layers:
     if layer.name not in pairs and layer.name not in folded_bns and layer.weights:
       layer.set_weights(by_name[layer.name].get_weights())

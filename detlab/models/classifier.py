@@ -19,24 +19,19 @@ import gin
 import tf_keras as keras
 
 from detlab.backbones import BACKBONES
+from detlab.backbones.classifier import AuxLogitsClassifier
 from detlab.heads.classification import HEAD_SPECS, aux_logits, classification_logits
+from detlab.layers.functional import functional_model
 
 
-class Classifier(keras.Model):
-  """Runs the aux heads only in training mode (see the module docstring)."""
+class Classifier(AuxLogitsClassifier):
+  """Runs the aux heads only in training mode (see the module docstring); `.backbone` is
+  the detector's feature extractor."""
 
   def __init__(self, backbone: keras.Model, inference_model: keras.Model,
                training_model: keras.Model, aux_loss_weights: dict, **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(inference_model, training_model, aux_loss_weights, **kwargs)
     self.backbone = backbone
-    self.inference_model = inference_model
-    self.training_model = training_model
-    self.aux_loss_weights = dict(aux_loss_weights)
-
-  def call(self, images, training=None):
-    if training:
-      return self.training_model(images, training=True)
-    return self.inference_model(images, training=training)
 
 
 def backbone_name(backbone_fn: str | Callable) -> str:
@@ -85,10 +80,10 @@ def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
   dropout = spec.dropout if dropout_rate is None else dropout_rate
   features = backbone.output[str(backbone.max_level)]
   logits = classification_logits(features, spec, num_classes, dropout, sync_bn)
-  inference = keras.Model(backbone.input, logits, name=f"{name}_classifier")
+  inference = functional_model(backbone.input, logits, name=f"{name}_classifier")
   aux = aux_logits(backbone, sites, num_classes, sync_bn)
-  training = keras.Model(backbone.input, {"logits": logits, **aux},
-                         name=f"{name}_classifier_train")
+  training = functional_model(backbone.input, {"logits": logits, **aux},
+                              name=f"{name}_classifier_train")
   model = Classifier(backbone, inference, training,
                      {site.key: site.loss_weight for site in sites}, name=f"{name}_classifier")
   model(backbone.input)  # builds the wrapper (symbolic call, inference path)

@@ -45,6 +45,17 @@ def _train(path, seed=3, **kw):
   return make_dataset(config, batch_size=2, seed=seed).with_options(options)
 
 
+def _uniform_3x3(labels: np.ndarray) -> np.ndarray:
+  """[B, H, W] -> True where all 8 neighbours (inside the map) carry the pixel's label."""
+  padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)), mode="edge")
+  height, width = labels.shape[1:]
+  same = np.ones(labels.shape, bool)
+  for dy in (0, 1, 2):
+    for dx in (0, 1, 2):
+      same &= padded[:, dy:dy + height, dx:dx + width] == labels
+  return same
+
+
 def test_image_and_labels_move_together_with_nearest_labels_and_255_padding(records):
   path, _ = records
   seen_padding = seen_flip_or_scale = False
@@ -55,7 +66,11 @@ def test_image_and_labels_move_together_with_nearest_labels_and_255_padding(reco
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 255}  # nearest: no invented classes
     valid = labels != 255
     agree = np.abs(images - LEVEL * labels.astype(np.float64)) < 2
-    assert agree[valid].mean() > 0.9  # only block edges may blur
+    # Bilinear image pixels blur across block edges (how much depends on the drawn scale);
+    # away from any edge (a 3x3 neighbourhood of one label) image and labels must agree.
+    interior = valid & _uniform_3x3(labels)
+    assert interior.sum() > 100
+    assert agree[interior].mean() > 0.99
     seen_padding |= bool((labels == 255).sum() > 5)
     seen_flip_or_scale |= bool(valid.sum() > 0)
   assert seen_padding and seen_flip_or_scale

@@ -27,7 +27,9 @@ setuptools.setup(
         "Pillow",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim"],
+    # test: tf-slim is a test-only oracle (its nets); ai-edge-litert so the LiteRT export
+    # tests run rather than skip.
+    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim", "ai-edge-litert"],
                     # LiteRT export (ai_edge_litert.interpreter; tf.lite.Interpreter is
                     # deprecated in TF 2.20)
                     "export": ["ai-edge-litert"]},

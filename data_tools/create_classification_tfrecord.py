@@ -39,6 +39,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_shards", 8, "Number of TFRecord files.")
   flags.DEFINE_string("label_map_file", None, "The training set's label_map.json (for eval).")
   flags.DEFINE_integer("seed", 0, "Seed of the record shuffle.")
+  flags.mark_flags_as_required(["image_dir", "output_file_prefix"])
 
 
 class ConversionError(ValueError):
@@ -182,9 +183,6 @@ def convert(image_dir: str, output_file_prefix: str, num_shards: int = 8,
 
 def main(argv) -> None:
   del argv
-  for name in ("image_dir", "output_file_prefix"):
-    if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required.")
   try:
     convert(FLAGS.image_dir, FLAGS.output_file_prefix, FLAGS.num_shards,
             FLAGS.label_map_file, FLAGS.seed)

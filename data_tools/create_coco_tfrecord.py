@@ -54,6 +54,7 @@ def define_flags() -> None:
   flags.DEFINE_string("output_file_prefix", None, "Output path prefix, e.g. data/coco/train.")
   flags.DEFINE_integer("num_shards", 8, "Number of TFRecord files.")
   flags.DEFINE_bool("include_masks", False, "Store instance masks (PNG) from polygons/RLE.")
+  flags.mark_flags_as_required(["image_dir", "object_annotations_file", "output_file_prefix"])
 
 
 def coco_boxes_to_yxyx(bboxes) -> np.ndarray:
@@ -230,9 +231,6 @@ def convert(image_dir: str, object_annotations_file: str, output_file_prefix: st
 
 def main(argv) -> None:
   del argv
-  for name in ("image_dir", "object_annotations_file", "output_file_prefix"):
-    if not FLAGS[name].value:
-      raise app.UsageError(f"--{name} is required.")
   sys.exit(convert(
       FLAGS.image_dir, FLAGS.object_annotations_file, FLAGS.output_file_prefix,
       num_shards=FLAGS.num_shards, include_masks=FLAGS.include_masks,

@@ -40,6 +40,7 @@ def define_flags() -> None:
   flags.DEFINE_string("split", "trainval", "ImageSets/Main/<split>.txt: train, val, ...")
   flags.DEFINE_string("output_file_prefix", None, "Output path prefix, e.g. data/voc/train.")
   flags.DEFINE_integer("num_shards", 4, "Number of TFRecord files.")
+  flags.mark_flags_as_required(["data_dir", "output_file_prefix"])
 
 
 def _text(node, path: str, default: str | None = None) -> str:
@@ -110,9 +111,6 @@ def convert_voc(data_dir: str, split: str, output_file_prefix: str, num_shards: 
 
 def main(argv) -> None:
   del argv
-  for name in ("data_dir", "output_file_prefix"):
-    if not FLAGS[name].value:
-      raise app.UsageError(f"--{name} is required.")
   sys.exit(convert_voc(
       FLAGS.data_dir, FLAGS.split, FLAGS.output_file_prefix, FLAGS.num_shards,
       validate_dataset.repairs_from_flags(), max_instances=FLAGS.max_instances,

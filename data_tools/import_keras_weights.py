@@ -32,6 +32,7 @@ def define_flags() -> None:
   flags.DEFINE_string("h5", None, "The keras weights file (.h5), local or gs://.")
   flags.DEFINE_string("backbone", None, "detlab backbone name, e.g. efficientnet_b0.")
   flags.DEFINE_string("output_dir", None, "Where to write the backbone checkpoint.")
+  flags.mark_flags_as_required(["h5", "backbone", "output_dir"])
 
 
 def h5_num_classes(path: str) -> int:
@@ -71,9 +72,6 @@ def import_keras_h5(h5_path: str, backbone: str, output_dir: str) -> str:
 
 def main(argv) -> None:
   del argv
-  for name in ("h5", "backbone", "output_dir"):
-    if not FLAGS[name].value:
-      raise app.UsageError(f"--{name} is required.")
   import_keras_h5(FLAGS.h5, FLAGS.backbone, FLAGS.output_dir)
 
 

@@ -27,6 +27,7 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "TF-slim checkpoint prefix (or its directory).")
   flags.DEFINE_string("backbone", None, "inception_v1, inception_v2 or inception_v3.")
   flags.DEFINE_string("output_dir", None, "Where to write the backbone checkpoint.")
+  flags.mark_flags_as_required(["checkpoint", "backbone", "output_dir"])
 
 
 def import_slim(checkpoint: str, backbone: str, output_dir: str) -> str:
@@ -51,9 +52,6 @@ def import_slim(checkpoint: str, backbone: str, output_dir: str) -> str:
 
 def main(argv) -> None:
   del argv
-  for name in ("checkpoint", "backbone", "output_dir"):
-    if not FLAGS[name].value:
-      raise app.UsageError(f"--{name} is required.")
   import_slim(FLAGS.checkpoint, FLAGS.backbone, FLAGS.output_dir)
 
 

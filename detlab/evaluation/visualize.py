@@ -4,14 +4,17 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow as tf
-from official.vision.ops import preprocess_ops
+
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 
 
-def denormalize(images: np.ndarray) -> np.ndarray:
-  """Inverse of the pipeline's ImageNet normalization -> uint8."""
-  mean = np.array(preprocess_ops.MEAN_RGB, np.float32)
-  std = np.array(preprocess_ops.STDDEV_RGB, np.float32)
-  return np.clip(images * std + mean, 0, 255).astype(np.uint8)
+def denormalize(images: np.ndarray,
+                convention: InputConvention = IMAGENET_MEAN_STD) -> np.ndarray:
+  """Inverse of the pipeline's normalization by the backbone's input `convention` (the
+  Inception/Xception [-1, 1] one differs from ImageNet's mean/std) -> uint8."""
+  pixels = np.asarray(images, np.float32) * np.array(convention.std, np.float32)
+  return np.clip(np.round(pixels + np.array(convention.mean, np.float32)), 0,
+                 255).astype(np.uint8)
 
 
 def draw_panel(image: np.ndarray, gt_boxes, pred_boxes, pred_scores, pred_classes,

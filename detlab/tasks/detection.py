@@ -127,7 +127,8 @@ class DetectionTask(Task):
     metrics, per_class = evaluate_detections(
         lambda images, info: self.detect_original_pixels(images, info, detect=detect),
         dataset, names, self.annotation_file, num_images,
-        os.path.join(out_dir, self.png_name), backend=self.coco_backend)
+        os.path.join(out_dir, self.png_name), backend=self.coco_backend,
+        convention=input_convention(model, default=IMAGENET_MEAN_STD))
     return metrics, {"per_class_AP": per_class}
 
   def format_metrics(self, metrics, extra):

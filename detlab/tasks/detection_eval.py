@@ -5,6 +5,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.evaluation import visualize
 from detlab.evaluation.coco_evaluator import CocoEvaluator
 from detlab.progress import Progress
@@ -26,9 +27,11 @@ def evaluate_detections(detect_original_pixels, dataset: tf.data.Dataset,
                         category_names: dict, annotation_file: str | None = None,
                         num_images: int | None = None, visualize_path: str | None = None,
                         num_visualize: int = 8,
-                        backend: str | None = None) -> tuple[dict, dict]:
+                        backend: str | None = None,
+                        convention: InputConvention = IMAGENET_MEAN_STD) -> tuple[dict, dict]:
   """COCO (metrics, per-class AP) of `detect_original_pixels(images, image_info)` over
-  `dataset` (eval form); the first `num_visualize` images drawn to `visualize_path`."""
+  `dataset` (eval form); the first `num_visualize` images drawn to `visualize_path`
+  (un-normalized by the backbone's input `convention`)."""
   # Passed only when chosen, so a gin binding `CocoEvaluator.backend` still applies.
   evaluator = CocoEvaluator(category_names, annotation_file,
                             **({"backend": backend} if backend else {}))
@@ -40,7 +43,7 @@ def evaluate_detections(detect_original_pixels, dataset: tf.data.Dataset,
     evaluator.add_batch(detections, ground_truth)
     if visualize_path and len(panels) < num_visualize:
       panels += detection_panels(batch, detections, category_names,
-                                 num_visualize - len(panels))
+                                 num_visualize - len(panels), convention)
     seen += len(ground_truth["source_ids"])
     if num_images:
       progress.update(seen, prefix="eval ")
@@ -51,9 +54,10 @@ def evaluate_detections(detect_original_pixels, dataset: tf.data.Dataset,
   return metrics, per_class
 
 
-def detection_panels(batch, detections, category_names, limit) -> list:
+def detection_panels(batch, detections, category_names, limit,
+                     convention: InputConvention = IMAGENET_MEAN_STD) -> list:
   """Ground truth (green) and predictions (red) drawn on the first `limit` images."""
-  images = visualize.denormalize(batch["images"].numpy()[:limit])
+  images = visualize.denormalize(batch["images"].numpy()[:limit], convention)
   info = batch["image_info"].numpy()
   panels = []
   for i, image in enumerate(images):

@@ -7,6 +7,8 @@ import tensorflow as tf
 from detlab import api
 from detlab.training.ema import WeightAverage
 from random_stats import randomize_batch_norms  # pylint: disable=import-error
+# The tiny exported detector of the runner and infer tests, one per session.
+from tiny_export import tiny_export, tiny_model_dir  # noqa: F401  pylint: disable=import-error,unused-import
 
 BINDINGS = ["IMAGE_SIZE = 128", "NUM_CLASSES = 3"]
 

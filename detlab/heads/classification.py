@@ -86,7 +86,9 @@ def classification_logits(features, spec: HeadSpec, num_classes: int, dropout: f
     x = batch_norm("top_bn", momentum=spec.top_bn_momentum, synchronized=sync_bn)(x)
     x = keras.layers.Activation("swish", name="top_activation")(x)
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-  if dropout > 0:
+  if isinstance(dropout, keras.layers.Layer):  # e.g. a ScheduledDropout (progressive learning)
+    x = dropout(x)
+  elif dropout > 0:
     x = keras.layers.Dropout(dropout, name="top_dropout")(x)
   initializer = "glorot_uniform"
   if spec.efficientnet_init:

@@ -22,6 +22,7 @@ from detlab.backbones import BACKBONES
 from detlab.backbones.classifier import AuxLogitsClassifier
 from detlab.heads.classification import HEAD_SPECS, aux_logits, classification_logits
 from detlab.layers.functional import functional_model
+from detlab.layers.scheduled_dropout import ScheduledDropout
 
 
 class Classifier(AuxLogitsClassifier):
@@ -51,7 +52,7 @@ def backbone_name(backbone_fn: str | Callable) -> str:
 def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
                dropout_rate: float | None = None, aux_heads: bool = True,
                image_size: int | None = None, sync_bn: bool = False,
-               **backbone_kwargs) -> Classifier:
+               scheduled_dropout: bool = False, **backbone_kwargs) -> Classifier:
   """A classifier on a registered backbone.
 
   Args:
@@ -63,6 +64,8 @@ def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
       need a static image size (`image_size`) with a level-4 grid of at least 5x5.
     image_size: S for a static [B, S, S, 3] input; None -> dynamic (no aux heads possible).
     sync_bn: synchronized BN across replicas (the head's BNs too).
+    scheduled_dropout: the dropout is a ScheduledDropout (its rate set per training step by
+      progressive learning, detlab.data.progressive; `dropout_rate` is its final rate).
     **backbone_kwargs: passed to the backbone builder (e.g. drop_connect_rate).
   Input: preprocessed float32 images [B, S, S, 3] (the backbone's input convention).
   """
@@ -78,6 +81,8 @@ def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
   backbone = BACKBONES[name](include_top=False, input_shape=input_shape, sync_bn=sync_bn,
                              **backbone_kwargs)
   dropout = spec.dropout if dropout_rate is None else dropout_rate
+  if scheduled_dropout:
+    dropout = ScheduledDropout(dropout, name="top_dropout")
   features = backbone.output[str(backbone.max_level)]
   logits = classification_logits(features, spec, num_classes, dropout, sync_bn)
   inference = functional_model(backbone.input, logits, name=f"{name}_classifier")

@@ -6,10 +6,16 @@ Inception v3 recipes) on the main logits plus sum_k w_k x the same loss on each 
 head's logits (GoogLeNet 0.3 each, Inception v3/v4/ResNet-v2 0.4). With Mixup/CutMix the
 batch carries "mix_labels" and "mix_weight" w, and every term is w CE(labels) +
 (1 - w) CE(mix_labels). Weight decay is the Trainer's.
+
+Progressive learning (EfficientNetV2; `ClassificationTask.progressive =
+@ProgressiveConfig()`, detlab/data/progressive.py): the training stream is the stages'
+pipelines in order, the classifier takes any image size and its dropout follows the batch's
+"dropout_rate"; evaluation runs at `eval_image_size`.
 """
 import os
 from typing import Callable
 
+from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
@@ -18,8 +24,11 @@ from detlab.backbones import input_convention
 from detlab.data.classification_example import read_label_map
 from detlab.data.classification_input import (ClassificationInputConfig,
                                               make_classification_dataset, normalization)
+from detlab.data.progressive import (ProgressiveConfig, progressive_dataset,
+                                     progressive_stages)
 from detlab.evaluation.classification import ClassificationEvaluator, draw_labelled_grid
 from detlab.models.classifier import classifier
+from detlab.layers.scheduled_dropout import scheduled_dropout_layers, scheduled_dropout_rate
 from detlab.tasks.base import Task
 
 
@@ -48,11 +57,17 @@ class ClassificationTask(Task):
 
   def __init__(self, num_classes: int, image_size: int, train_input=None, eval_input=None,
                model_fn: Callable = classifier, label_smoothing: float = 0.1,
-               class_names: list[str] | None = None, label_map_file: str | None = None):
+               class_names: list[str] | None = None, label_map_file: str | None = None,
+               eval_image_size: int | None = None,
+               progressive: ProgressiveConfig | None = None):
     """train_input / eval_input: ClassificationInputConfig (file_pattern or tfds_name);
     their image_size and is_training are set here. model_fn: the classifier builder,
-    called with num_classes and image_size (bind backbone_fn etc. on it).
-    label_map_file: class names by label (else class_names, else the label numbers)."""
+    called with num_classes and image_size (bind backbone_fn etc. on it); image_size None
+    (any input size) when eval_image_size differs or with progressive learning, which also
+    passes scheduled_dropout=True.
+    label_map_file: class names by label (else class_names, else the label numbers).
+    eval_image_size: the evaluation size (None: image_size, the training size).
+    progressive: EfficientNetV2 progressive learning (None: every step at the final values)."""
     if class_names is None and label_map_file:
       class_names = read_label_map(label_map_file)
     if class_names is not None and len(class_names) > num_classes:
@@ -63,11 +78,17 @@ class ClassificationTask(Task):
     self.model_fn, self.label_smoothing = model_fn, label_smoothing
     self.class_names = class_names
     self.convention = None  # the backbone's input convention, known once the model is built
+    self.eval_image_size = eval_image_size or image_size
+    self.progressive = progressive
+    self.start_step = 0  # progressive: the step the training stream starts at (a resume)
 
   def build_model(self):
     """Call inside `strategy.scope()`; build it before the inputs (they normalise by its
     backbone's input convention)."""
-    model = self.model_fn(num_classes=self.num_classes, image_size=self.image_size)
+    dynamic = self.progressive is not None or self.eval_image_size != self.image_size
+    extra = {"scheduled_dropout": True} if self.progressive is not None else {}
+    model = self.model_fn(num_classes=self.num_classes,
+                          image_size=None if dynamic else self.image_size, **extra)
     try:
       self.convention = input_convention(model)
     except ValueError:  # a backbone without a registered convention: ImageNet's
@@ -80,13 +101,41 @@ class ClassificationTask(Task):
     if base is None:
       raise ValueError(f"ClassificationTask.{'train' if training else 'eval'}_input is not "
                        "set; bind it to @ClassificationInputConfig() with a file_pattern.")
-    config = ClassificationInputConfig(**{**vars(base), "is_training": training,
-                                          "image_size": self.image_size})
+    config = ClassificationInputConfig(**{
+        **vars(base), "is_training": training,
+        "image_size": self.image_size if training else self.eval_image_size})
     return make_classification_dataset(config, batch_size, input_context, seed,
                                        self.convention)
 
+  def stages(self, model) -> list:
+    """Progressive learning's stages: the last at the train input's magnitude and alphas,
+    this task's image_size and the model's dropout rate."""
+    layers = scheduled_dropout_layers(model)
+    if not layers:
+      raise ValueError("Progressive learning needs a classifier with a ScheduledDropout; "
+                       "ClassificationTask.model_fn must take scheduled_dropout=True.")
+    base = self.train_input
+    return progressive_stages(self.progressive, self.image_size, base.randaugment_magnitude,
+                              base.mixup_alpha, base.cutmix_alpha, layers[0].rate)
+
   def train_dataset(self, model, input_context, per_replica_batch, seed):
-    return self.build_inputs(True, per_replica_batch, input_context, seed)
+    if self.progressive is None:
+      return self.build_inputs(True, per_replica_batch, input_context, seed)
+    stages = self.stages(model)
+    for s in stages:
+      logging.info("Progressive stage %d: steps %d-%s, %d px, RandAugment magnitude %.2f, "
+                   "mixup %.3f, cutmix %.3f, dropout %.3f", s.index, s.first_step,
+                   s.end_step or "end", s.image_size, s.randaugment_magnitude, s.mixup_alpha,
+                   s.cutmix_alpha, s.dropout_rate)
+
+    def stage_dataset(stage, stage_seed):
+      config = ClassificationInputConfig(**{
+          **vars(self.train_input), "is_training": True, "image_size": stage.image_size,
+          "randaugment_magnitude": stage.randaugment_magnitude,
+          "mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha})
+      return make_classification_dataset(config, per_replica_batch, input_context,
+                                         stage_seed, self.convention)
+    return progressive_dataset(stages, stage_dataset, seed, self.start_step)
 
   def eval_dataset(self, model, batch_size):
     return self.build_inputs(False, batch_size)
@@ -100,7 +149,8 @@ class ClassificationTask(Task):
 
   def compute_loss(self, model, batch: dict, training: bool) -> dict:
     """{"total", "class" (main head), "aux" (weighted aux heads)}: per-replica means."""
-    outputs = model(batch["images"], training=training)
+    with scheduled_dropout_rate(model, batch.get("dropout_rate") if training else None):
+      outputs = model(batch["images"], training=training)
     if not isinstance(outputs, dict):
       outputs = {"logits": outputs}
     main = self._mixed_loss(outputs["logits"], batch)

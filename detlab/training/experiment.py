@@ -161,6 +161,29 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
                 jit_compile=jit_compile, continuous=continuous, eval_timeout_s=eval_timeout_s)
 
 
+_LEGACY_DETECTION_ARGS = ("model_fn", "train_input", "eval_input", "loss", "postprocess",
+                          "label_map_file", "annotation_file", "coco_backend")
+
+
+def train_argument(name: str, default=None):
+  """What `train()` receives as `name` from the parsed gin config (a `@Configurable()`
+  reference called, as gin calls it; `@fn` the function itself), or `default` when unbound."""
+  try:
+    value = gin.query_parameter(f"train.{name}")
+  except ValueError:  # not bound: train() uses its default
+    return default
+  if isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
+  return value
+
+
+def configured_task() -> Task:
+  """The task `train()` would run under the parsed gin config (train.task, or a DetectionTask
+  from the legacy detection arguments): for tools that build the model as training does."""
+  return _resolve_task(train_argument("task"),
+                       **{k: train_argument(k) for k in _LEGACY_DETECTION_ARGS})
+
+
 def _resolve_task(task, **legacy) -> Task:
   """`train.task`, or a DetectionTask from the legacy detection arguments."""
   given = sorted(k for k, v in legacy.items() if v is not None)
@@ -216,6 +239,11 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
   keeper = CheckpointKeeper(out_dir, model, read_dir=model_dir, read_only=not training,
                             **trackables)
   resumed = keeper.restore_latest()
+  if training and resumed and "iterator" not in trackables and hasattr(task, "start_step"):
+    # No input position in the checkpoint: a task that can (progressive learning) starts
+    # its stream at the restored step.
+    task.start_step = int(step.numpy())
+    iterator = iter(_train_dataset(distribution, task, model, schedule, seed))
   if not resumed and init_checkpoint:
     initialize_from_checkpoint(model, init_checkpoint, init_mode)
     if average is not None:

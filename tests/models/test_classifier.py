@@ -77,6 +77,18 @@ def test_dropout_rate_overrides_the_paper_default() -> None:
   assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 7)
 
 
+def test_scheduled_dropout_classifier_takes_any_size_with_the_same_weights() -> None:
+  """Progressive learning's classifier (scheduled_dropout, image_size None): keras apps'
+  1000-class V2-B0 count, its dropout a ScheduledDropout at the variant's 0.2."""
+  from detlab.layers.scheduled_dropout import ScheduledDropout
+  model = classifier("efficientnetv2_b0", scheduled_dropout=True)
+  assert model.inference_model.count_params() == COUNTS["efficientnetv2_b0"]
+  layer = model.inference_model.get_layer("top_dropout")
+  assert isinstance(layer, ScheduledDropout) and layer.rate == 0.2
+  for size in (32, 40):
+    assert model(np.zeros((1, size, size, 3), np.float32)).shape == (1, 1000)
+
+
 def test_googlenet_aux_heads_train_only_with_the_papers_shape() -> None:
   """Aux on 4a and 4d: 5x5/3 pool -> 1x1 conv 128 -> FC 1024 -> dropout 0.7 -> FC; 0.3."""
   model = classifier("inception_v1", num_classes=10, image_size=224)

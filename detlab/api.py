@@ -3,7 +3,7 @@
   model = detlab.api.load_detector(["efficientdet_d0.gin"], checkpoint="/path/model_dir")
   out = detlab.api.detect(model, [image_uint8, ...])   # boxes in each image's own pixels
 
-`load_detector` builds the model of `train.model_fn` exactly as training does and loads a
+`load_detector` builds the detector of the gin config's task exactly as training does and loads a
 detlab checkpoint (a model_dir or a ckpt prefix; EMA weights by default) or a google/automl
 EfficientDet checkpoint. `detect` runs the model's own evaluation preprocessing (the eval
 input pipeline's normalise -> aspect-preserving resize -> pad) and post-processing (top-k,
@@ -25,6 +25,7 @@ from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.tasks.detection import DetectionTask
 from detlab.training.ema import WeightAverage, averaged_variables
+from detlab.training.experiment import configured_task
 from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_checkpoint
 
 # model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect.
@@ -35,21 +36,10 @@ class CheckpointLoadError(ValueError):
   """A checkpoint cannot be loaded into the configured detector (says why and what to do)."""
 
 
-def _bound(name: str, default):
-  """The instance a gin parameter (`train.eval_input`, ...) refers to, or `default`."""
-  try:
-    reference = gin.query_parameter(name)
-  except ValueError:
-    return default
-  if reference is None:
-    return default
-  return reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") \
-      else reference
-
-
 def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                   checkpoint: str | None = None, use_ema: bool = True):
-  """Builds `train.model_fn` from gin files (names in gin_configs/ or paths) and bindings.
+  """Builds the detector that `train()` would train from gin files (names in gin_configs/
+  or paths) and bindings: `train.task = @DetectionTask()` or the legacy `train.model_fn`.
 
   The gin configuration is cleared first, so each call sees only its own files.
   checkpoint: None (fresh initialisation); a detlab model_dir (its latest checkpoint) or
@@ -62,15 +52,16 @@ def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   gin.clear_config()
   config.parse_gin(list(gin_files), list(gin_bindings))
   try:
-    model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
+    task = configured_task()
   except ValueError as error:
-    raise ValueError(f"The gin files {list(gin_files)} do not bind train.model_fn; include a "
-                     "detector file such as 'efficientdet_d0.gin'.") from error
-  model = model_fn()
-  eval_input = dataclasses.replace(_bound("train.eval_input", InputConfig()),
-                                   is_training=False)
-  postprocess = _bound("train.postprocess", PostprocessConfig())
-  _INFERENCE[model] = (eval_input, DetectionTask(model, DetectionLoss(), postprocess))
+    raise ValueError(f"The gin files {list(gin_files)} configure no detector: {error}") \
+        from error
+  if not isinstance(task, DetectionTask):
+    raise ValueError(f"The gin files {list(gin_files)} configure a {task.name} task, not a "
+                     "detector; include a detector file such as 'efficientdet_d0.gin'.")
+  model = task.build_model()
+  eval_input = dataclasses.replace(task.eval_input or InputConfig(), is_training=False)
+  _INFERENCE[model] = (eval_input, task)
   if checkpoint:
     load_weights(model, checkpoint, use_ema)
   return model
@@ -147,7 +138,7 @@ def preprocess(model, images) -> tuple[tf.Tensor, tf.Tensor]:
   image_info [B, 4, 2]: [[orig h, w], [scaled h, w], [scale y, x], [offset y, x]]),
   through the eval input pipeline's own parser (the backbone's input normalisation, the
   aspect-preserving resize and the bottom/right pad)."""
-  eval_input, _ = _inference(model)
+  eval_input, _ = inference_setup(model)
   # The backbone's input convention, as training and evaluation use it (experiment.py).
   parser = DetectionParser(eval_input, model.anchors, model.num_classes,
                            input_convention(model, default=IMAGENET_MEAN_STD))
@@ -159,7 +150,9 @@ def preprocess(model, images) -> tuple[tf.Tensor, tf.Tensor]:
           tf.stack([tf.cast(p["image_info"], tf.float32) for p in parsed]))
 
 
-def _inference(model):
+def inference_setup(model) -> tuple[InputConfig, DetectionTask]:
+  """(eval InputConfig, DetectionTask) that `detect` uses for `model`: the gin config's when
+  load_detector built it."""
   if model not in _INFERENCE:  # a model not made by load_detector: the recipe's defaults
     _INFERENCE[model] = (InputConfig(),
                          DetectionTask(model, DetectionLoss(), PostprocessConfig()))
@@ -175,7 +168,7 @@ def detect(model, images) -> dict:
     + 1; 0 in the padding), "num_detections" [B] int32 (valid rows per image).
   """
   inputs, image_info = preprocess(model, images)
-  _, task = _inference(model)
+  _, task = inference_setup(model)
   detections = task.detect_original_pixels(inputs, image_info)
   valid = np.arange(detections["classes"].shape[1])[None, :] < \
       detections["num_detections"][:, None]

@@ -41,7 +41,7 @@ def test_detect_equals_the_evaluation_pipeline(model, tmp_path):
   mapping back: the same boxes in original pixels, scores and classes (+1 = category id)."""
   images = _images()
   _write_records(images, str(tmp_path / "val.tfrecord"))
-  eval_input, task = api._inference(model)  # pylint: disable=protected-access
+  eval_input, task = api.inference_setup(model)
   eval_input = eval_input.__class__(file_pattern=str(tmp_path / "val.tfrecord"))
   batch = next(iter(make_dataset(eval_input, model.anchors, model.num_classes, batch_size=2,
                                  convention=input_convention(model))))

@@ -136,7 +136,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   paths = output_paths(output_dir, formats)
   check_output_dir(output_dir, overwrite)
   model = api.load_detector(files, gin_bindings, checkpoint=checkpoint, use_ema=use_ema)
-  eval_input, task = api._inference(model)  # pylint: disable=protected-access
+  eval_input, task = api.inference_setup(model)
   calibration = None
   if "tflite_int8" in formats:
     calibration = calibration_files(calibration_file_pattern or eval_input.file_pattern)

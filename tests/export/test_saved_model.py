@@ -103,7 +103,7 @@ def test_encoded_images_and_tf_examples_of_any_size(input_type, ema_model, image
                              boxes_yxyx=np.zeros([0, 4]), category_ids=[],
                              category_names=[]).SerializeToString()
                for i, (e, p) in enumerate(zip(encoded, pictures))]
-  _, task = api._inference(ema_model)  # pylint: disable=protected-access
+  _, task = api.inference_setup(ema_model)
   serving = DetectionServing(fold_batch_norms(ema_model), task.postprocess_config)
   module = serving_module(serving, input_type)
   got = {k: v.numpy() for k, v in module.serve(tf.constant(encoded)).items()}

@@ -10,4 +10,5 @@ from detlab.data import segmentation_input  # noqa: F401
 from detlab.training import optimizer  # noqa: F401
 from detlab.tasks import classification as classification_task  # noqa: F401
 from detlab.tasks import segmentation as segmentation_task  # noqa: F401
+from detlab.tasks import joint as joint_task  # noqa: F401
 from detlab.training import experiment  # noqa: F401

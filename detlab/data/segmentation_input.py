@@ -61,23 +61,33 @@ def resize_crop_pad(image: tf.Tensor, labels: tf.Tensor, size: int, scale: tf.Te
 
   image float32 [H, W, 3], labels [H, W] uint8 -> ([size, size, 3], [size, size] uint8,
   image_info [4, 2])."""
-  image_size = tf.cast(tf.shape(image)[:2], tf.float32)
+  labels, info = resize_crop_pad_labels(labels, size, scale, crop_fraction)
+  new_size = tf.cast(tf.round(info[0] * info[2]), tf.int32)
+  offset = tf.cast(info[3], tf.int32)
+  image = tf.image.resize(image, new_size, method="bilinear")
+  image = image[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+  image = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
+  return image, labels, info
+
+
+def resize_crop_pad_labels(labels: tf.Tensor, size: int, scale: tf.Tensor,
+                           crop_fraction: tf.Tensor):
+  """The label map's half of resize_crop_pad (nearest neighbour, padding IGNORE_LABEL); also
+  used on its own by the joint input, whose image goes through the detection parser.
+  labels [H, W] uint8 -> ([size, size] uint8, image_info [4, 2])."""
+  image_size = tf.cast(tf.shape(labels)[:2], tf.float32)
   desired = tf.constant([size, size], tf.float32)
   target = tf.round(scale * desired)
   scaled = tf.round(image_size * tf.minimum(target[0] / image_size[0],
                                             target[1] / image_size[1]))
   offset = tf.cast(tf.maximum(scaled - desired, 0.0) * crop_fraction, tf.int32)
-  new_size = tf.cast(scaled, tf.int32)
-  image = tf.image.resize(image, new_size, method="bilinear")
-  labels = tf.image.resize(labels[..., None], new_size, method="nearest")
-  image = image[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+  labels = tf.image.resize(labels[..., None], tf.cast(scaled, tf.int32), method="nearest")
   # Shift by one so that padding with 0 marks ignore, then map 0 back to IGNORE_LABEL.
   labels = tf.cast(labels[offset[0]:offset[0] + size, offset[1]:offset[1] + size], tf.int32) + 1
-  image = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
   labels = tf.image.pad_to_bounding_box(labels, 0, 0, size, size)[..., 0]
   labels = tf.cast(tf.where(labels == 0, IGNORE_LABEL, labels - 1), tf.uint8)
   info = tf.stack([image_size, desired, scaled / image_size, tf.cast(offset, tf.float32)])
-  return image, labels, info
+  return labels, info
 
 
 class SegmentationParser:

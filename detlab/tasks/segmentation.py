@@ -74,26 +74,10 @@ class SegmentationTask(Task):
 
   def evaluate(self, model, dataset, out_dir, step, strategy=None, num_images=None):
     """({"mIoU", "pixel_accuracy", ...}, {"per_class_iou"}); the overlay PNG in out_dir."""
-    num_classes = model.num_classes
-    evaluator = SegmentationEvaluator(num_classes, self.loss.ignore_label)
-    predict = tf.function(lambda images: model(images, training=False))
-    panels = None
+    run = SegmentationEvaluation(self, model)
     for batch in dataset:
-      logits = predict(batch["images"])
-      labels, info = batch["original_labels"].numpy(), batch["image_info"].numpy()
-      evaluator.update(logits, labels, info)
-      if panels is None and self.num_visualize:
-        n = self.num_visualize
-        maps = original_size_predictions(logits[:n], info[:n])
-        images = original_images(batch["images"].numpy()[:n], info[:n], self.convention)
-        panels = (images, [labels[i, :m.shape[0], :m.shape[1]] for i, m in enumerate(maps)],
-                  maps)
-    result = evaluator.result()
-    if panels is not None:
-      draw_segmentation_panels(*panels, os.path.join(out_dir, self.png_name),
-                               dict(enumerate(self.class_names or [])))
-    per_class = result.pop("per_class_iou")
-    return result, {"per_class_iou": per_class}
+      run.update(batch)
+    return run.finish(out_dir)
 
   def format_metrics(self, metrics, extra):
     miou = metrics["mIoU"]
@@ -105,3 +89,33 @@ class SegmentationTask(Task):
     """metrics.json: mIoU, per_class_iou, pixel_accuracy at the top level (and under
     "metrics" as detection's file has them)."""
     return {**metrics, **extra, "metrics": metrics}
+
+
+class SegmentationEvaluation:
+  """One evaluation of a SegmentationTask, batch by batch (the joint task feeds it the batches
+  its detection evaluation reads, so both share one pass over the eval set)."""
+
+  def __init__(self, task: SegmentationTask, model):
+    self.task, self.model = task, model
+    self.evaluator = SegmentationEvaluator(model.num_classes, task.loss.ignore_label)
+    self.predict = tf.function(lambda images: model(images, training=False))
+    self.panels = None
+
+  def update(self, batch: dict) -> None:
+    logits = self.predict(batch["images"])
+    labels, info = batch["original_labels"].numpy(), batch["image_info"].numpy()
+    self.evaluator.update(logits, labels, info)
+    if self.panels is None and self.task.num_visualize:
+      n = self.task.num_visualize
+      maps = original_size_predictions(logits[:n], info[:n])
+      images = original_images(batch["images"].numpy()[:n], info[:n], self.task.convention)
+      self.panels = (images, [labels[i, :m.shape[0], :m.shape[1]] for i, m in enumerate(maps)],
+                     maps)
+
+  def finish(self, out_dir: str) -> tuple[dict, dict]:
+    result = self.evaluator.result()
+    if self.panels is not None:
+      draw_segmentation_panels(*self.panels, os.path.join(out_dir, self.task.png_name),
+                               dict(enumerate(self.task.class_names or [])))
+    per_class = result.pop("per_class_iou")
+    return result, {"per_class_iou": per_class}

@@ -117,7 +117,7 @@ def coco_results(image_id: int, detections: dict, index: int, score_threshold: f
 def _png_name(path: str, used: set) -> str:
   stem = os.path.splitext(os.path.basename(path))[0]
   name, n = f"{stem}.png", 1
-  while name in used or name in ("detections.png",):  # two dirs may hold the same stem
+  while name in used:  # two globbed directories may hold the same stem
     n += 1
     name = f"{stem}_{n}.png"
   used.add(name)

@@ -24,6 +24,7 @@ from official.vision.ops import augment, preprocess_ops
 
 from detlab.data.classification_example import ENCODED, LABEL
 from detlab.data.mixup_cutmix import mix_batch
+from detlab.data.seeds import example_seeds
 
 AUGMENTS = (None, "autoaugment", "randaugment")
 
@@ -119,9 +120,7 @@ class ClassificationParser:
     c = self.config
     image = data["image"]
     if c.is_training:
-      if seed is None:
-        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
-      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+      crop_seed, flip_seed = example_seeds(seed, 2)
       image = random_resized_crop(image, c.image_size, crop_seed, c.area_range,
                                   c.aspect_ratio_range)
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)

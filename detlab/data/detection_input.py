@@ -28,6 +28,7 @@ from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
 from detlab.data import record_files, tfds_source
 from detlab.data.mosaic import Mosaic, mosaic_dataset
+from detlab.data.seeds import example_seeds
 from detlab.data.source_id import encode_source_id
 from detlab.data.tf_example import decode_example
 from detlab.detection.anchors import AnchorConfig
@@ -114,10 +115,7 @@ class DetectionParser:
     if c.is_training and c.skip_crowd_during_training:
       keep = tf.logical_not(data["is_crowd"])
     if c.is_training:
-      if seed is None:
-        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
-      flip_seed, scale_seed, crop_seed = tf.unstack(
-          tf.random.experimental.stateless_split(seed, 3))
+      flip_seed, scale_seed, crop_seed = example_seeds(seed, 3)
       if c.flip:
         image, boxes = stateless_horizontal_flip(image, boxes, flip_seed)
       image, image_info = stateless_jitter_resize_and_crop(

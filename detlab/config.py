@@ -1,7 +1,9 @@
 """Gin file resolution: a name found in gin_configs/ or a path, with helpful errors."""
+import difflib
 import importlib
 import logging
 import os
+import re
 
 import gin
 import tensorflow as tf
@@ -49,4 +51,30 @@ def parse_gin(gin_files: list[str], gin_bindings: list[str]) -> None:
   if not any(isinstance(f, _QuietGinIncludes) for f in root.filters):
     root.addFilter(_QuietGinIncludes())
   gin.add_config_file_search_path(gin_configs_dir())
-  gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files], gin_bindings)
+  try:
+    gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files], gin_bindings)
+  except ValueError as error:
+    hint = unknown_reference_hint(str(error))
+    if hint:
+      raise ValueError(f"{error}\n{hint}") from error
+    raise
+
+
+_UNKNOWN_REFERENCE = re.compile(r"No configurable matching reference '@([\w./]+?)(\(\))?'")
+
+
+def unknown_reference_hint(message: str) -> str | None:
+  """For gin's "No configurable matching reference '@name'": the registered backbones (the
+  name users most often mistype, e.g. `classifier.backbone_fn = @efficentnet_b0`) and the
+  closest registered names."""
+  match = _UNKNOWN_REFERENCE.search(message)
+  if not match:
+    return None
+  from detlab.backbones import BACKBONES  # pylint: disable=import-outside-toplevel
+  name = match.group(1).rsplit(".", 1)[-1]
+  registered = {selector.rsplit(".", 1)[-1]
+                for selector, _ in gin.config._REGISTRY.items()}  # pylint: disable=protected-access
+  close = difflib.get_close_matches(name, sorted(registered), n=3, cutoff=0.6)
+  lines = [f"Did you mean: {', '.join('@' + c for c in close)}?"] if close else []
+  lines.append("Registered backbones: " + ", ".join(sorted(BACKBONES)) + ".")
+  return "\n".join(lines)

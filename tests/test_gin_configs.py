@@ -15,7 +15,7 @@ def clean_gin():
 # Data-only files: no model of their own; they go after a detector file.
 DATA_FILES = ("shapes_data.gin",)
 # Task files: they bind `train.task` (the task-generic root), not the legacy train.model_fn.
-TASK_PREFIXES = ("classification_", "segmentation_")
+TASK_PREFIXES = ("classification_", "segmentation_", "joint_")
 
 
 @pytest.mark.parametrize("name", config.available_gin_files())
@@ -59,3 +59,14 @@ def test_d0_gin_builds_the_reference_d0():
   assert gin.query_parameter("DetectionLoss.gamma") == 1.5
   model = gin.query_parameter("train.model_fn").scoped_configurable_fn()
   assert model.count_params() == 3_927_203
+
+
+def test_a_misspelt_backbone_names_the_registered_ones():
+  with pytest.raises(ValueError, match=r"(?s)Did you mean: @efficientnet_b0.*Registered "
+                     r"backbones: efficientnet_b0, .*inception_v1, .*xception\."):
+    config.parse_gin(["classification_efficientnet_b0.gin"],
+                     ["classifier.backbone_fn = @efficentnet_b0"])
+
+
+def test_the_hint_is_only_for_unknown_references():
+  assert config.unknown_reference_hint("Unknown macro 'FOO'") is None

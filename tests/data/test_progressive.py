@@ -91,10 +91,10 @@ def _tiny_classifier(num_classes, image_size, scheduled_dropout=False):
   """conv -> pool -> ScheduledDropout(0.3) -> FC on any input size."""
   assert image_size is None and scheduled_dropout  # what progressive learning asks for
   inputs = keras.Input([None, None, 3])
-  x = keras.layers.Conv2D(4, 3, strides=2)(inputs)
-  x = keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.Conv2D(4, 3, strides=2, name="conv")(inputs)
+  x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
   x = ScheduledDropout(0.3, name="top_dropout")(x)
-  return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+  return keras.Model(inputs, keras.layers.Dense(num_classes, name="fc")(x), name="tiny")
 
 
 def _task(records, **input_kwargs):
@@ -180,3 +180,22 @@ def test_v2_recipes_ramp_the_reference_values(clean_gin, variant, sizes, eval_si
     np.testing.assert_allclose([s.randaugment_magnitude for s in stages], magnitudes)
   np.testing.assert_allclose([s.mixup_alpha for s in stages], np.linspace(0, alpha, 4))
   np.testing.assert_allclose([s.dropout_rate for s in stages], np.linspace(0.1, dropout, 4))
+
+
+def test_train_resumed_without_the_input_position_starts_the_stream_at_its_step(records,
+                                                                                tmp_path):
+  """checkpoint_input=False (or a distributed iterator that cannot be saved): train() builds
+  the stream after the restore, at the restored step (stage 1 of 4 here, mid-stage)."""
+  from detlab.training.experiment import Schedule, train
+  task = _task(records)
+
+  def run(steps):
+    schedule = Schedule(batch_size=2, train_steps=steps, steps_per_loop=1, log_every_steps=1,
+                        checkpoint_every_steps=1, num_train_images=12)
+    return train(str(tmp_path / "run"), "train", task=task, schedule=schedule,
+                 checkpoint_input=False, seed=1)
+  run(3)
+  assert task.start_step == 0
+  result = run(8)  # the stages still split ProgressiveConfig.total_steps = 8
+  assert task.start_step == 3 and not result["preempted"]
+  assert np.isfinite(result["train"]["total"])

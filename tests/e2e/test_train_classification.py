@@ -75,3 +75,27 @@ def test_detector_backbone_starts_from_the_classifier(classifier_run):
     np.testing.assert_array_equal(mine.numpy(), expected, err_msg=mine.name)
     differs += not np.array_equal(expected, theirs.numpy())
   assert differs > 0  # 3 steps moved the raw weights away from their average
+
+
+def test_inception_v1_demo_builds_googlenet_with_both_aux_heads_at_80_px(classification_dir):
+  """classification_inception_v1_demo.gin: GoogLeNet's aux heads need a level-4 grid of at
+  least 5x5, so the demo reads its 64 px images at 80 (4x4 at 64 px would refuse them)."""
+  import gin
+  from detlab import config
+  gin.clear_config()
+  try:
+    d = classification_dir
+    config.parse_gin(["classification_inception_v1_demo.gin"],
+                     [f"TRAIN_FILE_PATTERN='{d}/train-*'", f"EVAL_FILE_PATTERN='{d}/val-*'"])
+    task = gin.query_parameter("train.task").scoped_configurable_fn()
+    model = task.build_model()
+    batch = next(iter(task.train_dataset(model, None, 2, seed=0)))
+    assert batch["images"].shape == (2, 80, 80, 3)
+    outputs = model(batch["images"], training=True)
+    assert sorted(outputs) == ["aux_logits_4a", "aux_logits_4d", "logits"]
+    assert model.aux_loss_weights == {"aux_logits_4a": 0.3, "aux_logits_4d": 0.3}
+    losses = task.compute_loss(model, batch, training=True)
+    assert float(losses["aux"]) > 0.0
+    assert model(batch["images"]).shape == (2, 10)  # inference: main logits only
+  finally:
+    gin.clear_config()

@@ -20,6 +20,7 @@ from detlab.detection.postprocess import PostprocessConfig, postprocess
 from detlab.evaluation.coco_evaluator import format_metrics
 from detlab.tasks.base import Task
 from detlab.tasks.detection_eval import evaluate_detections, load_category_names
+from detlab.tasks.segmentation import set_bn_momentum
 from detlab.training.evaluation import replica_detect
 
 __all__ = ["DetectionTask", "load_category_names"]
@@ -40,17 +41,20 @@ class DetectionTask(Task):
                postprocess_config: PostprocessConfig | None = None, *,
                model_fn: Callable | None = None, train_input: InputConfig | None = None,
                eval_input: InputConfig | None = None, label_map_file: str | None = None,
-               annotation_file: str | None = None, coco_backend: str | None = None):
+               annotation_file: str | None = None, coco_backend: str | None = None,
+               bn_momentum: float | None = None):
     """model: a built detector, or None and `model_fn` (built by build_model()).
     label_map_file / annotation_file: category names and the COCO ground truth (see
     README); the label map also bounds the category ids checked before training.
     coco_backend: 'faster' (faster-coco-eval, the default when installed) or 'pycocotools'
-    (the reference); the same numbers either way (tests/evaluation/test_coco_backends.py)."""
+    (the reference); the same numbers either way (tests/evaluation/test_coco_backends.py).
+    bn_momentum: overrides every BN layer's momentum in build_model (segmentation's
+    set_bn_momentum; None: the model's)."""
     self.loss = loss or DetectionLoss()
     self.postprocess_config = postprocess_config or PostprocessConfig()
     self.model_fn, self.train_input, self.eval_input = model_fn, train_input, eval_input
     self.label_map_file, self.annotation_file = label_map_file, annotation_file
-    self.coco_backend = coco_backend
+    self.coco_backend, self.bn_momentum = coco_backend, bn_momentum
     self.model = None
     self._detect_for = {}  # strategy -> its per-replica detect (one trace per strategy)
     if model is not None:
@@ -65,6 +69,7 @@ class DetectionTask(Task):
       raise ValueError("DetectionTask.model_fn is not set (train.model_fn in the legacy "
                        "gin files); bind it, e.g. to @efficientdet.")
     self._bind(self.model_fn())
+    set_bn_momentum(self.model, self.bn_momentum)
     return self.model
 
   def describe(self, model) -> str:

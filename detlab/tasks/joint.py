@@ -28,7 +28,8 @@ from detlab.detection.postprocess import PostprocessConfig
 from detlab.segmentation.loss import SegmentationLoss
 from detlab.tasks.base import Task
 from detlab.tasks.detection import DetectionTask
-from detlab.tasks.segmentation import SegmentationEvaluation, SegmentationTask
+from detlab.tasks.segmentation import (SegmentationEvaluation, SegmentationTask,
+                                       set_bn_momentum)
 
 
 class OutputView:
@@ -72,13 +73,15 @@ class JointTask(Task):
                postprocess_config: PostprocessConfig | None = None,
                label_map_file: str | None = None, annotation_file: str | None = None,
                coco_backend: str | None = None, class_names: list[str] | None = None,
-               num_visualize: int = 4, primary_metric: str = "AP"):
+               num_visualize: int = 4, primary_metric: str = "AP",
+               bn_momentum: float | None = None):
     """model_fn: @joint_detector_segmenter. train_input / eval_input: detection InputConfigs
     over records that also hold semantic maps (flip + scale jitter + crop only).
     seg_loss_weight: total = detection total + seg_loss_weight x segmentation total.
     label_map_file / annotation_file / coco_backend: as DetectionTask's; class_names: the
     segmentation classes by id (0 = background), as SegmentationTask's. primary_metric: the
-    metric best/ keeps (AP or mIoU)."""
+    metric best/ keeps (AP or mIoU). bn_momentum: every BN layer's momentum for training
+    (tasks.segmentation.set_bn_momentum; None: the model's)."""
     if seg_loss_weight < 0:
       raise ValueError(f"JointTask.seg_loss_weight must be >= 0, got {seg_loss_weight}.")
     for config in (train_input, eval_input):
@@ -86,6 +89,7 @@ class JointTask(Task):
         check_joint_config(config)
     self.model_fn, self.train_input, self.eval_input = model_fn, train_input, eval_input
     self.seg_loss_weight, self.primary_metric = float(seg_loss_weight), primary_metric
+    self.bn_momentum = bn_momentum
     self.detection = DetectionTask(None, detection_loss, postprocess_config,
                                    label_map_file=label_map_file,
                                    annotation_file=annotation_file, coco_backend=coco_backend)
@@ -104,6 +108,7 @@ class JointTask(Task):
 
   def build_model(self):
     model = self.model_fn()
+    set_bn_momentum(model, self.bn_momentum)
     self.views(model)
     return model
 
@@ -117,10 +122,6 @@ class JointTask(Task):
     self.detection.preflight(self.views(model)[0])
 
   def _dataset(self, config, model, batch, context=None, seed=None):
-    if config is None:
-      which = "train_input" if context is not None or seed is not None else "eval_input"
-      raise ValueError(f"JointTask.{which} is not set; bind it, e.g. to "
-                       f"@train/InputConfig() (see joint_d0.gin).")
     parser = DetectionParser(config, model.anchors, model.num_classes,
                              input_convention(model, default=IMAGENET_MEAN_STD))
     return make_joint_dataset(JointParser(parser), batch, context, seed)

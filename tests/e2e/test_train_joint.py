@@ -28,6 +28,7 @@ def _scalar_tags(directory: str) -> set:
   return tags
 
 
+@pytest.mark.slow  # a training subprocess: TF import, two traces, COCO + mIoU evaluation
 def test_joint_model_trains_and_writes_both_metric_sets(tmp_path, semantic_shapes):
   d = semantic_shapes
   bindings = ["import tests.training.tiny_backbone",

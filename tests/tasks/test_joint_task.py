@@ -109,9 +109,7 @@ def test_box_only_augmentations_are_refused():
 
 def test_joint_loss_is_the_weighted_sum_of_the_single_task_losses():
   tf.keras.utils.set_random_seed(0)
-  model = joint_detector_segmenter(tiny_test_backbone, num_classes=4, num_seg_classes=5,
-                                   image_size=SIZE, fpn_width=16, fpn_cells=1, head_repeats=1,
-                                   seg_head_width=16, seg_head_repeats=1, max_level=5)
+  model = _tiny_joint_model()
   detection_loss, segmentation_loss = DetectionLoss(), SegmentationLoss()
   task = JointTask(model_fn=lambda: model, seg_loss_weight=0.7,
                    detection_loss=detection_loss, segmentation_loss=segmentation_loss)
@@ -130,3 +128,24 @@ def test_joint_loss_is_the_weighted_sum_of_the_single_task_losses():
     np.testing.assert_allclose(float(joint[name]), float(detection[name]), rtol=1e-6)
   np.testing.assert_allclose(float(joint["segmentation"]), float(segmentation["total"]),
                              rtol=1e-6)
+
+
+def _tiny_joint_model():
+  return joint_detector_segmenter(tiny_test_backbone, num_classes=4, num_seg_classes=5,
+                                  image_size=SIZE, fpn_width=16, fpn_cells=1, head_repeats=1,
+                                  seg_head_width=16, seg_head_repeats=1, max_level=5)
+
+
+def test_bn_momentum_knob_reaches_every_batch_norm_layer():
+  import tf_keras as keras
+
+  def momenta(model):
+    return {layer.momentum for layer in model.submodules
+            if isinstance(layer, keras.layers.BatchNormalization)}
+
+  assert momenta(JointTask(model_fn=_tiny_joint_model).build_model()) == {0.99}
+  assert momenta(JointTask(model_fn=_tiny_joint_model, bn_momentum=0.9).build_model()) == {0.9}
+  detection = DetectionTask(model_fn=_tiny_joint_model, bn_momentum=0.5)
+  assert momenta(detection.build_model()) == {0.5}
+  with pytest.raises(ValueError, match="bn_momentum"):
+    JointTask(model_fn=_tiny_joint_model, bn_momentum=1.0).build_model()

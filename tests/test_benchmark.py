@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import gin
 import pytest
@@ -67,3 +68,71 @@ def test_input_pipeline_mode_times_the_configured_training_input(shapes_dir):
   assert out[benchmark.INPUT] > 0
   # nothing else timed; the machine it was timed on is named
   assert set(out) == {"model", "image_size", "precision", "machine", benchmark.INPUT}
+
+
+# Task gin files (train.task = @SegmentationTask() / @ClassificationTask()).
+
+def _task_measurement(gin_file, bindings, wanted, **kwargs):
+  """measure_task of the gin file's train.task, and a second model built by a second task
+  instance from the same config, as training builds it."""
+  from detlab.training.experiment import configured_task
+  gin.clear_config()
+  config.parse_gin([gin_file], bindings)
+  try:
+    out = benchmark.measure_task(configured_task(), wanted, min_seconds=0.01, **kwargs)
+    return out, configured_task().build_model()
+  finally:
+    gin.clear_config()
+
+
+def test_segmentation_gin_reports_the_task_built_segmenter_counts():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-m", "detlab.benchmark", "--gin_file=segmentation_d0.gin",
+       "--gin_bindings=IMAGE_SIZE = 128", "--json", "--only=params,gmacs"],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["task"] == "segmentation" and out["image_size"] == 128
+  assert out["params"] == 4_437_355  # seg-D0: B0 + BiFPN 128 x 3 (P2-P7) + head 256 x 3, K=21
+  # The head and BiFPN scale with pixels: at 128² ~1/16 of the 6.357 G measured at 512².
+  assert out["gmacs"] == pytest.approx(6.357 / 16, rel=0.01)
+  d4, model = _task_measurement("segmentation_d4.gin", ["IMAGE_SIZE = 128"], {"params"})
+  assert d4["params"] == model.count_params() == 17_732_903  # seg-D4 (B4 backbone)
+
+
+def test_task_benchmark_times_the_trainer_train_builds_and_refuses_foreign_measurements():
+  import tiny_backbone  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  out, model = _task_measurement(
+      "segmentation_d0.gin", ["IMAGE_SIZE = 64", "NUM_CLASSES = 3",
+                              "segmenter.backbone_fn = @tiny_test_backbone",
+                              "segmenter.fpn_width = 8", "segmenter.fpn_cells = 1",
+                              "segmenter.head_width = 8", "segmenter.head_repeats = 1"],
+      {"params", "gmacs", "train_img_s"}, train_batch=2)
+  assert out["params"] == model.count_params()
+  assert out["gmacs"] == pytest.approx(benchmark.count_gmacs(model, 64), rel=1e-9)
+  assert out["train_img_s_bs2"] > 0
+  # segmentation_d0.gin binds no optimizer or EMA: train()'s defaults, as training uses them.
+  assert out["train_step"] == ("detlab Trainer: sgd momentum=0.9, weight decay 4e-05, "
+                               "clip 10, EMA 0.9998")
+  with pytest.raises(ValueError, match="keras_fit_img_s"):
+    benchmark.measure_task(types.SimpleNamespace(name="segmentation"), {"keras_fit_img_s"},
+                           0.01)
+
+
+@pytest.mark.slow
+def test_classification_gin_times_detlab_trainer_beside_keras_fit():
+  from detlab.benchmark.tasks import measurement_name
+  assert [measurement_name(n) for n in ("train_img_s_bs32", "keras_fit_img_s_bs8", "gmacs")] \
+      == ["train_img_s", "keras_fit_img_s", "gmacs"]  # --only takes the output keys too
+  out, _ = _task_measurement("classification_efficientnet_b0.gin", ["IMAGE_SIZE = 32"],
+                             {"params", "train_img_s", "keras_fit_img_s"}, train_batch=2)
+  assert out["params"] == 5_330_564  # keras apps' B0 classifier, less its Normalization layer
+  rmsprop = "rmsprop rho=0.9 momentum=0.9 epsilon=0.001"  # the gin's recipe, on both sides
+  assert out["train_step"] == (f"detlab Trainer: {rmsprop}, weight decay 1e-05, no clipping, "
+                               "EMA 0.9999")
+  assert out["keras_fit_step"] == (f"tf_keras.applications.EfficientNetB0 model.fit: {rmsprop}, "
+                                   "no weight decay, no EMA")
+  assert out["train_img_s_bs2"] > 0 and out["keras_fit_img_s_bs2"] > 0
+  assert out["detlab_over_keras_fit"] == pytest.approx(
+      out["train_img_s_bs2"] / out["keras_fit_img_s_bs2"])

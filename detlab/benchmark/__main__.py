@@ -1,0 +1,81 @@
+"""`python -m detlab.benchmark`: flags and main (see the package docstring)."""
+import json
+
+from absl import app, flags
+
+from detlab import config
+from detlab.benchmark import detection, tasks
+from detlab.benchmark.backbone import measure_backbone
+from detlab.benchmark.report import format_table
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", ["efficientdet_d0.gin"], "Model gin file(s).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+flags.DEFINE_list("only", [], "Subset of measurements (e.g. params,gmacs).")
+flags.DEFINE_float("seconds", 5.0, "Minimum timed seconds per measurement.")
+flags.DEFINE_integer("train_batch", 0, "Batch size of the training-step measurement (0: the "
+                     "task's default: 8 for detection and segmentation, 32 for classification).")
+flags.DEFINE_string("backbone", None, "Measure this registered backbone's classifier "
+                    "(include_top=True) instead of the gin detector, e.g. efficientnetv2_s.")
+flags.DEFINE_bool("input_pipeline", False, "Also time the training input pipeline "
+                  "(train.train_input) beside the training step: adds input_img_s and "
+                  "train_img_s_bs8 to the measurements (detection gin files).")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy of the measured model (train.precision's choices).")
+flags.DEFINE_integer("image_size", 0, "Classifier image size for --backbone (0: the variant's "
+                     "native resolution).")
+flags.DEFINE_string("exported", None, "An export directory (python -m detlab.export "
+                    "--output_dir): end-to-end img/s of each format in it and of the in-process "
+                    "TF model at batch 1 and 8 (detlab/export/speed.py).")
+
+
+def _wanted(choices, default, aliases=None) -> set:
+  """--only (or `default`) checked against `choices`; `aliases` rename entries first."""
+  aliases = aliases or {}
+  wanted = {aliases.get(name, name) for name in FLAGS.only} or set(default)
+  unknown = wanted - set(choices)
+  if unknown:
+    raise app.UsageError(f"Unknown --only entries {sorted(unknown)}; choose from {choices}.")
+  return wanted
+
+
+def run_benchmark() -> dict:
+  """The measurements the flags ask for (parses the gin files unless --backbone)."""
+  if FLAGS.backbone:
+    wanted = _wanted(detection.NETWORK_ONLY, detection.NETWORK_ONLY)
+    return measure_backbone(FLAGS.backbone, wanted, FLAGS.seconds, FLAGS.image_size)
+  config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+  from detlab.training.experiment import configured_task  # pylint: disable=import-outside-toplevel
+  task = configured_task()
+  if task.name == "detection":
+    wanted = _wanted(detection.ALL + (detection.INPUT,), detection.ALL,
+                     {tasks.TRAIN: "train_img_s_bs8"})
+    if FLAGS.input_pipeline:
+      wanted |= {detection.INPUT, "train_img_s_bs8"}
+    return detection.measure(wanted, FLAGS.seconds, FLAGS.train_batch or 8, FLAGS.precision)
+  if task.name not in tasks.MEASUREMENTS:
+    raise app.UsageError(f"No benchmark for the {task.name!r} task; tasks with one: "
+                         f"{sorted(tasks.MEASUREMENTS)} and detection.")
+  if FLAGS.input_pipeline:
+    raise app.UsageError("--input_pipeline times detection input pipelines only; drop it for "
+                         f"the {task.name} gin file.")
+  choices = tasks.MEASUREMENTS[task.name]
+  wanted = _wanted(choices, choices, {n: tasks.measurement_name(n) for n in FLAGS.only})
+  return tasks.measure_task(task, wanted, FLAGS.seconds, FLAGS.train_batch or None,
+                            FLAGS.precision)
+
+
+def main(argv):
+  del argv
+  if FLAGS.exported:
+    from detlab.export import speed  # pylint: disable=import-outside-toplevel
+    result = speed.measure_exported(FLAGS.exported, FLAGS.seconds)
+    print(json.dumps(result) if FLAGS.json else speed.format_speed_table(result), flush=True)
+    return
+  result = run_benchmark()
+  print(json.dumps(result) if FLAGS.json else format_table(result), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

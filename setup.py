@@ -27,10 +27,13 @@ setuptools.setup(
         "Pillow",
         "numpy",
     ],
-    # test: tf-slim is a test-only oracle (its nets); ai-edge-litert so the LiteRT export
-    # tests run rather than skip.
-    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim", "ai-edge-litert"],
+    # test: tf-slim is a test-only oracle (its nets); ai-edge-litert, openvino and nncf so the
+    # LiteRT and OpenVINO export tests run rather than skip (openvino: a 59 MB wheel).
+    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim", "ai-edge-litert", "openvino",
+                             "nncf"],
                     # LiteRT export (ai_edge_litert.interpreter; tf.lite.Interpreter is
                     # deprecated in TF 2.20)
-                    "export": ["ai-edge-litert"]},
+                    "export": ["ai-edge-litert"],
+                    # OpenVINO IR export and inference; nncf for the INT8 quantisation
+                    "openvino": ["openvino", "nncf"]},
 )

@@ -3,6 +3,7 @@
 Checks come first and fail fast with the fix (unknown format, no checkpoint, no gin config,
 non-empty output directory, missing calibration data), before any model is built.
 """
+import importlib.util
 import json
 import os
 
@@ -16,8 +17,9 @@ from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_save
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
            "openvino_int8")
-# Formats this version writes; the others are planned (issue #15) and refused by name.
-IMPLEMENTED_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
+# Formats this version writes (all of FORMATS; kept apart so a planned one can be refused).
+IMPLEMENTED_FORMATS = FORMATS
+INT8_FORMATS = ("tflite_int8", "openvino_int8")  # the ones that read calibration images
 CONFIG_FILES = ("operative_config.gin", "config.gin")  # preferred first
 
 
@@ -44,6 +46,13 @@ def check_formats(formats) -> list[str]:
     if name not in IMPLEMENTED_FORMATS:
       raise ExportError(f"Format {name!r} is not implemented in this version of detlab; "
                         f"available: {', '.join(IMPLEMENTED_FORMATS)}.")
+  needs = {"openvino": "openvino_", "nncf": "openvino_int8"}
+  for module, prefix in needs.items():  # before any model is built
+    wanted = [f for f in formats if f.startswith(prefix)]
+    if wanted and importlib.util.find_spec(module) is None:
+      raise ExportError(f"{', '.join(wanted)} need the {module} package: pip install "
+                        f"'detlab[openvino]' (or pip install openvino nncf), or leave "
+                        f"{', '.join(wanted)} out of --formats.")
   return list(dict.fromkeys(formats))
 
 
@@ -105,7 +114,7 @@ def calibration_files(file_pattern: str | None) -> list[str]:
     raise ExportError(
         f"INT8 calibration needs the eval TFRecords, but {file_pattern!r} matches no file. "
         "Pass --calibration_file_pattern='/path/val-*.tfrecord' (or fix EVAL_FILE_PATTERN "
-        "with --gin_bindings), or leave tflite_int8 out of --formats.")
+        "with --gin_bindings), or leave the int8 formats out of --formats.")
   return sorted(files)
 
 
@@ -138,7 +147,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   model = api.load_detector(files, gin_bindings, checkpoint=checkpoint, use_ema=use_ema)
   eval_input, task = api.inference_setup(model)
   calibration = None
-  if "tflite_int8" in formats:
+  if any(f in INT8_FORMATS for f in formats):
     calibration = calibration_files(calibration_file_pattern or eval_input.file_pattern)
   clear_outputs(output_dir, paths)
   bns = count_batch_norms(model)
@@ -157,6 +166,14 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
       written[name] = tflite.export_tflite(
           serving, paths[name], name.split("_")[1], batch_size or 1,
           calibration_files=calibration, calibration_steps=calibration_steps)
+  openvino_formats = [f for f in formats if f.startswith("openvino_")]
+  if openvino_formats:
+    from detlab.export import openvino  # pylint: disable=import-outside-toplevel
+    for name in openvino_formats:  # IR input batch: --batch_size, or dynamic when unset
+      openvino.export_openvino(serving, paths[name], name.split("_")[1], batch_size,
+                               calibration_files=calibration,
+                               calibration_steps=calibration_steps)
+      written[name] = paths[name]  # the directory holding model.xml
   info = {"model_dir": model_dir, "checkpoint": checkpoint, "weights": "EMA" if use_ema else
           "raw", "gin_files": files, "gin_bindings": list(gin_bindings),
           "formats": {f: os.path.basename(p) for f, p in written.items()},

@@ -27,11 +27,6 @@ def test_int8_without_calibration_records_names_the_flag(model_dir, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_planned_formats_are_refused_by_name(model_dir, tmp_path):
-  with pytest.raises(exporter.ExportError, match="'openvino_fp32' is not implemented"):
-    exporter.export(str(model_dir), str(tmp_path), ["openvino_fp32"])
-
-
 def test_model_dir_without_checkpoint_says_how_to_get_one(tmp_path):
   (tmp_path / "config.gin").write_text("")
   with pytest.raises(exporter.ExportError, match="No checkpoint in --model_dir.*detlab.train"):

@@ -1,0 +1,166 @@
+"""OpenVINO export: an FP32 IR, and an INT8 IR by NNCF post-training quantisation.
+
+The IR takes the LiteRT model's input, uint8 [B, S, S, 3] letterboxed by
+tflite.letterbox_uint8 (B dynamic unless --batch_size), normalises inside and runs the folded
+network, the top-k (anchor, class) selection, box decoding and clipping. It outputs the
+pre-NMS candidates in that input's pixels: `boxes` [B, k, 4], `scores` [B, k] (sigmoid),
+`classes` [B, k] int32 class indices, k = pre_nms_top_k.
+
+Where NMS lives: outside the IR, in TensorFlow, the same `_nms_one_image` (Gaussian
+soft-NMS or hard NMS per PostprocessConfig) the TF model and the SavedModel run. OpenVINO's
+TF front end does convert NonMaxSuppressionV5, but with OpenVINO 2026.4 the compiled graph of
+detlab's per-class soft-NMS crashes the CPU plugin at inference (a segfault, with or without
+TensorFlow in the process), and keeping NMS in TF keeps the detection protocol identical to
+the evaluated model's. The post-processing settings are stored beside the IR
+(postprocess.json), so `OpenVinoDetector` needs only the directory.
+"""
+import dataclasses
+import itertools
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from detlab.data.tf_example import decode_example
+from detlab.detection import postprocess as postprocess_lib
+from detlab.detection.postprocess import PostprocessConfig
+from detlab.detection.targets import decode_boxes
+from detlab.export.tflite import MEAN_RGB_PIXELS, letterbox_uint8
+
+PRECISIONS = ("fp32", "int8")
+STD_RGB_PIXELS = (58.395, 57.12, 57.375)  # tfm's STDDEV_NORM x 255, as tflite.lite_function
+POSTPROCESS_FILE = "postprocess.json"
+INSTALL_HINT = "pip install 'detlab[openvino]' (or pip install openvino nncf)"
+
+
+def import_openvino():
+  """The openvino module, or an error saying how to install it."""
+  try:
+    import openvino  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError(f"OpenVINO export and inference need the openvino package: "
+                      f"{INSTALL_HINT}.") from error
+  return openvino
+
+
+def network_function(serving, batch_size: int | None = None):
+  """uint8 [B, S, S, 3] letterboxed -> pre-NMS candidates (see module doc), as a tf.function."""
+  model, config = serving.model, serving.postprocess_config
+  size = model.anchors.image_size
+  num_anchors, num_classes = model.anchors.num_anchors, model.num_classes
+  k = min(config.pre_nms_top_k, num_anchors * num_classes)
+
+  @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.uint8,
+                                              name="images")])
+  def candidates(images):
+    inputs = (tf.cast(images, tf.float32) - MEAN_RGB_PIXELS) / STD_RGB_PIXELS
+    cls, box = model.flatten_outputs(*model(inputs, training=False))
+    cls = tf.ensure_shape(tf.cast(cls, tf.float32), [batch_size, num_anchors, num_classes])
+    box = tf.ensure_shape(tf.cast(box, tf.float32), [batch_size, num_anchors, 4])
+    # The same top-k and decoding as postprocess.postprocess, up to its NMS.
+    top_logits, anchor_index, classes = postprocess_lib._top_k_pairs(cls, k)  # pylint: disable=protected-access
+    boxes = decode_boxes(tf.gather(box, anchor_index, batch_dims=1),
+                         tf.gather(serving.anchor_boxes, anchor_index))
+    return {"boxes": tf.clip_by_value(boxes, 0.0, float(size)),
+            "scores": tf.sigmoid(top_logits), "classes": tf.cast(classes, tf.int32)}
+  return candidates
+
+
+def nms_function(config: PostprocessConfig, image_size: int):
+  """Candidates -> OD API outputs in input pixels (classes as float category ids)."""
+  @tf.function(reduce_retracing=True)
+  def nms(boxes, scores, classes):
+    out_boxes, out_scores, out_classes, num = tf.map_fn(
+        lambda args: postprocess_lib._nms_one_image(*args, image_size, config),  # pylint: disable=protected-access
+        (boxes, scores, classes), fn_output_signature=(tf.float32, tf.float32, tf.int32,
+                                                       tf.int32))
+    valid = tf.range(tf.shape(out_classes)[1])[None, :] < num[:, None]
+    return {"detection_boxes": out_boxes, "detection_scores": out_scores,
+            "detection_classes": tf.cast(tf.where(valid, out_classes + 1, 0), tf.float32),
+            "num_detections": tf.cast(num, tf.float32)}
+  return nms
+
+
+def calibration_images(files: list[str], size: int, steps: int) -> list[np.ndarray]:
+  """The first `steps` eval images, letterboxed like serving inputs, each uint8 [1, S, S, 3]
+  (LiteRT's INT8 calibration reads the same images the same way)."""
+  dataset = tf.data.TFRecordDataset(files).map(lambda s: decode_example(s)["image"])
+  return [letterbox_uint8(image, size)[0][None].numpy()
+          for image in itertools.islice(dataset, steps)]
+
+
+def convert(serving, precision: str = "fp32", batch_size: int | None = None,
+            calibration_files=None, calibration_steps: int = 100):
+  """The openvino.Model of `serving` (a DetectionServing of a folded model)."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"OpenVINO precision must be one of {PRECISIONS}, got {precision!r}.")
+  ov = import_openvino()
+  function = network_function(serving, batch_size)
+  model = ov.convert_model(function.get_concrete_function())
+  if precision == "int8":
+    try:
+      import nncf  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+      raise ImportError(f"OpenVINO INT8 needs NNCF: {INSTALL_HINT}.") from error
+    images = calibration_images(calibration_files, serving.model.anchors.image_size,
+                                calibration_steps)
+    if not images:
+      raise ValueError(f"No calibration image could be read from {calibration_files}.")
+    # Convs and matmuls get int8 weights and activations; top-k, decode and the outputs stay
+    # float (NNCF quantises only the inputs of ops with integer kernels).
+    model = nncf.quantize(model, nncf.Dataset(images), subset_size=len(images))
+  return model
+
+
+def export_openvino(serving, directory: str, precision: str = "fp32",
+                    batch_size: int | None = None, calibration_files=None,
+                    calibration_steps: int = 100) -> str:
+  """Writes directory/model.xml (+ .bin) and postprocess.json; returns the model.xml path."""
+  ov = import_openvino()
+  model = convert(serving, precision, batch_size, calibration_files, calibration_steps)
+  tf.io.gfile.makedirs(directory)
+  local = not directory.startswith(("gs://", "s3://"))
+  target = directory if local else tf.io.gfile.join("/tmp", f"detlab_openvino_{os.getpid()}")
+  os.makedirs(target, exist_ok=True)
+  # FP32 stays FP32: save_model would otherwise store the weights as FP16.
+  ov.save_model(model, os.path.join(target, "model.xml"), compress_to_fp16=False)
+  with open(os.path.join(target, POSTPROCESS_FILE), "w") as f:
+    json.dump({"image_size": serving.model.anchors.image_size,
+               **dataclasses.asdict(serving.postprocess_config)}, f, indent=2)
+  if not local:  # OpenVINO writes local files only
+    for name in ("model.xml", "model.bin", POSTPROCESS_FILE):
+      tf.io.gfile.copy(os.path.join(target, name), os.path.join(directory, name), True)
+  return os.path.join(directory, "model.xml")
+
+
+class OpenVinoDetector:
+  """An exported IR + detlab's NMS: uint8 [B, S, S, 3] letterboxed -> OD API outputs (numpy,
+  boxes in the letterboxed input's pixels, classes as float category ids)."""
+
+  def __init__(self, path: str, num_threads: int | None = None):
+    ov = import_openvino()
+    if not path.endswith(".xml"):
+      path = os.path.join(path, "model.xml")
+    directory = os.path.dirname(path)
+    with tf.io.gfile.GFile(os.path.join(directory, POSTPROCESS_FILE)) as f:
+      settings = json.load(f)
+    self.image_size = int(settings.pop("image_size"))
+    self.nms = nms_function(PostprocessConfig(**settings), self.image_size)
+    core = ov.Core()
+    # float32 arithmetic outside the int8 convs: the CPU plugin would otherwise pick bf16 on
+    # CPUs with native bf16 (AVX512-BF16/AMX) and move scores by ~1e-3.
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if num_threads:
+      config["INFERENCE_NUM_THREADS"] = num_threads
+    self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+    shape = self.compiled.inputs[0].get_partial_shape()
+    self.batch_size = None if shape[0].is_dynamic else shape[0].get_length()
+    self.request = self.compiled.create_infer_request()
+    self.outputs = {name: self.compiled.output(name) for name in ("boxes", "scores", "classes")}
+
+  def __call__(self, images: np.ndarray) -> dict:
+    result = self.request.infer([np.ascontiguousarray(images, np.uint8)])
+    found = self.nms(*(tf.constant(result[self.outputs[n]]) for n in ("boxes", "scores",
+                                                                        "classes")))
+    return {k: v.numpy() for k, v in found.items()}

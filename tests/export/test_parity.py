@@ -82,6 +82,7 @@ def coco_ap(detections: dict, groundtruth: dict) -> float:
   return evaluator.evaluate()[0]["AP"]
 
 
+@pytest.mark.slow  # ~35 s on 2 loaded cores (a tflite_fp16 conversion, six runners)
 def test_float_formats_keep_the_tf_models_ap(tiny_export, tiny_model_dir, shapes_dir,
                                              val_images, tmp_path):
   """saved_model, tflite_fp32, openvino_fp32 from tiny_export (shared with the runner tests),

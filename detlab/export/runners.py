@@ -208,7 +208,10 @@ class TfliteRunner(_LetterboxRunner):
       raise RunnerError(f"{path} is a LiteRT model; running it needs "
                         "pip install ai-edge-litert (detlab's 'export' extra).") from error
     with tf.io.gfile.GFile(path, "rb") as f:  # Interpreter reads local files only
-      self.interpreter = Interpreter(model_content=f.read())
+      # All the cores this process may use, as TF and OpenVINO take by default.
+      cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count())
+      self.interpreter = Interpreter(model_content=f.read(), num_threads=cores)
     self.runner = self.interpreter.get_signature_runner()
     shape = self.runner.get_input_details()["images"]["shape"]
     self.batch_size, self.image_size = int(shape[0]), int(shape[1])

@@ -85,6 +85,7 @@ def _task_measurement(gin_file, bindings, wanted, **kwargs):
     gin.clear_config()
 
 
+@pytest.mark.slow  # ~26 s on 2 cores: a subprocess, seg-D0 and seg-D4 built
 def test_segmentation_gin_reports_the_task_built_segmenter_counts():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(
@@ -120,7 +121,7 @@ def test_task_benchmark_times_the_trainer_train_builds_and_refuses_foreign_measu
                            0.01)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~33 s on 2 cores: B0 built and trained twice (detlab, keras)
 def test_classification_gin_times_detlab_trainer_beside_keras_fit():
   from detlab.benchmark.tasks import measurement_name
   assert [measurement_name(n) for n in ("train_img_s_bs32", "keras_fit_img_s_bs8", "gmacs")] \

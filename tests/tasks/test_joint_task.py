@@ -17,7 +17,7 @@ from detlab.segmentation.loss import SegmentationLoss
 from detlab.tasks.detection import DetectionTask
 from detlab.tasks.joint import JointTask, detection_view, segmentation_view
 from detlab.tasks.segmentation import SegmentationTask
-from tests.training.tiny_backbone import tiny_test_backbone
+from tiny_backbone import tiny_test_backbone  # the name every test imports it by (tests/conftest.py)
 
 SIZE = 64
 # One rectangle (category 2) off-centre to the right, so a flip that missed the mask shows.

@@ -18,6 +18,7 @@ its original size, padded with 255), as the segmentation evaluator reads them.
 import tensorflow as tf
 
 from detlab.data.detection_input import DetectionParser, InputConfig, source_dataset
+from detlab.data.seeds import example_seeds
 from detlab.data.segmentation_example import IGNORE_LABEL, MASK_KEY
 from detlab.data.segmentation_input import resize_crop_pad_labels
 from detlab.data.tf_example import decode_example
@@ -66,12 +67,11 @@ class JointParser:
       labels, _ = resize_crop_pad_labels(data["labels"], size, tf.constant(1.0), tf.zeros([2]))
       return {**self.detection.parse(data), "labels": labels,
               "original_labels": data["labels"]}
-    if seed is None:
+    if seed is None:  # one seed for both sides, so the mask gets the image's draws
       seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
     outputs = self.detection.parse(data, seed)
     # The detection parser's draws, repeated for the mask (see the module docstring).
-    flip_seed, scale_seed, crop_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 3))
+    flip_seed, scale_seed, crop_seed = example_seeds(seed, 3)
     labels = data["labels"]
     if c.flip:
       flip = tf.random.stateless_uniform([], flip_seed) < 0.5

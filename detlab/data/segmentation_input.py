@@ -22,6 +22,7 @@ import tensorflow as tf
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import record_files, tfds_segmentation
 from detlab.data.detection_input import list_files
+from detlab.data.seeds import example_seeds
 from detlab.data.segmentation_example import IGNORE_LABEL, decode_segmentation_example
 
 
@@ -106,10 +107,7 @@ class SegmentationParser:
     image = self.convention.normalize(data["image"])
     labels = data["labels"]
     if c.is_training:
-      if seed is None:
-        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
-      flip_seed, scale_seed, crop_seed = tf.unstack(
-          tf.random.experimental.stateless_split(seed, 3))
+      flip_seed, scale_seed, crop_seed = example_seeds(seed, 3)
       if c.flip:
         image, labels = stateless_flip(image, labels, flip_seed)
       scale = tf.random.stateless_uniform([], scale_seed, c.aug_scale_min, c.aug_scale_max)

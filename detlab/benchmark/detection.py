@@ -69,8 +69,7 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
   training step: detlab's Trainer with the EfficientDet defaults (SGD, weight decay 4e-5,
   clip 10, no EMA), whatever the gin's train.optimizer."""
   from detlab.detection.postprocess import postprocess
-  from detlab.training.experiment import with_loss_scaling
-  from detlab.training.loop import Trainer
+  from detlab.training.experiment import task_trainer, with_loss_scaling
   from detlab.training.optimizer import OptimizerConfig, build_optimizer
   model, task = _detector_and_task(precision)
   size = model.anchors.image_size
@@ -87,10 +86,10 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
     out["e2e_img_s_bs1"] = 1.0 / time_call(
         lambda: task.detect(images)["num_detections"].numpy(), min_seconds)
   if "train_img_s_bs8" in wanted:
-    optimizer, _ = build_optimizer(OptimizerConfig(), train_batch, 10_000, 0)
-    optimizer = with_loss_scaling(optimizer, precision)
-    trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, task.compute_loss,
-                      4e-5, 10.0)
+    defaults = OptimizerConfig()
+    optimizer, _ = build_optimizer(defaults, train_batch, 10_000, 0)
+    trainer = task_trainer(tf.distribute.get_strategy(), task, model,
+                           with_loss_scaling(optimizer, precision), defaults, None, False)
     seconds = time_train_step(trainer, synthetic_train_batch(model, train_batch), min_seconds)
     out[f"train_img_s_bs{train_batch}"] = train_batch / seconds
   if INPUT in wanted:

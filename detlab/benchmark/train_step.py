@@ -7,20 +7,17 @@ import numbers
 import tensorflow as tf
 
 from detlab.training.ema import EmaConfig, WeightAverage
-from detlab.training.experiment import (Schedule, precision_policy, train_argument,
-                                        with_loss_scaling)
-from detlab.training.loop import Trainer
-from detlab.training.optimizer import OptimizerConfig, build_optimizer
+from detlab.training.experiment import (Schedule, precision_policy, schedule_optimizer,
+                                        task_trainer, train_argument)
+from detlab.training.optimizer import OptimizerConfig
 
 
-def optimizer_for_batch(batch: int):
+def optimizer_for_batch(batch: int, precision: str = "float32"):
   """(the gin's OptimizerConfig, a fresh optimizer built from it as train() builds it, with
   the schedule's steps and the lr scaled to a global batch of `batch`)."""
   config = train_argument("optimizer", OptimizerConfig())
   schedule = dataclasses.replace(train_argument("schedule", Schedule()), batch_size=batch)
-  optimizer, _ = build_optimizer(config, batch, schedule.total_steps,
-                                 schedule.steps_for_epochs(config.warmup_epochs),
-                                 schedule.num_train_images / batch)
+  optimizer, _ = schedule_optimizer(config, schedule, precision)
   return config, optimizer
 
 
@@ -37,15 +34,13 @@ def describe_optimizer(optimizer) -> str:
 def build_trainer(task, model, batch: int, precision: str = "float32"):
   """(the Trainer `train()` builds for `task` and `model` at global batch `batch`, a one-line
   description of its step). Call after the model is built, under the default strategy."""
-  config, optimizer = optimizer_for_batch(batch)
-  optimizer = with_loss_scaling(optimizer, precision)
+  config, optimizer = optimizer_for_batch(batch, precision)
   ema = train_argument("ema", EmaConfig())
   with precision_policy(precision):
     average = WeightAverage(model, ema) if ema.enabled else None
   jit = bool(train_argument("jit_compile", False))
-  trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, task.compute_loss,
-                    config.weight_decay, config.clip_norm, ema=average, jit_compile=jit,
-                    loss_parts=task.loss_parts)
+  trainer = task_trainer(tf.distribute.get_strategy(), task, model, optimizer, config, average,
+                         jit)
   clip = f"clip {config.clip_norm:g}" if config.clip_norm > 0 else "no clipping"
   parts = [f"detlab Trainer: {describe_optimizer(optimizer)}",
            f"weight decay {config.weight_decay:g}", clip,

@@ -94,6 +94,24 @@ def with_loss_scaling(opt, policy: str):
   return keras.mixed_precision.LossScaleOptimizer(opt) if policy == "mixed_float16" else opt
 
 
+def schedule_optimizer(config: OptimizerConfig, schedule: Schedule, precision: str):
+  """(optimizer, learning-rate schedule) for `schedule`'s global batch and steps, with loss
+  scaling under mixed_float16: what train() trains with (and the benchmark times)."""
+  opt, learning_rate = build_optimizer(
+      config, schedule.batch_size, schedule.total_steps,
+      schedule.steps_for_epochs(config.warmup_epochs),
+      schedule.num_train_images / schedule.batch_size)
+  return with_loss_scaling(opt, precision), learning_rate
+
+
+def task_trainer(distribution, task: Task, model, opt, config: OptimizerConfig, average,
+                 jit_compile: bool) -> Trainer:
+  """The Trainer of `task`'s loss with the optimizer config's weight decay and clipping."""
+  return Trainer(distribution, model, opt, task.compute_loss, config.weight_decay,
+                 config.clip_norm, ema=average, jit_compile=jit_compile,
+                 loss_parts=task.loss_parts)
+
+
 @gin.configurable(denylist=["model_dir", "mode", "continuous", "eval_timeout_s"])
 def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = None,
           model_fn=None, train_input: InputConfig | None = None,
@@ -215,11 +233,7 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
 
   with precision_policy(precision), distribution.scope():
     model = task.build_model()
-    opt, learning_rate = build_optimizer(
-        optimizer, schedule.batch_size, schedule.total_steps,
-        schedule.steps_for_epochs(optimizer.warmup_epochs),
-        schedule.num_train_images / schedule.batch_size)
-    opt = with_loss_scaling(opt, precision)
+    opt, learning_rate = schedule_optimizer(optimizer, schedule, precision)
     average = WeightAverage(model, ema) if ema.enabled else None
     step = opt.iterations
   logging.info("%s", task.describe(model))
@@ -261,9 +275,7 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
         strategy=distribution)
 
   if training:
-    trainer = Trainer(distribution, model, opt, task.compute_loss, optimizer.weight_decay,
-                      optimizer.clip_norm, ema=average, jit_compile=jit_compile,
-                      loss_parts=task.loss_parts)
+    trainer = task_trainer(distribution, task, model, opt, optimizer, average, jit_compile)
     start = int(step.numpy())
     logging.info("%s at step %d of %d (global batch %d, %d replica(s)).",
                  "Resuming" if resumed else "Starting", start, schedule.total_steps,

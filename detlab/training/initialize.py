@@ -54,8 +54,16 @@ def _match(obj, node_id: int, graph, found: dict, seen: set) -> None:
     return
   children = tf.train.TrackableView.children(obj)
   for ref in node.children:
-    if ref.local_name in children:
+    if ref.local_name in children and not _positional_over_all_layers(ref.local_name):
       _match(children[ref.local_name], ref.node_id, graph, found, seen)
+
+
+def _positional_over_all_layers(name: str) -> bool:
+  """A keras functional model tracks each layer twice: `layer-N` (index among all layers)
+  and, for layers with variables, `layer_with_weights-N`. Only the second is followed: the
+  first shifts with weightless layers (a classifier's stochastic-depth Dropout layers, which
+  a detector's backbone without them lacks), pairing every later layer with the wrong one."""
+  return name.startswith("layer-") and name[len("layer-"):].isdigit()
 
 
 def _child(graph, node_id: int, name: str) -> int | None:

@@ -5,6 +5,8 @@ to a detector through `init_mode='backbone'`.
 
 Counts are built at small inputs (they do not depend on the image size without aux heads).
 """
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -124,12 +126,21 @@ def test_aux_heads_without_a_static_size_say_how_to_fix() -> None:
     classifier("inception_v3")
 
 
-def test_detector_backbone_initialises_from_a_classifier_checkpoint(tmp_path) -> None:
+@pytest.mark.parametrize("detector_drop_connect", [None, 0.0])
+def test_detector_backbone_initialises_from_a_classifier_checkpoint(tmp_path,
+                                                                    detector_drop_connect):
+  """0.0: the detector's backbone has no stochastic-depth Dropout layers (the shapes demo,
+  google/automl's detector B0) while the classifier's has them, so the two functional
+  models differ in their weightless layers; every backbone variable must still load."""
   keras.utils.set_random_seed(1)
   source = classifier("efficientnet_b0", num_classes=4, image_size=64)
   path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
   keras.utils.set_random_seed(2)
-  detector = efficientdet(BACKBONES["efficientnet_b0"], num_classes=3, image_size=128,
+  backbone_fn = BACKBONES["efficientnet_b0"]
+  if detector_drop_connect is not None:
+    backbone_fn = functools.partial(backbone_fn, drop_connect_rate=detector_drop_connect)
+    assert len(backbone_fn(input_shape=(64, 64, 3)).layers) < len(source.backbone.layers)
+  detector = efficientdet(backbone_fn, num_classes=3, image_size=128,
                           fpn_cells=1, head_repeats=1)
   table = initialize_from_checkpoint(detector, path, "backbone")
   assert table["backbone"]["new"] == table["backbone"]["skipped"] == 0

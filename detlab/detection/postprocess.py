@@ -34,9 +34,10 @@ class PostprocessConfig:
       raise ValueError(f"nms_mode must be 'soft' or 'hard', got {self.nms_mode!r}.")
 
 
-def _nms_one_image(boxes, scores, classes, image_size: int, config: PostprocessConfig):
-  """boxes [k, 4] clipped to [0, image_size], scores [k], classes [k] int32 -> padded top
-  detections."""
+def nms_one_image(boxes, scores, classes, image_size: int, config: PostprocessConfig):
+  """The NMS stage for one image: candidates() of one image (boxes [k, 4] clipped to
+  [0, image_size], scores [k], classes [k] int32) -> (boxes [D, 4], scores [D], classes [D],
+  num_detections []), zero-padded to D = max_detections."""
   # The offset comes from the image, not from the boxes: one wild unclipped box would push
   # the offsets to ~1e9, where float32 spacing (~100 px) merges or flattens a class's boxes.
   extent = float(image_size) + 1.0
@@ -57,7 +58,7 @@ def _nms_one_image(boxes, scores, classes, image_size: int, config: PostprocessC
   return out_boxes, out_scores, out_classes, num
 
 
-def _top_k_pairs(class_outputs: tf.Tensor, k: int):
+def top_k_pairs(class_outputs: tf.Tensor, k: int):
   """The k largest (anchor, class) logits of [B, N, K], as (logits, anchor ids, class ids).
 
   Exact, and ~7x faster on CPU than top_k over all N*K pairs: every pair in the top k has a
@@ -77,24 +78,36 @@ def _top_k_pairs(class_outputs: tf.Tensor, k: int):
   return top_logits, anchor_index, top_index % num_classes
 
 
+def candidates(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Tensor,
+               image_size: int, config: PostprocessConfig = PostprocessConfig()):
+  """The stage before NMS: the top-k (anchor, class) pairs, decoded and clipped to the input.
+
+  class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels. Returns
+  (boxes [B, k, 4] [y1, x1, y2, x2] clipped to [0, image_size], scores [B, k] sigmoid,
+  classes [B, k] int32 0-based), k = min(pre_nms_top_k, N * K). Exported graphs run this
+  stage and nms_one_image separately (LiteRT per image without map_fn, OpenVINO with NMS
+  outside its IR)."""
+  class_outputs = tf.cast(class_outputs, tf.float32)
+  box_outputs = tf.cast(box_outputs, tf.float32)
+  k = min(config.pre_nms_top_k, class_outputs.shape[-2] * class_outputs.shape[-1])
+  top_logits, anchor_index, classes = top_k_pairs(class_outputs, k)
+  boxes = decode_boxes(tf.gather(box_outputs, anchor_index, batch_dims=1),
+                       tf.gather(anchors, anchor_index))
+  return (tf.clip_by_value(boxes, 0.0, float(image_size)), tf.sigmoid(top_logits),
+          tf.cast(classes, tf.int32))
+
+
 def postprocess(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Tensor,
                 image_size: int, config: PostprocessConfig = PostprocessConfig()) -> dict:
   """class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels.
 
-  Returns {"boxes" [B, D, 4] [y1, x1, y2, x2] model-input pixels clipped to the input,
-  "scores" [B, D], "classes" [B, D] int32 (0-based), "num_detections" [B]}, D = max_detections.
+  candidates() then nms_one_image() per image. Returns {"boxes" [B, D, 4] [y1, x1, y2, x2]
+  model-input pixels clipped to the input, "scores" [B, D], "classes" [B, D] int32 (0-based),
+  "num_detections" [B]}, D = max_detections.
   """
-  class_outputs = tf.cast(class_outputs, tf.float32)
-  num_classes = class_outputs.shape[-1]
-  k = min(config.pre_nms_top_k, class_outputs.shape[-2] * num_classes)
-  top_logits, anchor_index, classes = _top_k_pairs(class_outputs, k)
-  boxes = decode_boxes(tf.gather(box_outputs, anchor_index, batch_dims=1),
-                       tf.gather(anchors, anchor_index))
-  boxes = tf.clip_by_value(boxes, 0.0, float(image_size))
-  scores = tf.sigmoid(top_logits)
   out_boxes, out_scores, out_classes, num = tf.map_fn(
-      lambda args: _nms_one_image(*args, image_size, config),
-      (boxes, scores, classes),
+      lambda args: nms_one_image(*args, image_size, config),
+      candidates(class_outputs, box_outputs, anchors, image_size, config),
       fn_output_signature=(tf.float32, tf.float32, tf.int32, tf.int32))
   return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes,
           "num_detections": num}

@@ -12,6 +12,7 @@ import gin
 import tensorflow as tf
 
 from detlab import api
+from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.export.fold import count_batch_norms, fold_batch_norms
 from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
 
@@ -150,11 +151,13 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   if any(f in INT8_FORMATS for f in formats):
     calibration = calibration_files(calibration_file_pattern or eval_input.file_pattern)
   clear_outputs(output_dir, paths)
+  # The trained model's (folding keeps it; read before, so export.json records what trained).
+  convention = input_convention(model, default=IMAGENET_MEAN_STD)
   bns = count_batch_norms(model)
   if fold:
     model = fold_batch_norms(model)
     logging.info("Folded %d batch norms into their convs.", bns - count_batch_norms(model))
-  serving = DetectionServing(model, task.postprocess_config, eval_input)
+  serving = DetectionServing(model, task.postprocess_config, eval_input, convention)
   written = {}
   if "saved_model" in formats:
     export_saved_model(serving, paths["saved_model"], input_type, batch_size)
@@ -179,7 +182,9 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
           "formats": {f: os.path.basename(p) for f, p in written.items()},
           "input_type": input_type, "batch_size": batch_size,
           "image_size": model.anchors.image_size, "num_classes": model.num_classes,
-          "batch_norms_folded": bool(fold), "category_names": _category_names()}
+          "batch_norms_folded": bool(fold), "category_names": _category_names(),
+          # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
+          "input_mean": list(convention.mean), "input_std": list(convention.std)}
   with tf.io.gfile.GFile(os.path.join(output_dir, "export.json"), "w") as f:
     json.dump(info, f, indent=2)
   return written

@@ -162,6 +162,9 @@ def fold_efficientdet(model: EfficientDet) -> EfficientDet:
       _fold_bifpn_layer(layer)
   _fold_head(folded.class_net)
   _fold_head(folded.box_net)
+  own = getattr(model.backbone, "input_convention", None)  # a backbone's own convention
+  if own is not None:
+    folded.backbone.input_convention = own
   return folded
 
 

@@ -1,12 +1,12 @@
 """OpenVINO export: an FP32 IR, and an INT8 IR by NNCF post-training quantisation.
 
 The IR takes the LiteRT model's input, uint8 [B, S, S, 3] letterboxed by
-tflite.letterbox_uint8 (B dynamic unless --batch_size), normalises inside and runs the folded
-network, the top-k (anchor, class) selection, box decoding and clipping. It outputs the
-pre-NMS candidates in that input's pixels: `boxes` [B, k, 4], `scores` [B, k] (sigmoid),
+tflite.letterbox_uint8 with the backbone's input convention (B dynamic unless --batch_size),
+normalises inside by that convention and runs the folded network, the top-k (anchor, class)
+selection, box decoding and clipping. It outputs the pre-NMS candidates in that input's pixels: `boxes` [B, k, 4], `scores` [B, k] (sigmoid),
 `classes` [B, k] int32 class indices, k = pre_nms_top_k.
 
-Where NMS lives: outside the IR, in TensorFlow, the same `_nms_one_image` (Gaussian
+Where NMS lives: outside the IR, in TensorFlow, the same `postprocess.nms_one_image` (Gaussian
 soft-NMS or hard NMS per PostprocessConfig) the TF model and the SavedModel run. OpenVINO's
 TF front end does convert NonMaxSuppressionV5, but with OpenVINO 2026.4 the compiled graph of
 detlab's per-class soft-NMS crashes the CPU plugin at inference (a segfault, with or without
@@ -22,14 +22,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
-from detlab.detection.targets import decode_boxes
-from detlab.export.tflite import MEAN_RGB_PIXELS, letterbox_uint8
+from detlab.export.tflite import letterbox_uint8
 
 PRECISIONS = ("fp32", "int8")
-STD_RGB_PIXELS = (58.395, 57.12, 57.375)  # tfm's STDDEV_NORM x 255, as tflite.lite_function
 POSTPROCESS_FILE = "postprocess.json"
 INSTALL_HINT = "pip install 'detlab[openvino]' (or pip install openvino nncf)"
 
@@ -49,22 +48,19 @@ def network_function(serving, batch_size: int | None = None):
   model, config = serving.model, serving.postprocess_config
   size = model.anchors.image_size
   num_anchors, num_classes = model.anchors.num_anchors, model.num_classes
-  k = min(config.pre_nms_top_k, num_anchors * num_classes)
 
   @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.uint8,
                                               name="images")])
-  def candidates(images):
-    inputs = (tf.cast(images, tf.float32) - MEAN_RGB_PIXELS) / STD_RGB_PIXELS
+  def network(images):
+    inputs = serving.convention.normalize(images)
     cls, box = model.flatten_outputs(*model(inputs, training=False))
     cls = tf.ensure_shape(tf.cast(cls, tf.float32), [batch_size, num_anchors, num_classes])
     box = tf.ensure_shape(tf.cast(box, tf.float32), [batch_size, num_anchors, 4])
-    # The same top-k and decoding as postprocess.postprocess, up to its NMS.
-    top_logits, anchor_index, classes = postprocess_lib._top_k_pairs(cls, k)  # pylint: disable=protected-access
-    boxes = decode_boxes(tf.gather(box, anchor_index, batch_dims=1),
-                         tf.gather(serving.anchor_boxes, anchor_index))
-    return {"boxes": tf.clip_by_value(boxes, 0.0, float(size)),
-            "scores": tf.sigmoid(top_logits), "classes": tf.cast(classes, tf.int32)}
-  return candidates
+    # postprocess.postprocess's first stage; its second (NMS) runs after the IR.
+    boxes, scores, classes = postprocess_lib.candidates(cls, box, serving.anchor_boxes, size,
+                                                        config)
+    return {"boxes": boxes, "scores": scores, "classes": classes}
+  return network
 
 
 def nms_function(config: PostprocessConfig, image_size: int):
@@ -72,7 +68,7 @@ def nms_function(config: PostprocessConfig, image_size: int):
   @tf.function(reduce_retracing=True)
   def nms(boxes, scores, classes):
     out_boxes, out_scores, out_classes, num = tf.map_fn(
-        lambda args: postprocess_lib._nms_one_image(*args, image_size, config),  # pylint: disable=protected-access
+        lambda args: postprocess_lib.nms_one_image(*args, image_size, config),
         (boxes, scores, classes), fn_output_signature=(tf.float32, tf.float32, tf.int32,
                                                        tf.int32))
     valid = tf.range(tf.shape(out_classes)[1])[None, :] < num[:, None]
@@ -82,11 +78,12 @@ def nms_function(config: PostprocessConfig, image_size: int):
   return nms
 
 
-def calibration_images(files: list[str], size: int, steps: int) -> list[np.ndarray]:
+def calibration_images(files: list[str], size: int, steps: int,
+                       convention: InputConvention = IMAGENET_MEAN_STD) -> list[np.ndarray]:
   """The first `steps` eval images, letterboxed like serving inputs, each uint8 [1, S, S, 3]
   (LiteRT's INT8 calibration reads the same images the same way)."""
   dataset = tf.data.TFRecordDataset(files).map(lambda s: decode_example(s)["image"])
-  return [letterbox_uint8(image, size)[0][None].numpy()
+  return [letterbox_uint8(image, size, convention)[0][None].numpy()
           for image in itertools.islice(dataset, steps)]
 
 
@@ -104,7 +101,7 @@ def convert(serving, precision: str = "fp32", batch_size: int | None = None,
     except ImportError as error:
       raise ImportError(f"OpenVINO INT8 needs NNCF: {INSTALL_HINT}.") from error
     images = calibration_images(calibration_files, serving.model.anchors.image_size,
-                                calibration_steps)
+                                calibration_steps, serving.convention)
     if not images:
       raise ValueError(f"No calibration image could be read from {calibration_files}.")
     # Convs and matmuls get int8 weights and activations; top-k, decode and the outputs stay

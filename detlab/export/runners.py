@@ -157,12 +157,26 @@ class SavedModelRunner:
     return _concat(results)
 
 
+def _letterbox_convention(export_dir: str):
+  """The input convention export.json records (its pad colour is the letterbox's); ImageNet
+  mean/std for a file without one beside it (exports before the convention was recorded)."""
+  from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention  # pylint: disable=import-outside-toplevel
+  info = _export_info(export_dir)
+  if "input_mean" not in info:
+    logging.warning("No input_mean in %s/export.json: letterboxing with the ImageNet mean.",
+                    export_dir)
+    return IMAGENET_MEAN_STD
+  return InputConvention(mean=tuple(info["input_mean"]), std=tuple(info["input_std"]))
+
+
 class _LetterboxRunner:
-  """Shared by LiteRT and OpenVINO: letterbox in (tflite.letterbox_uint8), run a static
-  [B, S, S, 3] uint8 model, map its boxes back to original pixels (to_original_pixels)."""
+  """Shared by LiteRT and OpenVINO: letterbox in (tflite.letterbox_uint8, padded with the
+  export's input-convention mean), run a static [B, S, S, 3] uint8 model, map its boxes back
+  to original pixels (to_original_pixels)."""
   batch_size: int | None  # None: any batch
   image_size: int
   category_names: dict | None
+  convention: object  # the InputConvention the model was exported with
 
   def _run(self, batch: np.ndarray) -> dict:
     raise NotImplementedError
@@ -174,7 +188,7 @@ class _LetterboxRunner:
     for chunk in _chunks(as_image_list(images), self.batch_size, same_shape=False):
       inputs, infos = [], []
       for image in chunk:
-        pixels, scale = letterbox_uint8(tf.constant(image), self.image_size)
+        pixels, scale = letterbox_uint8(tf.constant(image), self.image_size, self.convention)
         inputs.append(pixels.numpy())
         infos.append(letterbox_image_info(image.shape[:2], float(scale)))
       outputs = self._run(_pad_batch(np.stack(inputs), self.batch_size))
@@ -216,6 +230,7 @@ class TfliteRunner(_LetterboxRunner):
     shape = self.runner.get_input_details()["images"]["shape"]
     self.batch_size, self.image_size = int(shape[0]), int(shape[1])
     self.category_names = _read_category_names(os.path.dirname(path))
+    self.convention = _letterbox_convention(os.path.dirname(path))
 
   def _run(self, batch: np.ndarray) -> dict:
     return self.runner(images=batch)
@@ -232,7 +247,9 @@ class OpenVinoRunner(_LetterboxRunner):
     except ImportError as error:  # names the install command
       raise RunnerError(f"{path} is an OpenVINO model: {error}") from error
     self.batch_size, self.image_size = self.detector.batch_size, self.detector.image_size
-    self.category_names = _read_category_names(os.path.dirname(os.path.dirname(path)))
+    export_dir = os.path.dirname(os.path.dirname(path))
+    self.category_names = _read_category_names(export_dir)
+    self.convention = _letterbox_convention(export_dir)
 
   def _run(self, batch: np.ndarray) -> dict:
     return self.detector(batch)

@@ -18,6 +18,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from detlab.backbones import IMAGENET_MEAN_STD, InputConvention, input_convention
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.data.tf_example import decode_example
 from detlab.detection.postprocess import PostprocessConfig, postprocess
@@ -35,13 +36,19 @@ def input_signature(input_type: str, batch_size: int | None = None) -> tf.Tensor
 
 
 class DetectionServing:
-  """The serving computation of a (folded) detector as TF functions of raw inputs."""
+  """The serving computation of a (folded) detector as TF functions of raw inputs.
+
+  `convention`: the backbone's input normalisation (default: `input_convention(model)`,
+  ImageNet mean/std for an unknown backbone), as training and evaluation use it; every
+  exported format normalises (and letterboxes) by it."""
 
   def __init__(self, model, postprocess_config: PostprocessConfig = PostprocessConfig(),
-               input_config: InputConfig = InputConfig()):
+               input_config: InputConfig = InputConfig(),
+               convention: InputConvention | None = None):
     self.model, self.postprocess_config = model, postprocess_config
+    self.convention = convention or input_convention(model, default=IMAGENET_MEAN_STD)
     self.parser = DetectionParser(dataclasses.replace(input_config, is_training=False),
-                                  model.anchors, model.num_classes)
+                                  model.anchors, model.num_classes, self.convention)
     self.anchor_boxes = model.anchors.boxes()
 
   def preprocess_one(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,11 +1,12 @@
 """LiteRT (TFLite) export: FP32, FP16 weights, INT8 with calibration from the eval TFRecords.
 
 The LiteRT model takes uint8 [B, S, S, 3], the image already resized keeping its aspect ratio
-(long side S) and padded bottom/right to S x S with the ImageNet mean colour
-(MEAN_RGB_PIXELS); it normalises inside and runs the folded model and post-processing with
-plain TF ops that LiteRT has builtin kernels for (top-k, gather, NonMaxSuppressionV5 with
-the same soft/hard NMS as the SavedModel, not the TFLite detection post-processing op, so
-detections follow the same protocol). Outputs, boxes in that S x S input's pixels:
+(long side S) and padded bottom/right to S x S with the mean colour of the backbone's input
+convention (letterbox_uint8; export.json records the convention); it normalises inside by
+that convention and runs the folded model and post-processing with plain TF ops that LiteRT
+has builtin kernels for (top-k, gather, NonMaxSuppressionV5 with the same soft/hard NMS as
+the SavedModel, not the TFLite detection post-processing op, so detections follow the same
+protocol). Outputs, boxes in that S x S input's pixels:
   detection_boxes [B, D, 4] ymin, xmin, ymax, xmax; detection_scores [B, D];
   detection_classes [B, D] category ids (float32, 0 in the padding); num_detections [B].
 Divide boxes by the resize scale to get original pixels. Run it with
@@ -16,41 +17,38 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess as postprocess_lib
-from detlab.detection.targets import decode_boxes
 
-# ImageNet mean colour in 0..255 (tfm's MEAN_NORM x 255): padding with it equals the
-# normalise-then-pad-with-0 of the evaluation pipeline.
-MEAN_RGB_PIXELS = (123.675, 116.28, 103.53)
 PRECISIONS = ("fp32", "fp16", "int8")
+POSTPROCESS_SCOPE = "postprocess"  # the graph's ops after the network's last convs
 
 
-def letterbox_uint8(image: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """uint8 [H, W, 3] -> (uint8 [size, size, 3] input for the LiteRT model, scale [])."""
+def letterbox_uint8(image: tf.Tensor, size: int,
+                    convention: InputConvention = IMAGENET_MEAN_STD) -> tuple[tf.Tensor, tf.Tensor]:
+  """uint8 [H, W, 3] -> (uint8 [size, size, 3] input for the LiteRT model, scale []).
+
+  The pad is the convention's mean colour, which normalises to 0 (up to uint8 rounding): the
+  evaluation pipeline's normalise-then-pad-with-0."""
+  mean = tf.constant(convention.mean, tf.float32)
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = tf.reduce_min(float(size) / shape)
   scaled = tf.cast(tf.round(shape * scale), tf.int32)
   resized = tf.image.resize(tf.cast(image, tf.float32), scaled)
-  padded = tf.image.pad_to_bounding_box(resized - MEAN_RGB_PIXELS, 0, 0, size, size)
-  pixels = tf.clip_by_value(tf.round(padded + MEAN_RGB_PIXELS), 0.0, 255.0)
+  padded = tf.image.pad_to_bounding_box(resized - mean, 0, 0, size, size)
+  pixels = tf.clip_by_value(tf.round(padded + mean), 0.0, 255.0)
   return tf.cast(pixels, tf.uint8), scale
 
 
 def static_batch_postprocess(class_outputs, box_outputs, anchors, image_size: int, config,
                              batch_size: int) -> dict:
   """postprocess() for a static batch: NMS per image in a Python loop instead of map_fn,
-  whose TensorList ops LiteRT has no builtin kernels for. Same steps and helpers."""
-  # pylint: disable=protected-access
-  class_outputs = tf.cast(class_outputs, tf.float32)
-  k = min(config.pre_nms_top_k, class_outputs.shape[-2] * class_outputs.shape[-1])
-  top_logits, anchor_index, classes = postprocess_lib._top_k_pairs(class_outputs, k)
-  boxes = decode_boxes(tf.gather(box_outputs, anchor_index, batch_dims=1),
-                       tf.gather(anchors, anchor_index))
-  boxes = tf.clip_by_value(boxes, 0.0, float(image_size))
-  scores = tf.sigmoid(top_logits)
-  per_image = [postprocess_lib._nms_one_image(boxes[i], scores[i], classes[i], image_size,
-                                              config) for i in range(batch_size)]
+  whose TensorList ops LiteRT has no builtin kernels for. The same two stages."""
+  boxes, scores, classes = postprocess_lib.candidates(class_outputs, box_outputs, anchors,
+                                                      image_size, config)
+  per_image = [postprocess_lib.nms_one_image(boxes[i], scores[i], classes[i], image_size,
+                                             config) for i in range(batch_size)]
   out_boxes, out_scores, out_classes, num = (tf.stack(parts) for parts in zip(*per_image))
   return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes,
           "num_detections": num}
@@ -60,17 +58,16 @@ def lite_function(serving, batch_size: int):
   """The LiteRT graph: uint8 [B, S, S, 3] letterboxed -> detections in input pixels."""
   model = serving.model
   size = model.anchors.image_size
-  mean = tf.constant(MEAN_RGB_PIXELS, tf.float32)
-  std = tf.constant([58.395, 57.12, 57.375], tf.float32)  # tfm's STDDEV_NORM x 255
 
   @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.uint8,
                                               name="images")])
   def detect(images):
-    inputs = (tf.cast(images, tf.float32) - mean) / std
+    inputs = serving.convention.normalize(images)
     class_outputs, box_outputs = model(inputs, training=False)
-    cls, box = model.flatten_outputs(class_outputs, box_outputs)
-    found = static_batch_postprocess(cls, box, serving.anchor_boxes, size,
-                                     serving.postprocess_config, batch_size)
+    with tf.name_scope(POSTPROCESS_SCOPE):  # kept float in INT8 (see convert)
+      cls, box = model.flatten_outputs(class_outputs, box_outputs)
+      found = static_batch_postprocess(cls, box, serving.anchor_boxes, size,
+                                       serving.postprocess_config, batch_size)
     num = found["num_detections"]
     valid = tf.range(tf.shape(found["classes"])[1])[None, :] < num[:, None]
     return {"detection_boxes": found["boxes"], "detection_scores": found["scores"],
@@ -79,11 +76,12 @@ def lite_function(serving, batch_size: int):
   return detect
 
 
-def representative_images(files: list[str], size: int, steps: int):
+def representative_images(files: list[str], size: int, steps: int,
+                          convention: InputConvention = IMAGENET_MEAN_STD):
   """Calibration inputs: the first `steps` eval images, letterboxed like serving inputs."""
   dataset = tf.data.TFRecordDataset(files).map(lambda s: decode_example(s)["image"])
   for image in itertools.islice(dataset, steps):
-    yield [letterbox_uint8(image, size)[0][None].numpy()]
+    yield [letterbox_uint8(image, size, convention)[0][None].numpy()]
 
 
 def convert(serving, precision: str, batch_size: int = 1, calibration_files=None,
@@ -104,7 +102,7 @@ def convert(serving, precision: str, batch_size: int = 1, calibration_files=None
     size = serving.model.anchors.image_size
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: representative_images(
-        calibration_files, size, calibration_steps)
+        calibration_files, size, calibration_steps, serving.convention)
     # Integer kernels where LiteRT has them, float for the rest (NMS, top-k on scores):
     # the post-processing stays float as the model's protocol wants it.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,

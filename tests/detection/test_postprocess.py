@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detlab.detection.postprocess import PostprocessConfig, _top_k_pairs, postprocess
+from detlab.detection.postprocess import PostprocessConfig, top_k_pairs, postprocess
 from detlab.detection.targets import decode_boxes
 
 
-def test_top_k_pairs_equals_top_k_over_all_pairs():
+def testtop_k_pairs_equals_top_k_over_all_pairs():
   logits = tf.random.stateless_normal([2, 500, 7], seed=[1, 2])
-  values, anchors, classes = _top_k_pairs(logits, 300)
+  values, anchors, classes = top_k_pairs(logits, 300)
   flat = tf.reshape(logits, [2, -1])
   want_values, want_index = tf.math.top_k(flat, 300)
   for b in range(2):

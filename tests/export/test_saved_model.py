@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from detlab import api
+from detlab.backbones.conventions import IMAGENET_MEAN_STD
 from detlab.data.tf_example import build_example
 from detlab.export.fold import fold_batch_norms
 from detlab.export.saved_model import DetectionServing, serving_module
@@ -89,6 +90,8 @@ def test_saved_model_serves_uint8_images_without_detlab(exported, model_dir, ema
   info = json.loads((out / "export.json").read_text())
   assert info["weights"] == "EMA" and info["batch_norms_folded"]
   assert info["checkpoint"].endswith("ckpt-3") and info["image_size"] == 128
+  assert info["input_mean"] == pytest.approx(list(IMAGENET_MEAN_STD.mean))  # D0: ImageNet mean/std
+  assert info["input_std"] == pytest.approx(list(IMAGENET_MEAN_STD.std))
 
 
 @pytest.mark.parametrize("input_type", ["encoded_image", "tf_example"])

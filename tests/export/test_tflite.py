@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, MINUS_ONE_TO_ONE
 from detlab.data.tf_example import build_example
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.export import tflite
 from detlab.export.fold import fold_batch_norms
 from detlab.export.saved_model import DetectionServing
 from detlab.models.efficientdet import efficientdet
-from random_stats import randomize_batch_norms  # pylint: disable=import-error
+from random_stats import randomize_batch_norms, randomize_biases  # pylint: disable=import-error
 from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=import-error
 
 pytest.importorskip("ai_edge_litert", reason="LiteRT export needs pip install ai-edge-litert "
@@ -40,9 +41,38 @@ def test_letterbox_pads_with_the_mean_colour_like_the_eval_pipeline(serving, let
   image, pixels, scale = letterboxed
   assert scale == pytest.approx(128 / 160)
   expected, _ = serving.preprocess_one(tf.constant(image))
-  normalised = (pixels[0].astype(np.float32) - tflite.MEAN_RGB_PIXELS) / [58.395, 57.12, 57.375]
+  normalised = ((pixels[0].astype(np.float32) - IMAGENET_MEAN_STD.mean) /
+                IMAGENET_MEAN_STD.std)
   np.testing.assert_allclose(normalised, expected.numpy(), atol=0.5 / 57.12 + 1e-5)
-  assert (pixels[0, 102:] == np.round(tflite.MEAN_RGB_PIXELS).astype(np.uint8)).all()
+  assert (pixels[0, 102:] == np.round(IMAGENET_MEAN_STD.mean).astype(np.uint8)).all()
+
+
+def test_litert_follows_the_backbones_input_convention(tmp_path):
+  """A backbone of the [-1, 1] convention (keras Inception v3 / Xception's): the LiteRT model
+  normalises by it and the letterbox pads with its mean, so LiteRT detects as the serving TF
+  model, whose parser normalises as evaluation does. With ImageNet mean/std hard-coded the
+  inputs would differ by up to ~1.1 after normalisation."""
+  model = efficientdet(tiny_test_backbone, num_classes=3, image_size=64, fpn_width=16,
+                       fpn_cells=1, head_repeats=1, max_level=5)
+  randomize_batch_norms(model)
+  randomize_biases(model)  # scores spread around 0.5: detections to compare
+  model.backbone.input_convention = MINUS_ONE_TO_ONE
+  serving = DetectionServing(fold_batch_norms(model), PostprocessConfig(max_detections=20))
+  assert serving.convention == MINUS_ONE_TO_ONE  # folding keeps the backbone's own
+  # A 64 x 64 image at S = 64: no resize and no pad, both formats see the same pixels.
+  image = np.random.RandomState(2).randint(0, 256, (64, 64, 3), dtype=np.uint8)
+  want = {k: v.numpy() for k, v in serving.serve("image_tensor")(tf.constant(image[None])).items()}
+  pixels, scale = tflite.letterbox_uint8(tf.constant(image), 64, serving.convention)
+  assert float(scale) == 1.0
+  got = tflite.run_tflite(tflite.export_tflite(serving, str(tmp_path / "m.tflite"), "fp32"),
+                          pixels.numpy()[None])
+  assert want["num_detections"][0] > 0
+  np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+  np.testing.assert_array_equal(got["detection_classes"], want["detection_classes"])
+  np.testing.assert_allclose(got["detection_scores"], want["detection_scores"], atol=1e-5)
+  np.testing.assert_allclose(got["detection_boxes"], want["detection_boxes"], atol=1e-2)
+  padded, _ = tflite.letterbox_uint8(tf.constant(image[:40]), 64, MINUS_ONE_TO_ONE)
+  assert (padded.numpy()[40:] == 128).all()  # round(127.5): normalises to 1/255, not 0.0
 
 
 @pytest.mark.parametrize("precision,score_atol", [("fp32", 1e-5), ("fp16", 3e-3)])

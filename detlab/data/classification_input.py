@@ -24,7 +24,7 @@ from official.vision.ops import augment, preprocess_ops
 
 from detlab.data.classification_example import ENCODED, LABEL
 from detlab.data.mixup_cutmix import mix_batch
-from detlab.data.seeds import example_seeds
+from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
 
 AUGMENTS = (None, "autoaugment", "randaugment")
 
@@ -203,11 +203,8 @@ def make_classification_dataset(config: ClassificationInputConfig, batch_size: i
   parser = ClassificationParser(config, convention)
   if config.is_training:
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
-    if seed is not None and input_context is not None:
-      seed += 7919 * input_context.input_pipeline_id  # other draws on each input worker
-    # Seeds from a dataset whose position the iterator checkpoint holds (see module doc).
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
+    seed = worker_seed(seed, input_context)
+    dataset = with_example_seeds(dataset, seed)  # exact resume (see module doc)
   dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   dataset = dataset.batch(batch_size, drop_remainder=config.is_training)

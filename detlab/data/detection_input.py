@@ -28,7 +28,7 @@ from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
 from detlab.data import record_files, tfds_source
 from detlab.data.mosaic import Mosaic, mosaic_dataset
-from detlab.data.seeds import example_seeds
+from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
 from detlab.data.source_id import encode_source_id
 from detlab.data.tf_example import decode_example
 from detlab.detection.anchors import AnchorConfig
@@ -280,10 +280,7 @@ def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
   if config.is_training:
     # One stateless seed per example, from a dataset whose position the iterator checkpoint
     # holds (unlike the state of random ops inside map functions).
-    if seed is not None and input_context is not None:
-      seed += 7919 * input_context.input_pipeline_id  # other draws on each input worker
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
+    dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
   dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   dataset = dataset.batch(batch_size, drop_remainder=config.is_training)
   logging.info("Input %s: batch %d per replica.", config.tfds_name or config.file_pattern,

@@ -18,7 +18,7 @@ its original size, padded with 255), as the segmentation evaluator reads them.
 import tensorflow as tf
 
 from detlab.data.detection_input import DetectionParser, InputConfig, source_dataset
-from detlab.data.seeds import example_seeds
+from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
 from detlab.data.segmentation_example import IGNORE_LABEL, MASK_KEY
 from detlab.data.segmentation_input import resize_crop_pad_labels
 from detlab.data.tf_example import decode_example
@@ -90,9 +90,7 @@ def make_joint_dataset(parser: JointParser, batch_size: int,
   deterministic = not config.is_training or seed is not None
   dataset = source_dataset(config, input_context, seed)
   if config.is_training:
-    if seed is not None and input_context is not None:
-      seed += 7919 * input_context.input_pipeline_id  # as detection_input.make_dataset
-    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
+    dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
   dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   if config.is_training:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import record_files, tfds_segmentation
 from detlab.data.detection_input import list_files
-from detlab.data.seeds import example_seeds
+from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
 from detlab.data.segmentation_example import IGNORE_LABEL, decode_segmentation_example
 
 
@@ -146,9 +146,7 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
                           deterministic=deterministic)
   parser = SegmentationParser(config, convention)
   if config.is_training:
-    if seed is not None and input_context is not None:
-      seed += 7919 * input_context.input_pipeline_id  # other draws on each input worker
-    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
+    dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
   dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   if config.is_training:

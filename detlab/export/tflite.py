@@ -9,6 +9,7 @@ the SavedModel, not the TFLite detection post-processing op, so detections follo
 protocol). Outputs, boxes in that S x S input's pixels:
   detection_boxes [B, D, 4] ymin, xmin, ymax, xmax; detection_scores [B, D];
   detection_classes [B, D] category ids (float32, 0 in the padding); num_detections [B].
+INT8 quantises the network only; the post-processing stays float (network_only_int8).
 Divide boxes by the resize scale to get original pixels. Run it with
 `ai_edge_litert.interpreter.Interpreter` (tf.lite.Interpreter is deprecated in TF 2.20).
 """

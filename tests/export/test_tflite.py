@@ -123,7 +123,6 @@ def test_int8_is_calibrated_from_tfrecords_and_really_integer(serving, letterbox
   int8_post = [d["name"] for d in details
                if f"{tflite.POSTPROCESS_SCOPE}/" in d["name"] and d["dtype"] == np.int8]
   assert all("decode_boxes/split" in name for name in int8_post), int8_post
-  assert not any(op in name for name in int8_post for op in ("TopK", "Sigmoid", "Exp", "Gather"))
   assert any(f"{tflite.POSTPROCESS_SCOPE}/" in d["name"] for d in details)
   outputs = Interpreter(model_path=path).get_signature_runner().get_output_details()
   assert {v["dtype"] for v in outputs.values()} == {np.float32}

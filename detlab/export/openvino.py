@@ -15,18 +15,15 @@ the evaluated model's. The post-processing settings are stored beside the IR
 (postprocess.json), so `OpenVinoDetector` needs only the directory.
 """
 import dataclasses
-import itertools
 import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
-from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
-from detlab.export.tflite import letterbox_uint8
+from detlab.export.tflite import representative_images
 
 PRECISIONS = ("fp32", "int8")
 POSTPROCESS_FILE = "postprocess.json"
@@ -78,15 +75,6 @@ def nms_function(config: PostprocessConfig, image_size: int):
   return nms
 
 
-def calibration_images(files: list[str], size: int, steps: int,
-                       convention: InputConvention = IMAGENET_MEAN_STD) -> list[np.ndarray]:
-  """The first `steps` eval images, letterboxed like serving inputs, each uint8 [1, S, S, 3]
-  (LiteRT's INT8 calibration reads the same images the same way)."""
-  dataset = tf.data.TFRecordDataset(files).map(lambda s: decode_example(s)["image"])
-  return [letterbox_uint8(image, size, convention)[0][None].numpy()
-          for image in itertools.islice(dataset, steps)]
-
-
 def convert(serving, precision: str = "fp32", batch_size: int | None = None,
             calibration_files=None, calibration_steps: int = 100):
   """The openvino.Model of `serving` (a DetectionServing of a folded model)."""
@@ -100,8 +88,10 @@ def convert(serving, precision: str = "fp32", batch_size: int | None = None,
       import nncf  # pylint: disable=import-outside-toplevel
     except ImportError as error:
       raise ImportError(f"OpenVINO INT8 needs NNCF: {INSTALL_HINT}.") from error
-    images = calibration_images(calibration_files, serving.model.anchors.image_size,
-                                calibration_steps, serving.convention)
+    # The images LiteRT's INT8 calibration reads, letterboxed the same way.
+    images = [batch[0] for batch in representative_images(
+        calibration_files, serving.model.anchors.image_size, calibration_steps,
+        serving.convention)]
     if not images:
       raise ValueError(f"No calibration image could be read from {calibration_files}.")
     # Convs and matmuls get int8 weights and activations; top-k, decode and the outputs stay

@@ -216,17 +216,12 @@ class TfliteRunner(_LetterboxRunner):
   """A LiteRT file (OUT/model_{fp32,fp16,int8}.tflite) run with ai_edge_litert."""
 
   def __init__(self, path: str):
+    from detlab.export.tflite import signature_runner  # pylint: disable=import-outside-toplevel
     try:
-      from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+      self.runner = signature_runner(path)
     except ImportError as error:
       raise RunnerError(f"{path} is a LiteRT model; running it needs "
                         "pip install ai-edge-litert (detlab's 'export' extra).") from error
-    with tf.io.gfile.GFile(path, "rb") as f:  # Interpreter reads local files only
-      # All the cores this process may use, as TF and OpenVINO take by default.
-      cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count())
-      self.interpreter = Interpreter(model_content=f.read(), num_threads=cores)
-    self.runner = self.interpreter.get_signature_runner()
     shape = self.runner.get_input_details()["images"]["shape"]
     self.batch_size, self.image_size = int(shape[0]), int(shape[1])
     self.category_names = _read_category_names(os.path.dirname(path))

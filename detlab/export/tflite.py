@@ -14,6 +14,7 @@ Divide boxes by the resize scale to get original pixels. Run it with
 `ai_edge_litert.interpreter.Interpreter` (tf.lite.Interpreter is deprecated in TF 2.20).
 """
 import itertools
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -149,10 +150,16 @@ def export_tflite(serving, path: str, precision: str, batch_size: int = 1,
   return path
 
 
-def run_tflite(path: str, images: np.ndarray) -> dict:
-  """Runs a LiteRT file on uint8 [B, S, S, 3] with ai_edge_litert; {output name: array}."""
+def signature_runner(path: str):
+  """A LiteRT file's signature runner (ai_edge_litert), on all the cores this process may use,
+  as TF and OpenVINO take by default: `runner(images=uint8 [B, S, S, 3])` -> {name: array}."""
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-  with tf.io.gfile.GFile(path, "rb") as f:
-    interpreter = Interpreter(model_content=f.read())
-  runner = interpreter.get_signature_runner()
-  return runner(images=images)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  with tf.io.gfile.GFile(path, "rb") as f:  # Interpreter reads local files only
+    interpreter = Interpreter(model_content=f.read(), num_threads=cores)
+  return interpreter.get_signature_runner()
+
+
+def run_tflite(path: str, images: np.ndarray) -> dict:
+  """Runs a LiteRT file on uint8 [B, S, S, 3]; {output name: array}."""
+  return signature_runner(path)(images=images)

@@ -18,9 +18,9 @@ its original size, padded with 255), as the segmentation evaluator reads them.
 import tensorflow as tf
 
 from detlab.data.detection_input import DetectionParser, InputConfig, source_dataset
-from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
-from detlab.data.segmentation_example import IGNORE_LABEL, MASK_KEY
-from detlab.data.segmentation_input import resize_crop_pad_labels
+from detlab.data.seeds import example_seeds
+from detlab.data.segmentation_example import MASK_KEY
+from detlab.data.segmentation_input import parse_and_batch, resize_crop_pad_labels
 from detlab.data.tf_example import decode_example
 
 NO_MASK_HINT = ("a record has no semantic map ({key}); write the built-in data with "
@@ -87,18 +87,5 @@ def make_joint_dataset(parser: JointParser, batch_size: int,
                        seed: int | None = None) -> tf.data.Dataset:
   """Batched joint examples (`batch_size` per replica), from detection_input's source."""
   config = parser.detection.config
-  deterministic = not config.is_training or seed is not None
-  dataset = source_dataset(config, input_context, seed)
-  if config.is_training:
-    dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
-  dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=deterministic)
-  if config.is_training:
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-  else:  # original-size label maps differ in size: pad them with the ignore label
-    padding = {k: (tf.constant(IGNORE_LABEL, tf.uint8) if k.endswith("labels")
-                   else tf.constant("", tf.string) if spec.dtype == tf.string
-                   else tf.zeros([], spec.dtype))
-               for k, spec in dataset.element_spec.items()}
-    dataset = dataset.padded_batch(batch_size, padding_values=padding)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return parse_and_batch(source_dataset(config, input_context, seed), parser,
+                         config.is_training, batch_size, seed, input_context)

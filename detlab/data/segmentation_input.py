@@ -144,16 +144,28 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
   if not config.tfds_name:
     dataset = dataset.map(decode_segmentation_example, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=deterministic)
-  parser = SegmentationParser(config, convention)
-  if config.is_training:
+  dataset = parse_and_batch(dataset, SegmentationParser(config, convention),
+                            config.is_training, batch_size, seed, input_context)
+  logging.info("Segmentation input %s: batch %d per replica.", source, batch_size)
+  return dataset
+
+
+def parse_and_batch(dataset: tf.data.Dataset, parser, is_training: bool, batch_size: int,
+                    seed: int | None, input_context=None) -> tf.data.Dataset:
+  """The tail of every pipeline with label maps (segmentation, joint): per-example seeds in
+  training, `parser`, then batches; eval batches are padded, label maps ("*labels") with the
+  ignore label (original-size maps differ in size), strings with "", the rest with 0."""
+  deterministic = not is_training or seed is not None
+  if is_training:
     dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
   dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
-  if config.is_training:
+  if is_training:
     dataset = dataset.batch(batch_size, drop_remainder=True)
-  else:  # original-size label maps differ in size: pad them with the ignore label
-    dataset = dataset.padded_batch(batch_size, padding_values={
-        "images": 0.0, "labels": tf.constant(IGNORE_LABEL, tf.uint8), "image_info": 0.0,
-        "original_labels": tf.constant(IGNORE_LABEL, tf.uint8)})
-  logging.info("Segmentation input %s: batch %d per replica.", source, batch_size)
+  else:
+    padding = {k: (tf.constant(IGNORE_LABEL, tf.uint8) if k.endswith("labels")
+                   else tf.constant("", tf.string) if spec.dtype == tf.string
+                   else tf.zeros([], spec.dtype))
+               for k, spec in dataset.element_spec.items()}
+    dataset = dataset.padded_batch(batch_size, padding_values=padding)
   return dataset.prefetch(tf.data.AUTOTUNE)

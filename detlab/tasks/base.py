@@ -12,6 +12,7 @@ the optimizer, which detlab keeps in the task-free Trainer (training/loop.py).
 import abc
 
 import tensorflow as tf
+import tf_keras as keras
 
 
 class Task(abc.ABC):
@@ -75,3 +76,17 @@ def scalar_metrics(metrics: dict) -> dict:
   """The metrics TensorBoard can plot: finite-or-None numbers only, lists left out."""
   return {k: float(v) for k, v in metrics.items()
           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def set_bn_momentum(model, momentum: float | None) -> None:
+  """Sets every BatchNormalization layer's moving-statistics momentum (None: leave the
+  model's). A training-recipe knob, not part of the model: the papers' 0.99 lags behind
+  weights that still move fast in a few-hundred-step from-scratch run (the shapes demos),
+  so inference-mode BN then sees stale statistics; 0.9 (EfficientNetV2's) keeps up."""
+  if momentum is None:
+    return
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"bn_momentum must be in [0, 1), got {momentum}.")
+  for layer in model.submodules:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.momentum = momentum

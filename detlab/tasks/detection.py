@@ -18,9 +18,8 @@ from detlab.data.detection_input import InputConfig, make_dataset
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig, postprocess
 from detlab.evaluation.coco_evaluator import format_metrics
-from detlab.tasks.base import Task
+from detlab.tasks.base import Task, set_bn_momentum
 from detlab.tasks.detection_eval import evaluate_detections, load_category_names
-from detlab.tasks.segmentation import set_bn_momentum
 from detlab.training.evaluation import replica_detect
 
 __all__ = ["DetectionTask", "load_category_names"]
@@ -48,7 +47,7 @@ class DetectionTask(Task):
     README); the label map also bounds the category ids checked before training.
     coco_backend: 'faster' (faster-coco-eval, the default when installed) or 'pycocotools'
     (the reference); the same numbers either way (tests/evaluation/test_coco_backends.py).
-    bn_momentum: overrides every BN layer's momentum in build_model (segmentation's
+    bn_momentum: overrides every BN layer's momentum in build_model (tasks.base.
     set_bn_momentum; None: the model's)."""
     self.loss = loss or DetectionLoss()
     self.postprocess_config = postprocess_config or PostprocessConfig()

@@ -26,10 +26,9 @@ from detlab.data.joint_input import JointParser, check_joint_config, make_joint_
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.segmentation.loss import SegmentationLoss
-from detlab.tasks.base import Task
+from detlab.tasks.base import Task, set_bn_momentum
 from detlab.tasks.detection import DetectionTask
-from detlab.tasks.segmentation import (SegmentationEvaluation, SegmentationTask,
-                                       set_bn_momentum)
+from detlab.tasks.segmentation import SegmentationEvaluation, SegmentationTask
 
 
 class OutputView:
@@ -81,7 +80,7 @@ class JointTask(Task):
     label_map_file / annotation_file / coco_backend: as DetectionTask's; class_names: the
     segmentation classes by id (0 = background), as SegmentationTask's. primary_metric: the
     metric best/ keeps (AP or mIoU). bn_momentum: every BN layer's momentum for training
-    (tasks.segmentation.set_bn_momentum; None: the model's)."""
+    (tasks.base.set_bn_momentum; None: the model's)."""
     if seg_loss_weight < 0:
       raise ValueError(f"JointTask.seg_loss_weight must be >= 0, got {seg_loss_weight}.")
     for config in (train_input, eval_input):

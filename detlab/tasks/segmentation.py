@@ -7,28 +7,13 @@ from typing import Callable
 import gin
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data.segmentation_input import SegmentationInputConfig, make_dataset
 from detlab.evaluation.segmentation import (SegmentationEvaluator, draw_segmentation_panels,
                                             original_size_predictions)
 from detlab.segmentation.loss import SegmentationLoss
-from detlab.tasks.base import Task
-
-
-def set_bn_momentum(model, momentum: float | None) -> None:
-  """Sets every BatchNormalization layer's moving-statistics momentum (None: leave the
-  model's). A training-recipe knob, not part of the model: the papers' 0.99 lags behind
-  weights that still move fast in a few-hundred-step from-scratch run (the shapes demos),
-  so inference-mode BN then sees stale statistics; 0.9 (EfficientNetV2's) keeps up."""
-  if momentum is None:
-    return
-  if not 0.0 <= momentum < 1.0:
-    raise ValueError(f"bn_momentum must be in [0, 1), got {momentum}.")
-  for layer in model.submodules:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      layer.momentum = momentum
+from detlab.tasks.base import Task, set_bn_momentum
 
 
 def original_images(images: np.ndarray, image_info: np.ndarray, convention) -> list:

@@ -25,8 +25,10 @@ import sys
 
 from absl import app, flags, logging
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 import tensorflow as tf
+
+from detlab.data import image_files
 
 FLAGS = flags.FLAGS
 
@@ -77,15 +79,12 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
 
 def read_image(path: str) -> np.ndarray:
   """The file's pixels, upright, as uint8 RGB; raises ValueError naming the file if it
-  cannot be decoded."""
-  with tf.io.gfile.GFile(path, "rb") as f:
-    data = f.read()
+  cannot be read or decoded (data/image_files.py, the converters' reader)."""
   try:
-    image = Image.open(io.BytesIO(data))
-    image.load()  # decodes every pixel: a truncated file fails here
-    return to_rgb_uint8(ImageOps.exif_transpose(image))
-  except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-    raise ValueError(f"cannot decode {path}: {type(error).__name__}: {error}") from error
+    _, upright, _ = image_files.open_upright(image_files.read_bytes(path), path)
+  except image_files.ImageError as error:
+    raise ValueError(str(error)) from error
+  return to_rgb_uint8(upright)
 
 
 def load_label_map(path: str) -> dict[int, str]:

@@ -42,13 +42,19 @@ class DecodedImage:
 
 def decode_image(data: bytes, path: str = "", apply_exif: bool = True) -> DecodedImage:
   """Fully decodes an image file's bytes; raises ImageError("corrupt_image", ...) if it can't."""
+  image, upright, transposed = open_upright(data, path, apply_exif)
+  return DecodedImage(upright.convert("RGB"), str(image.format), image.mode, transposed)
+
+
+def open_upright(data: bytes, path: str = "", apply_exif: bool = True):
+  """(the decoded file, its upright form in the file's own pixel mode, whether an EXIF
+  orientation 2..8 was applied); raises ImageError("corrupt_image", ...) naming `path`."""
   try:
     image = Image.open(io.BytesIO(data))
     image.load()  # decodes every pixel: a truncated file fails here, not in training
     orientation = image.getexif().get(0x0112, 1)
     transposed = apply_exif and orientation in range(2, 9)
-    upright = ImageOps.exif_transpose(image) if transposed else image
-    return DecodedImage(upright.convert("RGB"), str(image.format), image.mode, transposed)
+    return image, (ImageOps.exif_transpose(image) if transposed else image), transposed
   except Image.UnidentifiedImageError as e:
     raise ImageError("corrupt_image", f"{path} is not an image file PIL can read") from e
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...

@@ -8,13 +8,13 @@ import json
 import os
 
 from absl import logging
-import gin
 import tensorflow as tf
 
 from detlab import api
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.export.fold import count_batch_norms, fold_batch_norms
 from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
+from detlab.tasks.detection_eval import load_category_names
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
            "openvino_int8")
@@ -119,15 +119,11 @@ def calibration_files(file_pattern: str | None) -> list[str]:
   return sorted(files)
 
 
-def _category_names() -> dict | None:
-  try:
-    label_map = gin.query_parameter("train.label_map_file")
-  except ValueError:
+def category_names(task) -> dict | None:
+  """{category id: name} from the detection task's label map (None without one)."""
+  if not task.label_map_file or not tf.io.gfile.exists(task.label_map_file):
     return None
-  if not label_map or not tf.io.gfile.exists(label_map):
-    return None
-  with tf.io.gfile.GFile(label_map) as f:
-    return {int(k): v for k, v in json.load(f).items()}
+  return load_category_names(task.label_map_file, None, 0)
 
 
 def export(model_dir: str, output_dir: str, formats=("saved_model",),
@@ -182,7 +178,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
           "formats": {f: os.path.basename(p) for f, p in written.items()},
           "input_type": input_type, "batch_size": batch_size,
           "image_size": model.anchors.image_size, "num_classes": model.num_classes,
-          "batch_norms_folded": bool(fold), "category_names": _category_names(),
+          "batch_norms_folded": bool(fold), "category_names": category_names(task),
           # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
           "input_mean": list(convention.mean), "input_std": list(convention.std)}
   with tf.io.gfile.GFile(os.path.join(output_dir, "export.json"), "w") as f:

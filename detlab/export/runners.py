@@ -87,22 +87,19 @@ def _concat(results: list[dict]) -> dict:
   return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
 
-def _read_category_names(export_dir: str) -> dict | None:
-  """{id: name} from an export directory's export.json, if it records them."""
-  path = os.path.join(export_dir, "export.json")
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    names = json.load(f).get("category_names")
-  return {int(k): v for k, v in names.items()} if names else None
-
-
-def _export_info(export_dir: str) -> dict:
+def read_export_info(export_dir: str) -> dict:
+  """An export directory's export.json ({} when there is none)."""
   path = os.path.join(export_dir, "export.json")
   if not tf.io.gfile.exists(path):
     return {}
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
+
+
+def _read_category_names(export_dir: str) -> dict | None:
+  """{id: name} from an export directory's export.json, if it records them."""
+  names = read_export_info(export_dir).get("category_names")
+  return {int(k): v for k, v in names.items()} if names else None
 
 
 class ModelDirRunner:
@@ -115,7 +112,7 @@ class ModelDirRunner:
     self._api = api
     self.model = api.load_detector(exporter.model_gin_files(model_dir, ()),
                                    checkpoint=checkpoint, use_ema=use_ema)
-    self.category_names = exporter._category_names()  # pylint: disable=protected-access
+    self.category_names = exporter.category_names(api.inference_setup(self.model)[1])
 
   def __call__(self, images) -> dict:
     return self._api.detect(self.model, as_image_list(images))
@@ -128,7 +125,7 @@ class SavedModelRunner:
     self.signature = tf.saved_model.load(path).signatures["serving_default"]
     spec = self.signature.structured_input_signature[1]["input_tensor"]
     self.batch_size = spec.shape[0]
-    info = _export_info(os.path.dirname(path.rstrip("/")))
+    info = read_export_info(os.path.dirname(path.rstrip("/")))
     self.input_type = ("image_tensor" if spec.dtype == tf.uint8 else
                        info.get("input_type", "encoded_image"))
     self.category_names = _read_category_names(os.path.dirname(path.rstrip("/")))
@@ -161,7 +158,7 @@ def _letterbox_convention(export_dir: str):
   """The input convention export.json records (its pad colour is the letterbox's); ImageNet
   mean/std for a file without one beside it (exports before the convention was recorded)."""
   from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention  # pylint: disable=import-outside-toplevel
-  info = _export_info(export_dir)
+  info = read_export_info(export_dir)
   if "input_mean" not in info:
     logging.warning("No input_mean in %s/export.json: letterboxing with the ImageNet mean.",
                     export_dir)
@@ -256,15 +253,17 @@ def _is_model_dir(path: str) -> bool:
   return has_checkpoint and bool(listed & {"config.gin", "operative_config.gin"})
 
 
-def _export_member(path: str) -> str | None:
-  """The format an export OUT directory serves: saved_model first, then LiteRT, OpenVINO."""
+def exported_formats(output_dir: str) -> dict[str, str]:
+  """{format: the path its runner loads} for the formats present in an export OUT directory,
+  in the exporter's order (saved_model, LiteRT, OpenVINO)."""
   from detlab.export.exporter import FORMATS, output_paths  # pylint: disable=import-outside-toplevel
-  for name, member in output_paths(path, FORMATS).items():
-    if name.startswith("openvino"):
+  found = {}
+  for name, member in output_paths(output_dir, FORMATS).items():
+    if name.startswith("openvino_"):
       member = os.path.join(member, "model.xml")
     if tf.io.gfile.exists(member):
-      return member
-  return None
+      found[name] = member
+  return found
 
 
 def load_runner(path: str, use_ema: bool = True):
@@ -281,7 +280,7 @@ def load_runner(path: str, use_ema: bool = True):
       return OpenVinoRunner(os.path.join(path, "model.xml"))
     if _is_model_dir(path):
       return ModelDirRunner(path, use_ema)
-    member = _export_member(path)
+    member = next(iter(exported_formats(path).values()), None)
     if member:
       logging.info("%s is an export directory; running %s.", path, member)
       return load_runner(member)

@@ -27,24 +27,12 @@ from detlab.export import exporter, runners
 BATCHES = (1, 8)
 
 
-def exported_formats(output_dir: str) -> dict[str, str]:
-  """{format: path its runner loads} for the formats present in output_dir."""
-  found = {}
-  for name, path in exporter.output_paths(output_dir, exporter.FORMATS).items():
-    if name.startswith("openvino_"):
-      path = os.path.join(path, "model.xml")
-    if tf.io.gfile.exists(path):
-      found[name] = path
-  return found
-
-
 def export_info(output_dir: str) -> dict:
-  path = os.path.join(output_dir, "export.json")
-  if not tf.io.gfile.exists(path):
+  info = runners.read_export_info(output_dir)
+  if not info:
     raise FileNotFoundError(f"--exported={output_dir} holds no export.json; point it at the "
                             "--output_dir of python -m detlab.export.")
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return info
 
 
 def tf_runner(info: dict):
@@ -67,7 +55,7 @@ def measure_exported(output_dir: str, min_seconds: float = 5.0, formats=None,
   "load_average"}; `formats` limits the measured names (default: tf + all found)."""
   info = export_info(output_dir)
   size = int(info["image_size"])
-  candidates = {"tf": None, **exported_formats(output_dir)}
+  candidates = {"tf": None, **runners.exported_formats(output_dir)}
   if formats:
     unknown = set(formats) - set(candidates)
     if unknown:

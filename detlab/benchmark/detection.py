@@ -2,7 +2,6 @@
 and speed, post-processing, end to end, a training step and optionally the input pipeline."""
 import time
 
-import gin
 import numpy as np
 import tensorflow as tf
 
@@ -35,13 +34,12 @@ def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
           "source_ids": encode_source_id(tf.constant([f"synthetic-{i}" for i in range(batch)]))}
 
 
-def measure_input_pipeline(model, batch: int, min_seconds: float, warmup: int = 3) -> float:
-  """Images/s of make_dataset(train.train_input) at `batch`: batches drawn after `warmup`
+def measure_input_pipeline(task, model, batch: int, min_seconds: float,
+                           warmup: int = 3) -> float:
+  """Images/s of the task's training input pipeline (train.train_input through
+  `task.train_dataset`, as training builds it) at `batch`: batches drawn after `warmup`
   batches (shuffle buffer and prefetch filled) until `min_seconds` have passed."""
-  from detlab.data.detection_input import make_dataset
-  reference = gin.query_parameter("train.train_input")
-  train_input = reference.scoped_configurable_fn()
-  iterator = iter(make_dataset(train_input, model.anchors, model.num_classes, batch))
+  iterator = iter(task.train_dataset(model, None, batch, None))
   for _ in range(warmup):
     next(iterator)
   count, start = 0, time.perf_counter()
@@ -93,7 +91,7 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
     seconds = time_train_step(trainer, synthetic_train_batch(model, train_batch), min_seconds)
     out[f"train_img_s_bs{train_batch}"] = train_batch / seconds
   if INPUT in wanted:
-    out[INPUT] = measure_input_pipeline(model, train_batch, min_seconds)
+    out[INPUT] = measure_input_pipeline(task, model, train_batch, min_seconds)
     train_key = f"train_img_s_bs{train_batch}"
     if train_key in out:  # the input pipeline should outrun the step several times over
       out["input_over_train"] = out[INPUT] / out[train_key]

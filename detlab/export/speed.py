@@ -13,16 +13,14 @@ images to detections in original pixels (decoding excluded) at batch 1 and 8:
 The images are random uint8 at the model's input size (S x S), so every format does the
 same work per image. Each figure is images / the median seconds of repeated calls.
 """
-import json
 import os
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from detlab.benchmark.report import machine_description
 from detlab.benchmark.timing import time_call
-from detlab.export import exporter, runners
+from detlab.export import runners
 
 BATCHES = (1, 8)
 

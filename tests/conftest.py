@@ -34,12 +34,3 @@ def shapes_dir(tmp_path_factory):
 def pytest_configure(config):
   # `python -m pytest tests -m "not slow"` skips the few tests that take a minute or more.
   config.addinivalue_line("markers", "slow: takes a minute or more on 2 cores")
-
-
-def pytest_collection_modifyitems(config, items):
-  """The tests that deliver SIGTERM to this process run first. In a full run (stop 12) one of
-  them died with SIGSEGV at test 639 of 674 although the file passes alone (and after
-  tests/export/test_openvino.py too); the suspect, not yet confirmed, is native state that
-  earlier tests leave in the process. Stable sort: the rest keeps its order."""
-  del config
-  items.sort(key=lambda item: 0 if "test_preemption" in item.nodeid else 1)

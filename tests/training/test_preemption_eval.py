@@ -1,66 +1,29 @@
-"""SIGTERM during an evaluation -- periodic, final, or `--continuous` (evaluating or waiting for
-a checkpoint) -- stops it at the next batch, writes no metrics, keeps the checkpoint of that
-step and reports the run as preempted (exit code 42 in detlab.train); the same command then
-finishes the job."""
+"""The SIGTERM-during-evaluation cases (sigterm_eval_cases.py) in a fresh pytest process.
+
+Those tests deliver a real SIGTERM to the process that runs them. In full-suite runs that
+signal, arriving in a process which had already built and run hundreds of models (and loaded
+LiteRT and OpenVINO), twice killed the process natively -- a SIGSEGV of the single pytest
+process, and an xdist worker that died and left the run hanging -- while the same file always
+passed on its own. The cause is not found; running the cases in their own interpreter keeps
+what they assert and keeps the rest of the suite out of their way.
+"""
 import os
-import signal
-import threading
+import re
+import subprocess
+import sys
 
-import tensorflow as tf
-
-from detlab.tasks.detection import DetectionTask
-
-
-def _sigterm_at_first_detection(monkeypatch):
-  """A real SIGTERM to this process when the evaluation detects its first batch."""
-  detect = DetectionTask.detect_original_pixels
-  calls = []
-
-  def detect_then_signal(self, images, image_info, **kwargs):
-    calls.append(1)
-    if len(calls) == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return detect(self, images, image_info, **kwargs)
-
-  monkeypatch.setattr(DetectionTask, "detect_original_pixels", detect_then_signal)
-  return calls
+CASES = os.path.join(os.path.dirname(__file__), "sigterm_eval_cases.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_sigterm_in_a_periodic_evaluation_saves_that_step_and_stops(run_train, tmp_path,
-                                                                     monkeypatch):
-  calls = _sigterm_at_first_detection(monkeypatch)
-  results = run_train(tmp_path, "train_and_eval", "Schedule.eval_every_steps = 2")
-  assert results["preempted"] and calls  # the evaluation of step 2 was under way
-  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")  # not trained on to 6
-  assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "best").exists()
-
-
-def test_sigterm_in_the_final_or_a_continuous_evaluation_and_a_rerun_finishes(
-    run_train, tmp_path, monkeypatch):
-  _sigterm_at_first_detection(monkeypatch)
-  results = run_train(tmp_path, "train_and_eval", "Schedule.train_steps = 2")
-  assert results["preempted"] and "metrics" not in results
-  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
-  assert not (tmp_path / "metrics.json").exists()
-  # A --continuous sidecar on the same checkpoint, stopped the same way.
-  _sigterm_at_first_detection(monkeypatch)
-  results = run_train(tmp_path, "eval", "Schedule.train_steps = 2", continuous=True,
-                      eval_timeout_s=600.0)
-  assert results["preempted"] and "metrics" not in results
-  assert not (tmp_path / "eval" / "metrics.json").exists()
-  monkeypatch.undo()
-  again = run_train(tmp_path, "train_and_eval", "Schedule.train_steps = 2")
-  assert not again["preempted"] and "AP" in again["metrics"]
-  assert (tmp_path / "metrics.json").exists()
-
-
-def test_sigterm_while_waiting_for_a_checkpoint_stops_the_continuous_evaluation(
-    run_train, tmp_path):
-  # No checkpoint will ever come; without the stop this would wait the whole 600 s timeout.
-  timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
-  timer.start()
-  try:
-    results = run_train(tmp_path, "eval", continuous=True, eval_timeout_s=600.0)
-  finally:
-    timer.cancel()
-  assert results["preempted"] and "metrics" not in results
+def test_sigterm_in_every_kind_of_evaluation_in_a_fresh_process(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider",
+       f"--basetemp={tmp_path / 'basetemp'}", f"--rootdir={ROOT}"],
+      capture_output=True, text=True, env=env, timeout=900,
+      cwd=ROOT)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-4000:]
+  assert re.search(r"\b3 passed\b", output), output[-4000:]  # every case ran, none skipped

@@ -11,13 +11,14 @@ detections in original pixels through each format's runner (LiteRT and OpenVINO 
 inside).
 
 INT8 is held to its bound on a trained model only (DETLAB_PARITY_MODEL_DIR, a shapes
-model_dir), and there against the validation split's real annotations (DETLAB_PARITY_EVAL_PATTERN,
-default the fixture's 8 images; the README's figure uses all 300 of data/shapes/val-*): a
-demo-length model is rarely confident (none of its scores reach PSEUDO_GT_SCORE), so its own
-detections make no ground truth. The random network's scores are spread over (0, 1) with no margin between its
-detections, so int8 rounding reorders them wholesale (measured dAP -0.26 for OpenVINO INT8,
--0.9 for LiteRT INT8 here), which says nothing about the accuracy of a trained model's INT8
-export (scores near 0 or 1, a margin between them).
+model_dir), and there against the validation split's real annotations
+(DETLAB_PARITY_EVAL_PATTERN, default the fixture's 8 images; the README's figure uses all 300
+of data/shapes/val-*): a demo-length model is rarely confident (none of its scores reach
+PSEUDO_GT_SCORE), so its own detections make no ground truth. The random network's scores are
+spread over (0, 1) with no margin between its detections, so int8 rounding reorders them
+wholesale (measured dAP -0.26 for OpenVINO INT8, -0.9 for LiteRT INT8 here), which says
+nothing about the accuracy of a trained model's INT8 export (scores near 0 or 1, a margin
+between them).
 """
 import os
 
@@ -41,25 +42,38 @@ def val_images(shapes_dir):
   return [decode_example(s)["image"].numpy() for s in tf.data.TFRecordDataset(sorted(files))]
 
 
+def groundtruth_batch(sizes: list, boxes: list, classes: list, areas: list | None = None,
+                      is_crowd: list | None = None) -> dict:
+  """The eval-batch ground truth CocoEvaluator takes, from per-image (height, width), pixel
+  boxes [M, 4] and category ids [M] (areas from the boxes and no crowd unless given)."""
+  count = np.array([len(c) for c in classes])
+  width = max(int(count.max()), 1)
+  truth = {"source_ids": [str(i + 1) for i in range(len(sizes))],
+           "image_info": np.array([[list(size)] * 4 for size in sizes], np.float32),
+           "gt_boxes": np.zeros([len(sizes), width, 4], np.float32),
+           "gt_classes": np.zeros([len(sizes), width], np.int32),
+           "gt_areas": np.zeros([len(sizes), width], np.float32),
+           "gt_is_crowd": np.zeros([len(sizes), width], bool), "gt_count": count}
+  for i, n in enumerate(count):
+    b = np.asarray(boxes[i], np.float32).reshape([-1, 4])
+    truth["gt_boxes"][i, :n] = b
+    truth["gt_classes"][i, :n] = np.asarray(classes[i]) - 1  # 0-based as the evaluator
+    truth["gt_areas"][i, :n] = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) if areas is None
+                                else areas[i])
+    if is_crowd is not None:
+      truth["gt_is_crowd"][i, :n] = is_crowd[i]
+  return truth
+
+
 def annotated(pattern: str) -> tuple[list, dict]:
   """(uint8 images, their annotations as CocoEvaluator's eval-batch ground truth)."""
   files = sorted(tf.io.gfile.glob(pattern))
   examples = [decode_example(s) for s in tf.data.TFRecordDataset(files)]
-  width = max(max(len(e["classes"]) for e in examples), 1)
-  truth = {"source_ids": [str(i + 1) for i in range(len(examples))],
-           "image_info": np.array([[[int(e["height"]), int(e["width"])]] * 4 for e in examples],
-                                 np.float32),
-           "gt_boxes": np.zeros([len(examples), width, 4], np.float32),
-           "gt_classes": np.zeros([len(examples), width], np.int32),
-           "gt_areas": np.zeros([len(examples), width], np.float32),
-           "gt_is_crowd": np.zeros([len(examples), width], bool),
-           "gt_count": np.array([len(e["classes"]) for e in examples])}
-  for i, e in enumerate(examples):
-    n = len(e["classes"])
-    truth["gt_boxes"][i, :n] = e["boxes"]
-    truth["gt_classes"][i, :n] = e["classes"].numpy() - 1  # 0-based as the evaluator
-    truth["gt_areas"][i, :n] = e["areas"]
-    truth["gt_is_crowd"][i, :n] = e["is_crowd"]
+  truth = groundtruth_batch([(int(e["height"]), int(e["width"])) for e in examples],
+                            [e["boxes"].numpy() for e in examples],
+                            [e["classes"].numpy() for e in examples],
+                            [e["areas"].numpy() for e in examples],
+                            [e["is_crowd"].numpy() for e in examples])
   return [e["image"].numpy() for e in examples], truth
 
 
@@ -89,18 +103,9 @@ def ap_gaps(model_dir: str, paths: dict, images: list, groundtruth: dict | None 
 def pseudo_groundtruth(detections: dict, images: list) -> dict:
   """The eval-batch ground truth CocoEvaluator takes, from confident detections."""
   keep = detections["scores"] >= PSEUDO_GT_SCORE
-  count = keep.sum(1)
-  width = max(int(count.max()), 1)
-  boxes = np.zeros([len(images), width, 4], np.float32)
-  classes = np.zeros([len(images), width], np.int32)
-  for i in range(len(images)):
-    boxes[i, :count[i]] = detections["boxes"][i][keep[i]]
-    classes[i, :count[i]] = detections["classes"][i][keep[i]] - 1  # 0-based as the evaluator
-  areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-  info = np.stack([[image.shape[:2]] * 4 for image in images]).astype(np.float32)
-  return {"source_ids": [str(i + 1) for i in range(len(images))], "image_info": info,
-          "gt_boxes": boxes, "gt_classes": classes, "gt_areas": areas,
-          "gt_is_crowd": np.zeros_like(classes, bool), "gt_count": count}
+  return groundtruth_batch([image.shape[:2] for image in images],
+                           [detections["boxes"][i][keep[i]] for i in range(len(images))],
+                           [detections["classes"][i][keep[i]] for i in range(len(images))])
 
 
 def coco_ap(detections: dict, groundtruth: dict) -> float:

@@ -29,8 +29,8 @@ setuptools.setup(
     ],
     # test: tf-slim is a test-only oracle (its nets); ai-edge-litert, openvino and nncf so the
     # LiteRT and OpenVINO export tests run rather than skip (openvino: a 59 MB wheel).
-    extras_require={"test": ["pytest", "pytest-xdist", "tf-slim", "ai-edge-litert", "openvino",
-                             "nncf"],
+    extras_require={"test": ["pytest", "pytest-xdist", "pytest-timeout", "tf-slim",
+                             "ai-edge-litert", "openvino", "nncf"],
                     # LiteRT export (ai_edge_litert.interpreter; tf.lite.Interpreter is
                     # deprecated in TF 2.20)
                     "export": ["ai-edge-litert"],

@@ -1,10 +1,16 @@
 """Distribution and numerics: MirroredStrategy over two logical CPUs matches the default
-strategy; mixed precision keeps losses and detections float32; the XLA step compiles."""
+strategy; mixed precision keeps losses and detections float32; the XLA step compiles.
+
+The checks that need a fresh process run through `_run_together`: output to files, every
+process killed and reaped on a failure or timeout, output tails in the failure; the two
+workers' ports stay held from the moment they are picked (`_held_ports`)."""
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,12 +29,76 @@ from detlab.training.loop import Trainer
 MIRRORED_TOLERANCE = 1e-4
 
 
-def test_mirrored_two_replicas_match_the_default_strategy():
-  script = os.path.join(os.path.dirname(__file__), "mirrored_check.py")
-  result = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  figures = json.loads(result.stdout.strip().splitlines()[-1])
+@contextlib.contextmanager
+def _held_ports(count: int):
+  """Yields `count` free ports, each held by a bound socket until the block ends.
+
+  Binding, closing and handing out a port leaves a window in which another process can
+  take it. Here the port stays bound the whole time -- with SO_REUSEPORT and not listening --
+  so no other bind (port 0 picks, or one without SO_REUSEPORT) gets it, while the workers,
+  started with TF_GRPC_REUSE_PORT=1 (their gRPC server then sets SO_REUSEPORT too), bind it
+  beside ours. Connections go to listening sockets only: ours never receives one.
+  """
+  sockets = []
+  try:
+    for _ in range(count):
+      held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+      sockets.append(held)
+      held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+      held.bind(("127.0.0.1", 0))
+    yield [held.getsockname()[1] for held in sockets]
+  finally:
+    for held in sockets:
+      held.close()
+
+
+def _tail(path, chars: int = 2000) -> str:
+  return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def _run_together(commands: dict, tmp_path, timeout_s: float = 300) -> dict:
+  """Runs every command (name -> (argv, env)) at once, each writing stdout and stderr to its
+  own files (no pipe that a chatty process could fill and then block on), until all exit.
+  When one fails or `timeout_s` passes, every process still running is killed and reaped,
+  and the failure shows each one's status and output tails. Returns name -> stdout text."""
+  out = {name: tmp_path / f"{name}.stdout" for name in commands}
+  err = {name: tmp_path / f"{name}.stderr" for name in commands}
+  processes, killed = {}, set()
+  try:
+    for name, (argv, env) in commands.items():
+      with open(out[name], "w") as stdout, open(err[name], "w") as stderr:
+        processes[name] = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
+    deadline = time.monotonic() + timeout_s
+    while (any(p.poll() is None for p in processes.values()) and
+           all(p.poll() in (None, 0) for p in processes.values()) and  # none failed
+           time.monotonic() < deadline):
+      time.sleep(0.2)
+  finally:
+    for name, process in processes.items():
+      if process.poll() is None:
+        process.kill()
+        killed.add(name)
+      process.wait()
+  if killed or any(p.returncode != 0 for p in processes.values()):
+    status = {name: "killed" if name in killed else f"exit {p.returncode}"
+              for name, p in processes.items()}
+    report = "\n".join(f"--- {name} ({status[name]}) stdout:\n{_tail(out[name])}\n"
+                       f"--- {name} stderr:\n{_tail(err[name])}" for name in processes)
+    pytest.fail(f"{status} (killed: still running when another failed or after "
+                f"{timeout_s} s)\n{report}")
+  return {name: path.read_text() for name, path in out.items()}
+
+
+def _run_check(script: str, tmp_path) -> dict:
+  """One check script in a fresh process -> the JSON figures on its last stdout line."""
+  path = os.path.join(os.path.dirname(__file__), script)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  stdout = _run_together({"check": ([sys.executable, path], env)}, tmp_path)["check"]
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_two_replicas_match_the_default_strategy(tmp_path):
+  figures = _run_check("mirrored_check.py", tmp_path)
   print(figures)
   assert figures["max_update"] > 100 * MIRRORED_TOLERANCE  # the steps did change the weights
   assert figures["max_weight_diff"] < MIRRORED_TOLERANCE, figures
@@ -36,12 +106,8 @@ def test_mirrored_two_replicas_match_the_default_strategy():
   assert figures["loss_single"] == pytest.approx(figures["loss_mirrored"], rel=1e-4)
 
 
-def test_evaluation_detects_per_replica_under_mirrored_with_one_device_detections():
-  script = os.path.join(os.path.dirname(__file__), "mirrored_eval_check.py")
-  result = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  figures = json.loads(result.stdout.strip().splitlines()[-1])
+def test_evaluation_detects_per_replica_under_mirrored_with_one_device_detections(tmp_path):
+  figures = _run_check("mirrored_eval_check.py", tmp_path)
   print(figures)
   assert figures["replicas"] == [0, 1]  # the network ran inside strategy.run on both
   assert figures["shapes_equal"] and min(figures["num_detections"]) > 0
@@ -106,37 +172,23 @@ def test_jit_compiled_step_matches_the_plain_step(tiny_detector):
   assert decode_source_ids(bad.numpy()) == ["synthetic-0", "synthetic-1"]
 
 
-def _free_ports(count: int) -> list[int]:
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 # Two worker processes, one replica each; the same tolerance as the mirrored check.
 MULTI_WORKER_TOLERANCE = 1e-4
 
 
 def test_two_workers_end_identical_and_match_one_process_at_the_same_global_batch(tmp_path):
   script = os.path.join(os.path.dirname(__file__), "multi_worker_check.py")
-  workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  processes = []
-  for index in range(2):
-    config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-    processes.append(subprocess.Popen(
-        [sys.executable, script, str(tmp_path / f"worker{index}.npz")],
-        env=dict(env, TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True))
-  single = subprocess.run([sys.executable, script, str(tmp_path / "single.npz"), "--single"],
-                          env=env, capture_output=True, text=True, timeout=300)
-  outputs = [p.communicate(timeout=300) for p in processes]
-  for process, (_, err) in zip(processes, outputs):
-    assert process.returncode == 0, err[-3000:]
-  assert single.returncode == 0, single.stderr[-3000:]
+  commands = {"single": ([sys.executable, script, str(tmp_path / "single.npz"), "--single"],
+                         env)}
+  with _held_ports(2) as ports:
+    workers = [f"127.0.0.1:{port}" for port in ports]
+    for index in range(2):
+      config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+      commands[f"worker{index}"] = (
+          [sys.executable, script, str(tmp_path / f"worker{index}.npz")],
+          dict(env, TF_CONFIG=json.dumps(config), TF_GRPC_REUSE_PORT="1"))
+    _run_together(commands, tmp_path, timeout_s=300)
 
   runs = [np.load(tmp_path / name) for name in ("worker0.npz", "worker1.npz", "single.npz")]
   names = [k for k in runs[2].files if k.startswith(("weight_", "ema_"))]

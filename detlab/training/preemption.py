@@ -50,3 +50,9 @@ class PreemptionWatcher:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous.clear()
+
+
+def handler_installed(sig: int = signal.SIGTERM) -> bool:
+  """True while a PreemptionWatcher handles `sig` in this process. A test that signals its own
+  process waits for this first: sent earlier, SIGTERM takes its default action (exit)."""
+  return isinstance(getattr(signal.getsignal(sig), "__self__", None), PreemptionWatcher)

@@ -10,25 +10,65 @@ dead xdist worker that hung the run), though the file always passed on its own."
 import os
 import signal
 import threading
+import time
 
+import pytest
 import tensorflow as tf
 
 from detlab.tasks.detection import DetectionTask
+from detlab.training.preemption import handler_installed
+
+# How long a case waits for train() to install its SIGTERM handler before it fails (it takes
+# well under a second on an idle machine; generous for a loaded one).
+HANDLER_WAIT_S = 120.0
+
+
+@pytest.fixture(autouse=True)
+def stray_sigterms():
+  """While a case runs, SIGTERM outside detlab's handler is recorded, not fatal: a signal
+  that missed the handler fails the case instead of killing this pytest process."""
+  stray = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: stray.append(signum))
+  try:
+    yield stray
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert not stray, "SIGTERM arrived while detlab's handler was not installed"
 
 
 def _sigterm_at_first_detection(monkeypatch):
-  """A real SIGTERM to this process when the evaluation detects its first batch."""
+  """A real SIGTERM to this process when the evaluation detects its first batch (inside
+  train(), so after it installed its handler; checked, to fail clearly if not)."""
   detect = DetectionTask.detect_original_pixels
   calls = []
 
   def detect_then_signal(self, images, image_info, **kwargs):
     calls.append(1)
     if len(calls) == 1:
+      assert handler_installed(), "evaluation ran without detlab's SIGTERM handler"
       os.kill(os.getpid(), signal.SIGTERM)
     return detect(self, images, image_info, **kwargs)
 
   monkeypatch.setattr(DetectionTask, "detect_original_pixels", detect_then_signal)
   return calls
+
+
+def _sigterm_once_the_handler_is_installed() -> threading.Event:
+  """Starts a thread that sends SIGTERM to this process as soon as detlab's handler is in
+  place (polled every 10 ms, for at most HANDLER_WAIT_S); the event is set once it is sent."""
+  sent = threading.Event()
+
+  def wait_then_signal():
+    deadline = time.monotonic() + HANDLER_WAIT_S
+    while time.monotonic() < deadline:
+      if handler_installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        sent.set()
+        return
+      time.sleep(0.01)
+
+  threading.Thread(target=wait_then_signal, daemon=True).start()
+  return sent
 
 
 def test_sigterm_in_a_periodic_evaluation_saves_that_step_and_stops(run_train, tmp_path,
@@ -61,11 +101,12 @@ def test_sigterm_in_the_final_or_a_continuous_evaluation_and_a_rerun_finishes(
 
 def test_sigterm_while_waiting_for_a_checkpoint_stops_the_continuous_evaluation(
     run_train, tmp_path):
-  # No checkpoint will ever come; without the stop this would wait the whole 600 s timeout.
-  timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
-  timer.start()
-  try:
-    results = run_train(tmp_path, "eval", continuous=True, eval_timeout_s=600.0)
-  finally:
-    timer.cancel()
+  # No checkpoint will ever come; without the stop this would wait the whole timeout (longer
+  # than HANDLER_WAIT_S, so a handler that never came fails on `sent`, not on the wait).
+  sent = _sigterm_once_the_handler_is_installed()
+  start = time.monotonic()
+  results = run_train(tmp_path, "eval", continuous=True, eval_timeout_s=2 * HANDLER_WAIT_S)
+  waited = time.monotonic() - start
+  assert sent.is_set(), f"detlab's SIGTERM handler was not installed within {HANDLER_WAIT_S} s"
   assert results["preempted"] and "metrics" not in results
+  assert waited < 2 * HANDLER_WAIT_S, waited  # stopped by the signal, not by the timeout

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from detlab.training.preemption import PREEMPTED_EXIT_CODE
@@ -30,23 +31,40 @@ def _command(model_dir, shapes_dir, train_steps):
           [f"--gin_bindings={b}" for b in bindings])
 
 
+def _wait_for_line(process, log_path, pattern: str, timeout_s: float) -> None:
+  """Polls the process's log for `pattern`; fails, with the log's tail, when the process
+  exits first or `timeout_s` passes."""
+  deadline = time.monotonic() + timeout_s
+  while not re.search(pattern, log_path.read_text()):
+    if process.poll() is not None:
+      pytest.fail(f"train exited ({process.returncode}) before logging {pattern!r}:\n"
+                  f"{log_path.read_text()[-3000:]}")
+    if time.monotonic() > deadline:
+      pytest.fail(f"no {pattern!r} in the log after {timeout_s} s:\n"
+                  f"{log_path.read_text()[-3000:]}")
+    time.sleep(0.2)
+
+
 def test_sigterm_saves_exits_42_and_the_next_start_resumes(tmp_path, shapes_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  log = open(tmp_path / "log.txt", "w+")
-  process = subprocess.Popen(_command(tmp_path, shapes_dir, 1000), stdout=log,
-                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+  log_path = tmp_path / "log.txt"
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(_command(tmp_path, shapes_dir, 1000), stdout=log,
+                               stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
   try:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-      if re.search(r"train 3/1000 steps", (tmp_path / "log.txt").read_text()):
-        break
-      time.sleep(0.5)
-    assert process.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+    # train() installs its SIGTERM handler before it builds anything, so once steps are
+    # logged the signal is handled (and a checkpoint past the start one can be saved).
+    _wait_for_line(process, log_path, r"train 3/1000 steps", timeout_s=300)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == PREEMPTED_EXIT_CODE == 42
+    try:
+      code = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"no exit 120 s after SIGTERM:\n{log_path.read_text()[-3000:]}")
+    assert code == PREEMPTED_EXIT_CODE == 42, log_path.read_text()[-3000:]
   finally:
     if process.poll() is None:
       process.kill()
+      process.wait()
   output = (tmp_path / "log.txt").read_text()
   assert "stopped on SIGTERM; checkpoint saved" in output, output[-3000:]
   saved = int(tf.train.latest_checkpoint(str(tmp_path)).rsplit("-", 1)[1])

@@ -12,18 +12,28 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 CASES = os.path.join(os.path.dirname(__file__), "sigterm_eval_cases.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _text(output) -> str:
+  """TimeoutExpired's partial output: bytes (even under text=True), str or None."""
+  return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def test_sigterm_in_every_kind_of_evaluation_in_a_fresh_process(tmp_path):
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
-  result = subprocess.run(
-      [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider",
-       f"--basetemp={tmp_path / 'basetemp'}", f"--rootdir={ROOT}"],
-      capture_output=True, text=True, env=env, timeout=900,
-      cwd=ROOT)
+  command = [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider",
+             f"--basetemp={tmp_path / 'basetemp'}", f"--rootdir={ROOT}"]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900,
+                            cwd=ROOT)
+  except subprocess.TimeoutExpired as timeout:  # run() killed and reaped it
+    pytest.fail(f"the SIGTERM cases did not finish in {timeout.timeout} s; output tail:\n"
+                f"{_text(timeout.stdout)[-3000:]}\n{_text(timeout.stderr)[-3000:]}")
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-4000:]
   assert re.search(r"\b3 passed\b", output), output[-4000:]  # every case ran, none skipped

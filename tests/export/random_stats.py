@@ -1,10 +1,11 @@
 """Non-trivial BN statistics and biases for folding tests (a fresh BN is the identity up to
-epsilon, and a fresh bias is 0, so folding a fresh model proves little)."""
+epsilon, and a fresh bias is 0, so folding a fresh model proves little). Every caller passes
+its seed: the values never depend on what ran before."""
 import numpy as np
 import tf_keras as keras
 
 
-def randomize_batch_norms(model: keras.Model, seed: int = 0) -> None:
+def randomize_batch_norms(model: keras.Model, *, seed: int) -> None:
   rng = np.random.default_rng(seed)
   for layer in model.submodules:
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -17,7 +18,7 @@ def randomize_batch_norms(model: keras.Model, seed: int = 0) -> None:
         layer.beta.assign(rng.normal(0.0, 0.2, n))
 
 
-def randomize_biases(model: keras.Model, seed: int = 1) -> None:
+def randomize_biases(model: keras.Model, *, seed: int) -> None:
   rng = np.random.default_rng(seed)
   for layer in model.submodules:
     if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from detlab.data.tf_example import build_example
 from detlab.detection.postprocess import PostprocessConfig
@@ -16,6 +17,7 @@ from detlab.export import exporter, tflite
 from detlab.export.fold import fold_batch_norms
 from detlab.export.saved_model import DetectionServing
 from detlab.models.efficientdet import efficientdet
+from matching import match_top_detections  # pylint: disable=import-error
 from random_stats import randomize_batch_norms, randomize_biases  # pylint: disable=import-error
 from tiny_backbone import tiny_test_backbone  # pylint: disable=import-error
 
@@ -25,11 +27,11 @@ pytest.importorskip("openvino", reason="OpenVINO export needs pip install 'detla
 
 @pytest.fixture(scope="module")
 def serving():
-  tf.random.set_seed(0)
+  keras.utils.set_random_seed(0)
   model = efficientdet(tiny_test_backbone, num_classes=3, image_size=64, fpn_width=16,
                        fpn_cells=1, head_repeats=1, max_level=5)
-  randomize_batch_norms(model)
-  randomize_biases(model)  # scores spread around 0.5: detections to compare
+  randomize_batch_norms(model, seed=0)
+  randomize_biases(model, seed=1)  # scores spread around 0.5: detections to compare
   return DetectionServing(fold_batch_norms(model), PostprocessConfig(max_detections=20))
 
 
@@ -86,10 +88,13 @@ def test_int8_ir_is_quantised_from_tfrecords_and_close(serving, tmp_path):
   assert ops.count("FakeQuantize") >= convs > 0
   images = letterboxed_batch(2)
   got = openvino.OpenVinoDetector(path)(images)
-  want = tflite.lite_function(serving, 2)(images)
-  # The best detection's score: int8 moves the logits, not the top of the ranking wholesale.
-  np.testing.assert_allclose(got["detection_scores"][:, 0],
-                             want["detection_scores"].numpy()[:, 0], atol=0.05)
+  want = {k: v.numpy() for k, v in tflite.lite_function(serving, 2)(images).items()}
+  # Each image's 5 best float detections: found by INT8 with their class, IoU >= 0.9 and a
+  # close score (int8 moves the logits, not the top of the ranking wholesale; measured: IoU
+  # >= 0.92, scores within 0.003).
+  for image in range(2):
+    rows = match_top_detections(got, want, image, top=5, min_iou=0.9, score_atol=0.05)
+    assert all(matched for _, _, matched in rows), (image, rows)
 
 
 def test_missing_openvino_names_the_extra(monkeypatch):

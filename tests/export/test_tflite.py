@@ -5,6 +5,7 @@ folding of D0 itself is tested in test_fold.py."""
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, MINUS_ONE_TO_ONE
 from detlab.data.tf_example import build_example
@@ -13,6 +14,7 @@ from detlab.export import tflite
 from detlab.export.fold import fold_batch_norms
 from detlab.export.saved_model import DetectionServing
 from detlab.models.efficientdet import efficientdet
+from matching import match_top_detections  # pylint: disable=import-error
 from random_stats import randomize_batch_norms, randomize_biases  # pylint: disable=import-error
 from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=import-error
 
@@ -22,9 +24,11 @@ pytest.importorskip("ai_edge_litert", reason="LiteRT export needs pip install ai
 
 @pytest.fixture(scope="module")
 def serving():
+  keras.utils.set_random_seed(0)
   model = efficientdet(tiny_test_backbone, num_classes=3, image_size=128, fpn_width=16,
                        fpn_cells=1, head_repeats=1)
-  randomize_batch_norms(model)
+  randomize_batch_norms(model, seed=0)
+  randomize_biases(model, seed=1)  # scores spread around 0.5 instead of ties at the 0.01 prior
   return DetectionServing(fold_batch_norms(model), PostprocessConfig(max_detections=20))
 
 
@@ -52,10 +56,11 @@ def test_litert_follows_the_backbones_input_convention(tmp_path):
   normalises by it and the letterbox pads with its mean, so LiteRT detects as the serving TF
   model, whose parser normalises as evaluation does. With ImageNet mean/std hard-coded the
   inputs would differ by up to ~1.1 after normalisation."""
+  keras.utils.set_random_seed(0)
   model = efficientdet(tiny_test_backbone, num_classes=3, image_size=64, fpn_width=16,
                        fpn_cells=1, head_repeats=1, max_level=5)
-  randomize_batch_norms(model)
-  randomize_biases(model)  # scores spread around 0.5: detections to compare
+  randomize_batch_norms(model, seed=0)
+  randomize_biases(model, seed=1)  # scores spread around 0.5: detections to compare
   model.backbone.input_convention = MINUS_ONE_TO_ONE
   serving = DetectionServing(fold_batch_norms(model), PostprocessConfig(max_detections=20))
   assert serving.convention == MINUS_ONE_TO_ONE  # folding keeps the backbone's own
@@ -128,7 +133,10 @@ def test_int8_is_calibrated_from_tfrecords_and_really_integer(serving, letterbox
   assert {v["dtype"] for v in outputs.values()} == {np.float32}
   _, pixels, _ = letterboxed
   got = tflite.run_tflite(path, pixels)
-  want = tflite.lite_function(serving, 1)(tf.constant(pixels))
-  np.testing.assert_array_equal(got["num_detections"], want["num_detections"].numpy())
-  np.testing.assert_allclose(got["detection_scores"][0, :5],
-                             want["detection_scores"].numpy()[0, :5], atol=2e-3)
+  want = {k: v.numpy() for k, v in tflite.lite_function(serving, 1)(tf.constant(pixels)).items()}
+  np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+  # The float model's 2 best detections: each found by INT8 with its class, IoU >= 0.9 and a
+  # close score (measured: IoU >= 0.999, scores within 7e-4). Lower down, this random
+  # network's near-tied scores (0.5-0.6) reorder under int8 (see test_parity's doc).
+  rows = match_top_detections(got, want, 0, top=2, min_iou=0.9, score_atol=0.01)
+  assert all(matched for _, _, matched in rows), rows

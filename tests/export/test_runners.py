@@ -1,11 +1,19 @@
 """load_runner: every exported format and the model_dir detect alike, in original pixels.
 
 A tiny detector (the tests' tiny backbone, 64 px, levels 3-5) keeps export short; the export
-itself is tested in test_saved_model.py / test_tflite.py, this file tests what runs it."""
+itself is tested in test_saved_model.py / test_tflite.py, this file tests what runs it. The
+model_dir runner is checked against detections computed here from the model's raw network
+(normalise, aspect-preserving resize, bottom/right pad, the heads' outputs flattened level by
+level, detlab's postprocess, boxes / the per-axis resize scale), not against detlab.api.detect,
+which is what that runner calls."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from detlab import api
+from detlab.backbones import input_convention
+from detlab.backbones.conventions import IMAGENET_MEAN_STD
+from detlab.detection.postprocess import postprocess
 from detlab.export import runners
 from tiny_export import NAMES, openvino_ready  # pylint: disable=import-error
 
@@ -16,6 +24,11 @@ def pictures():
   return [rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
           rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
           rng.randint(0, 256, (50, 40, 3), dtype=np.uint8)]
+
+
+@pytest.fixture(scope="module")
+def model_dir_runner(tiny_model_dir):
+  return runners.load_runner(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +43,58 @@ def _assert_agree(got: dict, want: dict, box_atol: float, score_atol: float, top
   np.testing.assert_allclose(got["boxes"][:, :top], want["boxes"][:, :top], atol=box_atol)
 
 
-def test_model_dir_and_saved_model_runners_agree(tiny_model_dir, tiny_export, pictures,
-                                                 saved_model_detections):
-  """The model_dir runner is detlab.api.detect (unfolded); the SavedModel (folded) gives the
-  same detections to 1e-3 px, whether named as OUT or OUT/saved_model."""
-  model_dir_runner = runners.load_runner(str(tiny_model_dir))
-  assert isinstance(model_dir_runner, runners.ModelDirRunner)
-  got = model_dir_runner(pictures)
-  want = api.detect(model_dir_runner.model, pictures)
-  for key in want:
-    np.testing.assert_array_equal(got[key], want[key])
+def network_detections(model, image: np.ndarray) -> dict:
+  """One image's detections from the raw network, with the input contract written out here:
+  ImageNet mean/std, resize by min(S/h, S/w) to the rounded size (bilinear), zero pad at the
+  bottom/right (the mean colour), flatten each level's [h, w, A*K] / [h, w, A*4] outputs in
+  (y, x, anchor) order, postprocess, divide boxes by the per-axis scale, clip, class + 1."""
+  size = model.anchors.image_size
+  height, width = image.shape[:2]
+  mean, std = np.array(IMAGENET_MEAN_STD.mean), np.array(IMAGENET_MEAN_STD.std)
+  ratio = min(size / height, size / width)
+  resized = (round(height * ratio), round(width * ratio))
+  pixels = tf.image.resize(((image.astype(np.float32) - mean) / std)[None], resized)
+  pixels = tf.pad(pixels, [[0, 0], [0, size - resized[0]], [0, size - resized[1]], [0, 0]])
+  class_outputs, box_outputs = model(pixels, training=False)
+  levels = [str(l) for l in range(model.anchors.min_level, model.anchors.max_level + 1)]
+  logits = tf.concat([tf.reshape(class_outputs[l], [1, -1, model.num_classes]) for l in levels], 1)
+  deltas = tf.concat([tf.reshape(box_outputs[l], [1, -1, 4]) for l in levels], 1)
+  _, task = api.inference_setup(model)  # the model_dir's configured NMS
+  out = {k: v.numpy()[0] for k, v in postprocess(logits, deltas, model.anchors.boxes(), size,
+                                                 task.postprocess_config).items()}
+  scale = np.array([resized[0] / height, resized[1] / width] * 2)
+  count = int(out["num_detections"])
+  boxes = np.clip(out["boxes"] / scale, 0.0, [height, width, height, width])
+  valid = np.arange(len(boxes)) < count
+  return {"boxes": np.where(valid[:, None], boxes, 0.0), "scores": out["scores"],
+          "classes": np.where(valid, out["classes"] + 1, 0), "num_detections": count}
+
+
+def test_model_dir_runner_equals_the_network_with_the_input_contract(model_dir_runner, pictures):
+  """Resized pixels differ from the eval parser's by float rounding only, so scores agree to
+  1e-5; rows whose scores tie within that may come in either order."""
+  runner = model_dir_runner
+  assert isinstance(runner, runners.ModelDirRunner)
+  assert input_convention(runner.model, default=IMAGENET_MEAN_STD) == IMAGENET_MEAN_STD
+  got = runner(pictures)
   assert got["boxes"].shape == (3, 100, 4) and got["classes"].dtype == np.int32
+  for i, image in enumerate(pictures):
+    want = network_detections(runner.model, image)
+    assert got["num_detections"][i] == want["num_detections"] > 20
+    np.testing.assert_allclose(got["scores"][i], want["scores"], atol=1e-5)
+    for k in range(want["num_detections"]):
+      tied = np.flatnonzero(np.abs(want["scores"] - got["scores"][i, k]) <= 1e-5)
+      assert any(got["classes"][i, k] == want["classes"][j] and
+                 np.allclose(got["boxes"][i, k], want["boxes"][j], atol=1e-2) for j in tied), (
+                     f"image {i} row {k}: class {got['classes'][i, k]} box {got['boxes'][i, k]}"
+                     f" not among the network's rows {tied.tolist()} of that score")
+
+
+def test_model_dir_and_saved_model_runners_agree(model_dir_runner, tiny_export, pictures,
+                                                 saved_model_detections):
+  """The model_dir runner (unfolded) and the SavedModel (folded) give the same detections to
+  1e-3 px, whether named as OUT or OUT/saved_model."""
+  got = model_dir_runner(pictures)
   _assert_agree(saved_model_detections, got, box_atol=1e-3, score_atol=1e-5)
   out_runner = runners.load_runner(str(tiny_export))
   assert isinstance(out_runner, runners.SavedModelRunner)

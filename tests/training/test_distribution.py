@@ -56,18 +56,38 @@ def _tail(path, chars: int = 2000) -> str:
   return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-def _run_together(commands: dict, tmp_path, timeout_s: float = 300) -> dict:
+# Each child first runs this, then execs its command: Linux's PR_SET_PDEATHSIG makes the
+# kernel SIGKILL it when the test process dies, so a pytest that is itself killed (an outer
+# timeout, Ctrl-C twice) leaves no worker behind either; it runs before exec in a fresh,
+# single-threaded interpreter, not in a preexec_fn forked from TF's threads.
+_DIE_WITH_PARENT = ("import ctypes, os, signal, sys\n"
+                    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG\n"
+                    "if os.getppid() != int(sys.argv[1]):  # the parent died before prctl\n"
+                    "  sys.exit(1)\n"
+                    "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def _dying_with_this_process(argv: list) -> list:
+  if not sys.platform.startswith("linux"):
+    return argv
+  return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
+def _run_together(commands: dict, tmp_path, timeout_s: float = 600) -> dict:
   """Runs every command (name -> (argv, env)) at once, each writing stdout and stderr to its
   own files (no pipe that a chatty process could fill and then block on), until all exit.
   When one fails or `timeout_s` passes, every process still running is killed and reaped,
-  and the failure shows each one's status and output tails. Returns name -> stdout text."""
+  and the failure shows each one's status and output tails. Returns name -> stdout text.
+  The limit is generous: a check that takes about a minute took over 300 s on 2 cores with
+  a dozen busy processes beside it; it is there to end a hang, not to time the run."""
   out = {name: tmp_path / f"{name}.stdout" for name in commands}
   err = {name: tmp_path / f"{name}.stderr" for name in commands}
   processes, killed = {}, set()
   try:
     for name, (argv, env) in commands.items():
       with open(out[name], "w") as stdout, open(err[name], "w") as stderr:
-        processes[name] = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
+        processes[name] = subprocess.Popen(_dying_with_this_process(argv), env=env,
+                                           stdout=stdout, stderr=stderr)
     deadline = time.monotonic() + timeout_s
     while (any(p.poll() is None for p in processes.values()) and
            all(p.poll() in (None, 0) for p in processes.values()) and  # none failed
@@ -188,7 +208,7 @@ def test_two_workers_end_identical_and_match_one_process_at_the_same_global_batc
       commands[f"worker{index}"] = (
           [sys.executable, script, str(tmp_path / f"worker{index}.npz")],
           dict(env, TF_CONFIG=json.dumps(config), TF_GRPC_REUSE_PORT="1"))
-    _run_together(commands, tmp_path, timeout_s=300)
+    _run_together(commands, tmp_path)
 
   runs = [np.load(tmp_path / name) for name in ("worker0.npz", "worker1.npz", "single.npz")]
   names = [k for k in runs[2].files if k.startswith(("weight_", "ema_"))]

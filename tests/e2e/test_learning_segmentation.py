@@ -16,11 +16,13 @@ on the data set written by make_dataset(seed=D, num_train=256, num_val=32, seman
   D=0, T=1: mIoU 0.2427, pixel accuracy 0.788 (per class 0.839 0.066 0.184 0.118 0.006)
   D=1, T=2: mIoU 0.2456, pixel accuracy 0.799
   D=2, T=3: mIoU 0.2454, pixel accuracy 0.820
-The mIoU floor is the worst of them minus a margin of 0.03: 0.21, above all-background's
-0.154-0.162. The pixel-accuracy floor (worst minus 0.04: 0.75) only catches a gross break:
-a model that learned little still gets the background right. A broken build stays below the
-mIoU floor: training labels shifted by one shape class in the segmentation parser gives
-BROKEN.
+The mIoU floor is the worst of them minus a margin of 0.0127: 0.23 (the seeds agree within
+0.003; all-background scores 0.154-0.162). The pixel-accuracy floor (worst minus 0.04: 0.75) only catches a gross break:
+a model that learned little still gets the background right. A broken build falls below the
+mIoU floor: training labels shifted by one shape class in the segmentation parser give mIoU
+0.2135 (D=0, T=1; per class 0.833 0.000 0.104 0.077 0.054): the shapes are told apart only
+weakly at 64 px in 400 steps, so most of the mIoU is shape-vs-background, and the margin on
+either side is about 0.013.
 """
 import json
 import os
@@ -32,7 +34,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA_SEED, TRAIN_SEED = 0, 1
 NUM_TRAIN, NUM_VAL, STEPS = 256, 32, 400
-MIOU_FLOOR = 0.21  # the module doc's worst seed (0.2427) minus a margin of 0.03
+MIOU_FLOOR = 0.23  # the module doc's worst seed (0.2427) minus a margin of 0.0127
 PIXEL_ACCURACY_FLOOR = 0.75  # worst seed (0.788) minus 0.04
 TRAIN_BINDINGS = [
     "import tests.e2e.learning_backbone", "segmenter.backbone_fn = @small_test_convnet",

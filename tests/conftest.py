@@ -34,3 +34,38 @@ def shapes_dir(tmp_path_factory):
 def pytest_configure(config):
   # `python -m pytest tests -m "not slow"` skips the few tests that take a minute or more.
   config.addinivalue_line("markers", "slow: takes a minute or more on 2 cores")
+
+
+# Backbones built once per test process (each xdist worker), for tests that only read them.
+_BACKBONE_CACHE_MAX_PARAMS = 150_000_000  # ~0.6 GB of float32 weights held at most
+
+
+@pytest.fixture(scope="session")
+def built_backbone():
+  """The function (name, size=None) -> the registered backbone `name` from
+  `detlab.backbones.BACKBONES`, built with its builder's defaults (size: a static
+  (size, size, 3) input instead), memoised for the session of this process.
+
+  Only for tests that read the model: its layers, output structure, parameter count, or an
+  inference-mode call on inputs the test makes. A test that trains it, loads weights into it,
+  changes a layer or compares values that depend on its random initial weights builds its own.
+  The least recently used models are dropped once the cached ones hold more than
+  _BACKBONE_CACHE_MAX_PARAMS parameters.
+  """
+  import collections  # pylint: disable=import-outside-toplevel
+  from detlab.backbones import BACKBONES  # pylint: disable=import-outside-toplevel
+  cache = collections.OrderedDict()
+
+  def build(name: str, size: int | None = None):
+    key = (name, size)
+    if key in cache:
+      cache.move_to_end(key)
+      return cache[key]
+    kwargs = {} if size is None else {"input_shape": (size, size, 3)}
+    model = cache[key] = BACKBONES[name](**kwargs)
+    while len(cache) > 1 and sum(m.count_params() for m in cache.values()) > (
+        _BACKBONE_CACHE_MAX_PARAMS):
+      cache.popitem(last=False)
+    return model
+
+  return build

@@ -18,8 +18,8 @@ import tensorflow as tf
 from detlab.tasks.detection import DetectionTask
 from detlab.training.preemption import handler_installed
 
-# How long a case waits for train() to install its SIGTERM handler before it fails (it takes
-# well under a second on an idle machine; generous for a loaded one).
+# How long a case waits for train() to install its SIGTERM handler before it fails: train()
+# does that before it builds anything, so this only bounds a loaded machine's delay.
 HANDLER_WAIT_S = 120.0
 
 

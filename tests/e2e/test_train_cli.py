@@ -1,6 +1,7 @@
 """`python -m detlab.train` end to end on the built-in data set (tiny and short)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -31,6 +32,15 @@ def trained(tmp_path_factory, shapes_dir):
   result = _run(model_dir, shapes_dir, "Schedule.train_steps=4", "Schedule.eval_every_steps=2")
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
+
+
+@pytest.fixture
+def own_copy(trained, tmp_path):
+  """A copy of the trained model_dir for a test that writes to it (a resumed run adds
+  ckpt-6, an evaluation adds events), so no other test sees what it wrote, whatever the
+  order."""
+  model_dir, _ = trained
+  return shutil.copytree(model_dir, tmp_path / "run")
 
 
 def test_train_and_eval_leaves_everything_a_user_needs(trained):
@@ -69,16 +79,16 @@ def test_tensorboard_has_losses_lr_gradient_norm_coco_metrics_and_detection_imag
   assert {"coco/AP", "coco/AP50", "detections"} <= _tags(model_dir / "eval")
 
 
-def test_a_second_start_resumes_from_the_latest_checkpoint(trained, shapes_dir):
-  model_dir, _ = trained
+def test_a_second_start_resumes_from_the_latest_checkpoint(own_copy, shapes_dir):
+  model_dir = own_copy
   result = _run(model_dir, shapes_dir, "Schedule.train_steps=6", mode="train")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resuming at step 4 of 6" in result.stderr
   assert "ckpt-6.index" in os.listdir(model_dir)
 
 
-def test_a_checkpoint_of_another_model_is_refused_with_the_differences(trained, shapes_dir):
-  model_dir, _ = trained
+def test_a_checkpoint_of_another_model_is_refused_with_the_differences(own_copy, shapes_dir):
+  model_dir = own_copy
   result = _run(model_dir, shapes_dir, "NUM_CLASSES=5", mode="eval")
   assert result.returncode != 0
   assert "does not fit this model" in result.stderr
@@ -86,8 +96,8 @@ def test_a_checkpoint_of_another_model_is_refused_with_the_differences(trained, 
          "[1, 1, 64, 45]" in result.stderr
 
 
-def test_continuous_eval_evaluates_the_checkpoints_until_the_last_step(trained, shapes_dir):
-  model_dir, _ = trained
+def test_continuous_eval_evaluates_the_checkpoints_until_the_last_step(own_copy, shapes_dir):
+  model_dir = own_copy
   result = _run(model_dir, shapes_dir, "Schedule.train_steps=4", "EmaConfig.evaluate_average=False",
                 mode="eval", extra_flags=("--continuous", "--eval_timeout=5"))
   assert result.returncode == 0, result.stderr[-3000:]

@@ -37,7 +37,7 @@ def pytest_configure(config):
 
 
 # Backbones built once per test process (each xdist worker), for tests that only read them.
-_BACKBONE_CACHE_MAX_PARAMS = 150_000_000  # ~0.6 GB of float32 weights held at most
+_BACKBONE_CACHE_MAX_PARAMS = 80_000_000  # ~0.3 GB of float32 weights held at most
 
 
 @pytest.fixture(scope="session")

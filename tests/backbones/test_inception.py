@@ -1,5 +1,6 @@
 """Inception v1 (GoogLeNet), v2 (BN-Inception), v3 and v4: parameter counts against their
-sources, aux heads (training only), keras weight import (v3), feature channels per level.
+sources, aux heads (training only), keras weight import (v3); feature channels per level in
+test_contract.py.
 
 Counts are keras `count_params()` of the inference classifier (1000 classes, aux heads
 excluded): kernels, biases, BN beta/gamma and BN moving mean/variance.
@@ -133,11 +134,5 @@ def test_v4_params_and_aux_head() -> None:
 
 
 # ----------------------------------------------------------------------------- features
-@pytest.mark.parametrize("builder, channels", [
-    (inception_v1.inception_v1, {2: 192, 3: 480, 4: 832, 5: 1024}),
-    (inception_v2.inception_v2, {2: 192, 3: 320, 4: 576, 5: 1024}),
-    (inception_v3.inception_v3, {2: 192, 3: 288, 4: 768, 5: 2048}),
-    (inception_v4.inception_v4, {2: 192, 3: 384, 4: 1024, 5: 1536}),
-], ids=["v1", "v2", "v3", "v4"])
-def test_feature_levels_and_channels(builder, channels, check_feature_levels) -> None:
-  check_feature_levels(builder, channels)
+# Feature levels and channels of v1-v4 (include_top=False): tests/backbones/test_contract.py,
+# which builds every registered backbone once.

@@ -1,5 +1,5 @@
 """Inception-ResNet v1 and v2: parameter counts, keras weight import (v2), aux head (v2),
-residual structure, feature channels per level."""
+residual structure, v1 feature channels with custom scales (v2: test_contract.py)."""
 import functools
 
 import numpy as np
@@ -93,10 +93,7 @@ def test_v1_params_from_paper_figures() -> None:
   assert not isinstance(model, AuxLogitsClassifier)  # v1: no aux head (none published)
 
 
-def test_v2_feature_levels_and_channels(check_feature_levels) -> None:
-  check_feature_levels(inception_resnet.inception_resnet_v2, {2: 192, 3: 320, 4: 1088, 5: 1536})
-
-
+# v2's feature levels and channels (its builder's defaults): tests/backbones/test_contract.py.
 def test_v1_feature_levels_channels_and_configurable_scales(check_feature_levels) -> None:
   model = check_feature_levels(
       functools.partial(inception_resnet.inception_resnet_v1, residual_scales=(0.3, 0.25, 0.1)),

@@ -1,4 +1,4 @@
-"""Every gin file parses; names resolve; D0 through gin is the paper's D0."""
+"""Every gin file parses; names resolve; D0's gin file binds the paper's D0."""
 import gin
 import pytest
 
@@ -52,13 +52,13 @@ def test_unknown_gin_name_lists_the_available_files():
   assert "efficientdet_d0_shapes.gin" in str(error.value)
 
 
-def test_d0_gin_builds_the_reference_d0():
+def test_d0_gin_binds_the_reference_d0():
+  # The model it builds (the reference's 3,927,203 parameters and 2.549 G multiply-adds at
+  # 512) is checked in tests/models/test_efficientdet_scaling.py, D1-D7x's counts too.
   config.parse_gin(["efficientdet_d0.gin"], ["IMAGE_SIZE = 128"])
   assert gin.query_parameter("efficientdet.fpn_width") == 64
   assert gin.query_parameter("efficientdet.fpn_cells") == 3
   assert gin.query_parameter("DetectionLoss.gamma") == 1.5
-  model = gin.query_parameter("train.model_fn").scoped_configurable_fn()
-  assert model.count_params() == 3_927_203
 
 
 def test_a_misspelt_backbone_names_the_registered_ones():

@@ -1,5 +1,5 @@
 """Xception: parameter count and keras weight import (model and .h5 file, classifier and
-feature extractor), layer layout, feature channels per level."""
+feature extractor), layer layout (feature channels per level: test_contract.py)."""
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -58,8 +58,8 @@ def test_feature_extractor_takes_keras_notop_weights(randomize_keras_model) -> N
   assert np.max(np.abs(got - expected)) <= 1e-4
 
 
-def test_separable_convs_and_bn_after_every_conv() -> None:
-  model = xception.xception(include_top=False)
+def test_separable_convs_and_bn_after_every_conv(built_backbone) -> None:
+  model = built_backbone("xception")  # = xception.xception(include_top=False), read only
   convs = [l for l in model.layers
            if isinstance(l, (keras.layers.Conv2D, keras.layers.SeparableConv2D))]
   assert len([c for c in convs if isinstance(c, keras.layers.SeparableConv2D)]) == 34
@@ -71,5 +71,4 @@ def test_separable_convs_and_bn_after_every_conv() -> None:
     assert consumers == ["BatchNormalization"], conv.name
 
 
-def test_feature_levels_and_channels(check_feature_levels) -> None:
-  check_feature_levels(xception.xception, {2: 128, 3: 256, 4: 728, 5: 2048})
+# Feature levels and channels (include_top=False): tests/backbones/test_contract.py.

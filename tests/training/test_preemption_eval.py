@@ -29,7 +29,8 @@ def test_sigterm_in_every_kind_of_evaluation_in_a_fresh_process(tmp_path):
   command = [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider",
              f"--basetemp={tmp_path / 'basetemp'}", f"--rootdir={ROOT}"]
   try:
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900,
+    # Under the suite's 900 s per-test limit, so this clearer failure comes first.
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=840,
                             cwd=ROOT)
   except subprocess.TimeoutExpired as timeout:  # run() killed and reaped it
     pytest.fail(f"the SIGTERM cases did not finish in {timeout.timeout} s; output tail:\n"

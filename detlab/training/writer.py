@@ -8,10 +8,16 @@ remove at the end. The chief is task "chief", or worker 0 when the cluster has n
 Two training processes on one model_dir (a second `detlab.train`, a copy-pasted command)
 would overwrite each other's checkpoints: the writer holds `model_dir/writer.lock` (host,
 pid, start and a heartbeat rewritten every `HEARTBEAT_S`); a second process refuses to start
-and names the holder. A lock is stale, and taken over, when its process is gone (same host)
-or its heartbeat is older than `STALE_AFTER_S` (another host: a preempted pod cannot clean
-up after SIGKILL). A file system without atomic create (gs://) makes this best-effort: the
-lock is written, then read back after a moment to see who won.
+and names the holder. A lock is stale, and taken over with a warning, when
+  - its heartbeat is older than `STALE_AFTER_S` (any host: a preempted pod cannot clean up
+    after SIGKILL, and on this host its pid may since belong to an unrelated process);
+  - it was written on this host in an earlier boot (its boot id is not this kernel's);
+  - its pid is this process's own but no lock of this process holds it: a restarted container
+    keeps its hostname and often its pid (1, or the same entrypoint's), and no other live
+    process can hold this pid now (a second lock taken in one process is still refused);
+  - its process is gone (this host).
+A file system without atomic create (gs://) makes this best-effort: the lock is written,
+then read back after a moment to see who won.
 """
 import json
 import os
@@ -26,6 +32,7 @@ import tensorflow as tf
 LOCK_FILE = "writer.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
+_HELD_HERE = set()  # tokens of the locks this process holds now
 
 
 class ModelDirLockedError(RuntimeError):
@@ -49,6 +56,15 @@ def write_dir(model_dir: str, strategy) -> str:
   return model_dir if chief else os.path.join(model_dir, f"workertemp_{task_id}")
 
 
+def boot_id() -> str | None:
+  """This kernel's boot id (Linux; None elsewhere): it changes with every boot of the host."""
+  try:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+      return f.read().strip()
+  except OSError:
+    return None
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -65,7 +81,7 @@ class ModelDirLock:
   def __init__(self, model_dir: str, settle_s: float = 0.2):
     self.path = os.path.join(model_dir, LOCK_FILE)
     self.settle_s = settle_s
-    self.record = {"host": socket.gethostname(), "pid": os.getpid(),
+    self.record = {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id(),
                    "token": uuid.uuid4().hex, "started": time.time()}
     self._stop = threading.Event()
     self._thread = None
@@ -85,10 +101,24 @@ class ModelDirLock:
       json.dump(dict(self.record, heartbeat=time.time()), f)
     tf.io.gfile.rename(temporary, self.path, overwrite=True)
 
-  def _holder_is_live(self, holder: dict) -> bool:
-    if holder.get("host") == self.record["host"]:
-      return _alive(int(holder.get("pid", -1)))
-    return time.time() - float(holder.get("heartbeat", 0)) < STALE_AFTER_S
+  def _stale_because(self, holder: dict) -> str | None:
+    """Why the holder's lock is stale (see the module doc), or None while it is live."""
+    age = time.time() - float(holder.get("heartbeat", 0))
+    if age >= STALE_AFTER_S:
+      return f"its heartbeat is {age:.0f} s old (stale after {STALE_AFTER_S:.0f} s)"
+    if holder.get("host") != self.record["host"]:
+      return None
+    if holder.get("boot_id") and self.record["boot_id"] and (
+        holder["boot_id"] != self.record["boot_id"]):
+      return "it was written before this host last booted"
+    pid = int(holder.get("pid", -1))
+    if pid == self.record["pid"]:
+      if holder.get("token") in _HELD_HERE:
+        return None
+      return "its pid is this process's own, which holds no such lock (a restarted container)"
+    if not _alive(pid):
+      return "its process is gone"
+    return None
 
   def _refuse(self, holder: dict) -> None:
     raise ModelDirLockedError(
@@ -101,16 +131,18 @@ class ModelDirLock:
   def __enter__(self) -> "ModelDirLock":
     holder = self._read()
     if holder is not None and holder.get("token") != self.record["token"]:
-      if self._holder_is_live(holder):
+      reason = self._stale_because(holder)
+      if reason is None:
         self._refuse(holder)
-      logging.warning("Taking over the stale lock %s of pid %s on %s.", self.path,
-                      holder.get("pid"), holder.get("host"))
+      logging.warning("Taking over the stale lock %s of pid %s on %s: %s.", self.path,
+                      holder.get("pid"), holder.get("host"), reason)
     tf.io.gfile.makedirs(os.path.dirname(self.path))
     self._write()
     time.sleep(self.settle_s)  # two starting at once: the last write wins, the other sees it
     holder = self._read()
     if holder is None or holder.get("token") != self.record["token"]:
       self._refuse(holder or {})
+    _HELD_HERE.add(self.record["token"])
     self._thread = threading.Thread(target=self._beat, daemon=True, name="model-dir-lock")
     self._thread.start()
     return self
@@ -123,6 +155,7 @@ class ModelDirLock:
         logging.warning("Could not refresh %s: %s", self.path, error.message)
 
   def __exit__(self, *exc) -> None:
+    _HELD_HERE.discard(self.record["token"])
     self._stop.set()
     if self._thread is not None:
       self._thread.join()

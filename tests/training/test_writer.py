@@ -15,9 +15,11 @@ from detlab.training import experiment, writer
 from detlab.training.writer import LOCK_FILE, ModelDirLock, ModelDirLockedError
 
 
-def _lock_of(tmp_path, pid: int, host: str = socket.gethostname(), age_s: float = 0.0):
+def _lock_of(tmp_path, pid: int, host: str = socket.gethostname(), age_s: float = 0.0,
+             boot: str | None = writer.boot_id()):
   (tmp_path / LOCK_FILE).write_text(json.dumps(
-      {"host": host, "pid": pid, "token": "other", "heartbeat": time.time() - age_s}))
+      {"host": host, "pid": pid, "boot_id": boot, "token": "other",
+       "heartbeat": time.time() - age_s}))
 
 
 def _live_pid(request) -> int:
@@ -42,29 +44,55 @@ def test_a_second_writer_is_refused_naming_the_first_and_the_lock_is_released(tm
   assert not (tmp_path / LOCK_FILE).exists()
 
 
-def test_a_live_process_on_this_host_keeps_its_lock(tmp_path, request):
+def test_a_live_process_on_this_host_with_a_fresh_heartbeat_keeps_its_lock(tmp_path, request):
   pid = _live_pid(request)
-  _lock_of(tmp_path, pid, age_s=10 * writer.STALE_AFTER_S)  # old heartbeat, but alive here
+  _lock_of(tmp_path, pid, age_s=0.5 * writer.STALE_AFTER_S)
   with pytest.raises(ModelDirLockedError, match=f"pid {pid}"):
     ModelDirLock(str(tmp_path), settle_s=0).__enter__()
 
 
-@pytest.mark.parametrize("holder", ["dead_pid_here", "old_heartbeat_elsewhere"])
-def test_a_stale_lock_is_taken_over(tmp_path, caplog, holder):
+@pytest.mark.parametrize("holder, reason", [
+    ("dead_pid_here", "its process is gone"),
+    ("old_heartbeat_elsewhere", "heartbeat is"),
+    # A restarted container: same host name, the new process got the old one's pid.
+    ("own_pid_here", "this process's own"),
+    # An unrelated live process that reused the pid; the heartbeat stopped long ago.
+    ("live_pid_old_heartbeat_here", "heartbeat is"),
+    ("earlier_boot_here", "before this host last booted")])
+def test_a_stale_lock_is_taken_over(tmp_path, caplog, request, holder, reason):
   if holder == "dead_pid_here":
     _lock_of(tmp_path, _dead_pid())
-  else:
+  elif holder == "old_heartbeat_elsewhere":
     _lock_of(tmp_path, 1, host="another-host", age_s=2 * writer.STALE_AFTER_S)
+  elif holder == "own_pid_here":
+    _lock_of(tmp_path, os.getpid(), age_s=5.0)
+  elif holder == "live_pid_old_heartbeat_here":
+    _lock_of(tmp_path, _live_pid(request), age_s=10 * writer.STALE_AFTER_S)
+  else:
+    if writer.boot_id() is None:
+      pytest.skip("no /proc/sys/kernel/random/boot_id on this system")
+    _lock_of(tmp_path, _live_pid(request), age_s=5.0, boot="an-earlier-boot")
   with caplog.at_level(logging.WARNING):
     with ModelDirLock(str(tmp_path), settle_s=0):
       assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-  assert "Taking over the stale lock" in caplog.text
+  assert "Taking over the stale lock" in caplog.text and reason in caplog.text
 
 
 def test_a_fresh_lock_of_another_host_is_refused(tmp_path):
   _lock_of(tmp_path, 1234, host="another-host", age_s=5.0)
   with pytest.raises(ModelDirLockedError, match="pid 1234 on host another-host"):
     ModelDirLock(str(tmp_path), settle_s=0).__enter__()
+
+
+def test_train_in_a_restarted_container_takes_over_its_own_lock(run_train, tmp_path, caplog):
+  """The container came back with the same host name and pid (1 in most images) and finds
+  the lock its previous life left (SIGKILL leaves it): a restart must not refuse itself."""
+  _lock_of(tmp_path, os.getpid(), age_s=5.0)
+  with caplog.at_level(logging.WARNING):
+    run_train(tmp_path, "train", "Schedule.train_steps = 2")
+  assert "this process's own" in caplog.text
+  assert tf.io.gfile.exists(str(tmp_path / "ckpt-2.index"))
+  assert not (tmp_path / LOCK_FILE).exists()  # released at the end
 
 
 def test_train_refuses_a_model_dir_with_a_live_writer(run_train, tmp_path, request):

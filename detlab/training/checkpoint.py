@@ -23,6 +23,7 @@ over existing checkpoints; the state is rewritten to name what was restored.
 unreadable or stale (another model whose checkpoints are gone).
 """
 import json
+import math
 import os
 import re
 
@@ -253,7 +254,11 @@ class BestCheckpoint:
   def update(self, step: int, metrics: dict) -> bool:
     """Saves if `metrics[metric]` beats the best so far; returns whether it did."""
     value = float(metrics[self.metric])
-    if self.best is not None and value <= self.best:
+    if not math.isfinite(value):  # a diverged evaluation never becomes the best
+      logging.warning("Best checkpoint: %s is %s at step %d; not a candidate.", self.metric,
+                      value, step)
+      return False
+    if self.best is not None and math.isfinite(self.best) and value <= self.best:
       return False
     self.best = value
     path = self.manager.save(checkpoint_number=step)

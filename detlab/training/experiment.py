@@ -52,6 +52,19 @@ class Schedule:
   checkpoint_every_steps: int = 2000
   eval_every_steps: int = 0           # train_and_eval: also evaluate every N steps (0: at end)
 
+  def __post_init__(self):
+    # Caught here, at gin parse time, instead of as a ZeroDivisionError steps later.
+    for name in ("batch_size", "num_train_images", "steps_per_loop", "log_every_steps",
+                 "checkpoint_every_steps"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"Schedule.{name} must be at least 1, got {getattr(self, name)}.")
+    if self.eval_every_steps < 0:
+      raise ValueError("Schedule.eval_every_steps must be >= 0 (0: evaluate at the end only), "
+                       f"got {self.eval_every_steps}.")
+    if self.train_steps is None and not self.epochs > 0:
+      raise ValueError(f"Schedule.epochs must be > 0 (or set Schedule.train_steps), got "
+                       f"{self.epochs}.")
+
   @property
   def total_steps(self) -> int:
     if self.train_steps:

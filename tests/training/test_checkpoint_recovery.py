@@ -148,3 +148,15 @@ def test_best_checkpoint_keeps_only_improvements(tmp_path):
   assert best.update(30, {"AP": 0.3})
   assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith("ckpt-30")
   assert BestCheckpoint(str(tmp_path), model=model).best == pytest.approx(0.3)  # re-read
+
+
+def test_a_nan_metric_never_becomes_the_best(tmp_path):
+  """A diverged evaluation (NaN AP) must neither replace the best nor stay best forever."""
+  model = keras.Sequential([keras.Input([4]), keras.layers.Dense(2)])
+  best = BestCheckpoint(str(tmp_path), model=model)
+  assert not best.update(10, {"AP": float("nan")})
+  assert best.update(20, {"AP": 0.2})
+  assert not best.update(30, {"AP": float("nan")}) and not best.update(40, {"AP": float("inf")})
+  assert best.best == pytest.approx(0.2)
+  assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith("ckpt-20")
+  assert best.update(50, {"AP": 0.25})

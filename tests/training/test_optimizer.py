@@ -30,3 +30,12 @@ def test_recipe_gin_keeps_the_reference_warmup_init() -> None:
   finally:
     gin.clear_config()
   assert recipe.warmup_learning_rate == 0.008 and recipe.learning_rate_per_64 == 0.08
+
+
+@pytest.mark.parametrize("field", ["checkpoint_every_steps", "steps_per_loop",
+                                   "log_every_steps", "batch_size"])
+def test_a_schedule_with_a_zero_interval_is_refused_when_configured(field):
+  """checkpoint_every_steps = 0 used to pass and fail later with ZeroDivisionError."""
+  from detlab.training.experiment import Schedule  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=f"Schedule.{field} must be at least 1"):
+    Schedule(**{field: 0})

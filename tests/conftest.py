@@ -69,3 +69,24 @@ def built_backbone():
     return model
 
   return build
+
+
+# Files of a minute or more (measured in a full `-n 2 --dist loadfile` run), started first:
+# xdist hands whole files to whichever worker is free, so one of these left to the end would
+# run alone while the other worker idles (longest-first keeps both busy to the end).
+HEAVY_FILES_FIRST = (
+    "tests/e2e/test_learning_detection.py", "tests/e2e/test_train_cli.py",
+    "tests/training/test_distribution.py", "tests/layers/test_functional.py",
+    "tests/e2e/test_learning_joint.py", "tests/export/test_saved_model.py",
+    "tests/data_tools/test_convert_automl_checkpoint.py", "tests/test_benchmark.py",
+    "tests/training/test_preemption_eval.py", "tests/e2e/test_learning_segmentation.py")
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  rank = {name: i for i, name in enumerate(HEAVY_FILES_FIRST)}
+  root = str(config.rootpath)
+
+  def file_rank(item) -> int:
+    path = os.path.relpath(str(item.path), root).replace(os.sep, "/")
+    return rank.get(path, len(rank))
+  items.sort(key=file_rank)  # stable: the order within a file and among the rest is kept

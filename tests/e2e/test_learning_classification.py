@@ -18,15 +18,13 @@ stays far below it: training labels shifted by one class in the classification p
 (label + 1 mod 10) gives top-1 0.115 (D=0, T=1).
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import e2e_cli  # pylint: disable=import-error  (tests/e2e/e2e_cli.py)
+
 DATA_SEED, TRAIN_SEED = 0, 1
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE, STEPS = 1000, 200, 32, 600
 TOP1_FLOOR = 0.25  # the module doc's worst seed (0.35) minus a margin of 0.10
@@ -55,12 +53,7 @@ def classifier_run(tmp_path_factory, classification_dir):
   d = classification_dir
   bindings = [f"TRAIN_FILE_PATTERN='{d}/train-*'", f"EVAL_FILE_PATTERN='{d}/val-*'",
               f"ClassificationTask.label_map_file='{d}/label_map.json'"] + TRAIN_BINDINGS
-  args = [sys.executable, "-m", "detlab.train",
-          "--gin_file=classification_efficientnet_b0_demo.gin", f"--model_dir={model_dir}"]
-  args += [f"--gin_bindings={b}" for b in bindings]
-  result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = e2e_cli.train("classification_efficientnet_b0_demo.gin", model_dir, bindings)
   return model_dir, result
 
 

@@ -35,8 +35,6 @@ its score cut (0 vs the evaluator's 0.001).
 """
 import json
 import os
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
@@ -44,7 +42,8 @@ import tensorflow as tf
 
 from detlab.data.tf_example import decode_example
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import e2e_cli  # pylint: disable=import-error  (tests/e2e/e2e_cli.py)
+
 DATA_SEED, TRAIN_SEED = 0, 1
 NUM_TRAIN, NUM_VAL = 480, 48
 AP50_FLOOR = 0.14  # worst seed 0.161 - margin 0.02 (module doc)
@@ -60,15 +59,6 @@ INFER_TOLERANCE = 0.005  # model_dir through infer vs metrics.json (module doc)
 FORMAT_TOLERANCE = 0.02  # each exported format vs the model_dir, both through infer
 
 
-def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-  """`python -m module args` from the repo root (so gin can import tests.training.*)."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, f"{module} failed:\n{result.stderr[-3000:]}"
-  return result
-
-
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory) -> dict:
   """The data set and the model_dir of one training run (see the module doc)."""
@@ -80,8 +70,7 @@ def gate(tmp_path_factory) -> dict:
   paths = [f"TRAIN_FILE_PATTERN = '{data}/train-*'", f"EVAL_FILE_PATTERN = '{data}/val-*'",
            f"train.label_map_file = '{data}/label_map.json'",
            f"train.annotation_file = '{data}/val_annotations.json'"]
-  _cli("detlab.train", "--gin_file=efficientdet_d0_shapes.gin", f"--model_dir={model_dir}",
-       *[f"--gin_bindings={b}" for b in paths + TRAIN_BINDINGS])
+  e2e_cli.train("efficientdet_d0_shapes.gin", model_dir, paths + TRAIN_BINDINGS)
   metrics = json.loads((model_dir / "metrics.json").read_text())
   return {"root": root, "data": data, "model_dir": model_dir, "metrics": metrics}
 
@@ -125,16 +114,16 @@ def served(gate) -> dict:
     Image.fromarray(example["image"].numpy()).save(images / f"{image_id}.png")
   assert len(os.listdir(images)) == NUM_VAL
   export = root / "export"
-  _cli("detlab.export", f"--model_dir={gate['model_dir']}", f"--output_dir={export}",
-       "--formats=saved_model,tflite_int8", "--calibration_steps=16",
-       f"--calibration_file_pattern={data}/train-*")
+  e2e_cli.run_module("detlab.export", f"--model_dir={gate['model_dir']}",
+                     f"--output_dir={export}", "--formats=saved_model,tflite_int8",
+                     "--calibration_steps=16", f"--calibration_file_pattern={data}/train-*")
   models = {"tf": gate["model_dir"], "saved_model": export / "saved_model",
             "tflite_int8": export / "model_int8.tflite"}
   ap50 = {}
   for name, model in models.items():
     out = root / f"infer_{name}"
-    _cli("detlab.infer", f"--model={model}", f"--images={images}/*.png", f"--output_dir={out}",
-         "--score_threshold=0")
+    e2e_cli.run_module("detlab.infer", f"--model={model}", f"--images={images}/*.png",
+                       f"--output_dir={out}", "--score_threshold=0")
     ap50[name] = coco_ap50(str(out / "detections.json"), str(data / "val_annotations.json"))
   print("AP50 through infer:", ap50, "metrics.json:", gate["metrics"]["metrics"]["AP50"])
   return ap50

@@ -25,13 +25,12 @@ gate guards localisation and the segmentation labels, not the detection class or
 """
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import e2e_cli  # pylint: disable=import-error  (tests/e2e/e2e_cli.py)
+
 DATA_SEED, TRAIN_SEED = 0, 1
 NUM_TRAIN, NUM_VAL, STEPS = 256, 32, 400
 AP50_FLOOR, AP_FLOOR, MIOU_FLOOR = 0.07, 0.03, 0.215  # worst seeds minus the margins
@@ -67,12 +66,7 @@ def joint_run(tmp_path_factory):
   bindings = [f"TRAIN_FILE_PATTERN='{d}/train-*'", f"EVAL_FILE_PATTERN='{d}/val-*'",
               f"JointTask.label_map_file='{d}/label_map.json'",
               f"JointTask.annotation_file='{d}/val_annotations.json'"]
-  args = [sys.executable, "-m", "detlab.train", "--gin_file=joint_d0_shapes.gin",
-          f"--model_dir={model_dir}"]
-  args += [f"--gin_bindings={b}" for b in bindings + TRAIN_BINDINGS]
-  result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = e2e_cli.train("joint_d0_shapes.gin", model_dir, bindings + TRAIN_BINDINGS)
   return model_dir, json.loads((model_dir / "metrics.json").read_text()), result
 
 

@@ -17,21 +17,19 @@ on the data set written by make_dataset(seed=D, num_train=256, num_val=32, seman
   D=1, T=2: mIoU 0.2456, pixel accuracy 0.799
   D=2, T=3: mIoU 0.2454, pixel accuracy 0.820
 The mIoU floor is the worst of them minus a margin of 0.0127: 0.23 (the seeds agree within
-0.003; all-background scores 0.154-0.162). The pixel-accuracy floor (worst minus 0.04: 0.75) only catches a gross break:
-a model that learned little still gets the background right. A broken build falls below the
-mIoU floor: training labels shifted by one shape class in the segmentation parser give mIoU
-0.2135 (D=0, T=1; per class 0.833 0.000 0.104 0.077 0.054): the shapes are told apart only
-weakly at 64 px in 400 steps, so most of the mIoU is shape-vs-background, and the margin on
-either side is about 0.013.
+0.003; all-background scores 0.154-0.162). The pixel-accuracy floor (worst minus 0.04: 0.75)
+only catches a gross break: a model that learned little still gets the background right.
+A broken build falls below the mIoU floor: training labels shifted by one shape class in the
+segmentation parser give mIoU 0.2135 (D=0, T=1; per class 0.833 0.000 0.104 0.077 0.054):
+the shapes are told apart only weakly at 64 px in 400 steps, so most of the mIoU is
+shape-vs-background, and the margin on either side is about 0.013.
 """
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import e2e_cli  # pylint: disable=import-error  (tests/e2e/e2e_cli.py)
+
 DATA_SEED, TRAIN_SEED = 0, 1
 NUM_TRAIN, NUM_VAL, STEPS = 256, 32, 400
 MIOU_FLOOR = 0.23  # the module doc's worst seed (0.2427) minus a margin of 0.0127
@@ -55,12 +53,7 @@ def segmenter_run(tmp_path_factory):
   make_dataset(str(d), num_train=NUM_TRAIN, num_val=NUM_VAL, num_shards=1, seed=DATA_SEED,
                workers=1, semantic_maps=True)
   bindings = [f"TRAIN_FILE_PATTERN='{d}/train-*'", f"EVAL_FILE_PATTERN='{d}/val-*'"]
-  args = [sys.executable, "-m", "detlab.train", "--gin_file=segmentation_d0_shapes.gin",
-          f"--model_dir={model_dir}"]
-  args += [f"--gin_bindings={b}" for b in bindings + TRAIN_BINDINGS]
-  result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = e2e_cli.train("segmentation_d0_shapes.gin", model_dir, bindings + TRAIN_BINDINGS)
   return model_dir, json.loads((model_dir / "metrics.json").read_text()), result
 
 

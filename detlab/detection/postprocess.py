@@ -1,8 +1,7 @@
 """Inference post-processing: top-k -> decode -> per-class NMS -> top detections.
 
 Protocol of the published EfficientDet AP: the top 5000 (anchor, class) logits per image,
-decoded, clipped to the image (a box that the clipping leaves without area is dropped),
-per-class Gaussian soft-NMS (sigma 0.5 in the paper's
+decoded, clipped to the image, per-class Gaussian soft-NMS (sigma 0.5 in the paper's
 convention, exp(-iou^2/sigma)), score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is
 the other mode.
 
@@ -39,11 +38,6 @@ def nms_one_image(boxes, scores, classes, image_size: int, config: PostprocessCo
   """The NMS stage for one image: candidates() of one image (boxes [k, 4] clipped to
   [0, image_size], scores [k], classes [k] int32) -> (boxes [D, 4], scores [D], classes [D],
   num_detections []), zero-padded to D = max_detections."""
-  # A box wholly outside the image is clipped to zero area: it would suppress nothing and
-  # still take one of the max_detections slots. Score 0 drops it (NMS keeps scores strictly
-  # above its threshold), as the OD API's clip-to-window drops such boxes.
-  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  scores = tf.where(area > 0.0, scores, tf.zeros_like(scores))
   # The offset comes from the image, not from the boxes: one wild unclipped box would push
   # the offsets to ~1e9, where float32 spacing (~100 px) merges or flattens a class's boxes.
   extent = float(image_size) + 1.0

@@ -94,7 +94,11 @@ def test_detector_backbone_starts_from_the_classifier(classifier_run):
   from detlab.training.ema import WeightAverage, averaged_variables
   from detlab.training.initialize import initialize_from_checkpoint
   model_dir, _ = classifier_run
-  from tests.e2e import learning_backbone
+  import gin  # pylint: disable=import-outside-toplevel
+  # Its import registers the net with gin: a test run earlier in this worker may have left the
+  # config locked (train() locks it), which refuses new configurables.
+  with gin.unlock_config():
+    from tests.e2e import learning_backbone  # pylint: disable=import-outside-toplevel
   with learning_backbone.registered():
     source = classifier(learning_backbone.NAME, num_classes=10, image_size=IMAGE_SIZE,
                         dropout_rate=0.1)

@@ -25,11 +25,13 @@ from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.tasks.detection import DetectionTask
 from detlab.training.ema import WeightAverage, averaged_variables
-from detlab.training.experiment import configured_task
+from detlab.training.setup import configured_task
 from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_checkpoint
 
-# model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect.
+# model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect;
+# model -> its own traced DetectionTask.predict (one per model, never shared).
 _INFERENCE = weakref.WeakKeyDictionary()
+_PREDICT = weakref.WeakKeyDictionary()
 
 
 class CheckpointLoadError(ValueError):
@@ -39,7 +41,7 @@ class CheckpointLoadError(ValueError):
 def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                   checkpoint: str | None = None, use_ema: bool = True):
   """Builds the detector that `train()` would train from gin files (names in gin_configs/
-  or paths) and bindings: `train.task = @DetectionTask()` or the legacy `train.model_fn`.
+  or paths) and bindings (`train.task = @DetectionTask()`, as every efficientdet_*.gin).
 
   The gin configuration is cleared first, so each call sees only its own files.
   checkpoint: None (fresh initialisation); a detlab model_dir (its latest checkpoint) or
@@ -154,8 +156,7 @@ def inference_setup(model) -> tuple[InputConfig, DetectionTask]:
   """(eval InputConfig, DetectionTask) that `detect` uses for `model`: the gin config's when
   load_detector built it."""
   if model not in _INFERENCE:  # a model not made by load_detector: the recipe's defaults
-    _INFERENCE[model] = (InputConfig(),
-                         DetectionTask(model, DetectionLoss(), PostprocessConfig()))
+    _INFERENCE[model] = (InputConfig(), DetectionTask(DetectionLoss(), PostprocessConfig()))
   return _INFERENCE[model]
 
 
@@ -169,7 +170,10 @@ def detect(model, images) -> dict:
   """
   inputs, image_info = preprocess(model, images)
   _, task = inference_setup(model)
-  detections = task.detect_original_pixels(inputs, image_info)
+  if model not in _PREDICT:
+    _PREDICT[model] = tf.function(lambda features: task.predict(model, features))
+  detections = {k: v.numpy() for k, v in _PREDICT[model](
+      {"images": inputs, "image_info": image_info}).items()}
   valid = np.arange(detections["classes"].shape[1])[None, :] < \
       detections["num_detections"][:, None]
   detections["classes"] = np.where(valid, detections["classes"] + 1, 0).astype(np.int32)

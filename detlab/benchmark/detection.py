@@ -50,9 +50,8 @@ def measure_input_pipeline(task, model, batch: int, min_seconds: float,
 
 
 def _detector_and_task(precision: str):
-  """The detector and DetectionTask `train()` would build (train.task, or train.model_fn
-  with train.loss and train.postprocess)."""
-  from detlab.training.experiment import configured_task, precision_policy
+  """The detector and DetectionTask `train()` would build (train.task)."""
+  from detlab.training.setup import configured_task, precision_policy
   task = configured_task()
   if task.name != "detection":
     raise ValueError(f"The detection benchmark needs a detection gin file; train.task is the "
@@ -67,7 +66,7 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
   training step: detlab's Trainer with the EfficientDet defaults (SGD, weight decay 4e-5,
   clip 10, no EMA), whatever the gin's train.optimizer."""
   from detlab.detection.postprocess import postprocess
-  from detlab.training.experiment import task_trainer, with_loss_scaling
+  from detlab.training.setup import task_trainer, with_loss_scaling
   from detlab.training.optimizer import OptimizerConfig, build_optimizer
   model, task = _detector_and_task(precision)
   size = model.anchors.image_size
@@ -76,13 +75,15 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
   network = tf.function(lambda x: model(x, training=False))
   if "postprocess_ms" in wanted:
     cls, box = model.flatten_outputs(*network(tf.random.normal([1, size, size, 3])))
-    post = tf.function(lambda c, b: postprocess(c, b, task.anchor_boxes, size))
+    anchor_boxes = model.anchors.boxes()
+    post = tf.function(lambda c, b: postprocess(c, b, anchor_boxes, size))
     out["postprocess_ms"] = 1000 * time_call(
         lambda: post(cls, box)["num_detections"].numpy(), min_seconds)
   if "e2e_img_s_bs1" in wanted:
     images = tf.random.normal([1, size, size, 3])
+    detect = tf.function(lambda x: task.detect(model, x))
     out["e2e_img_s_bs1"] = 1.0 / time_call(
-        lambda: task.detect(images)["num_detections"].numpy(), min_seconds)
+        lambda: detect(images)["num_detections"].numpy(), min_seconds)
   if "train_img_s_bs8" in wanted:
     defaults = OptimizerConfig()
     optimizer, _ = build_optimizer(defaults, train_batch, 10_000, 0)

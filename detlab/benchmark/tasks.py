@@ -11,7 +11,7 @@ import tensorflow as tf
 from detlab.benchmark.report import with_derived_keys
 from detlab.benchmark.timing import measure_network, time_train_step
 from detlab.benchmark.train_step import build_trainer, optimizer_for_batch
-from detlab.training.experiment import precision_policy, train_argument
+from detlab.training.setup import precision_policy, train_argument
 
 TRAIN, KERAS_FIT = "train_img_s", "keras_fit_img_s"
 NETWORK = ("params", "gmacs", "matmul_gflops", "infer_img_s_bs1", "infer_img_s_bs8")

@@ -7,8 +7,8 @@ import numbers
 import tensorflow as tf
 
 from detlab.training.ema import EmaConfig, WeightAverage
-from detlab.training.experiment import (Schedule, precision_policy, schedule_optimizer,
-                                        task_trainer, train_argument)
+from detlab.training.setup import (Schedule, precision_policy, schedule_optimizer,
+                                   task_trainer, train_argument)
 from detlab.training.optimizer import OptimizerConfig
 
 

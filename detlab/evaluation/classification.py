@@ -1,16 +1,16 @@
-"""Classification metrics (top-1, top-5, per-class accuracy, loss) and a PNG grid of images
-with their true and predicted labels.
+"""Classification metrics (top-1, top-5, per-class accuracy, loss) and the task's evaluator
+(those metrics and a captioned grid of images, drawn by evaluation/visualize.py).
 
 The evaluator accumulates per-batch counts in numpy on the host (no TF state), so batches
 from any strategy or an exported model can be fed alike, and `result()` is strict JSON:
 classes without examples have per-class accuracy None (JSON null), never NaN.
 """
-import io
 import json
 
 import numpy as np
-from PIL import Image, ImageDraw
-import tensorflow as tf
+
+from detlab.evaluation import visualize
+from detlab.evaluation.base import Evaluator
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -77,32 +77,39 @@ class ClassificationEvaluator:
     return json.dumps(self.result(), allow_nan=False, indent=1)
 
 
-def draw_labelled_grid(images: np.ndarray, labels, predictions, path: str,
-                       class_names: dict | None = None, columns: int = 4,
-                       scale: int = 2) -> None:
-  """A PNG grid at `path` (any tf.io.gfile path): image i captioned 'true / predicted',
-  green when they agree, red otherwise.
+class ClassificationTaskEvaluator(Evaluator):
+  """The classification task's evaluator (evaluation/base.py): ClassificationEvaluator's
+  metrics of the outputs {"logits" [B, K]} against the batch's "labels", and a captioned
+  grid of the first `num_panels` images."""
 
-  images: uint8 [N, H, W, 3] (undo the input normalisation first); labels, predictions: [N]
-  class indices; class_names: {index: name}, default the index.
-  """
-  images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-    raise ValueError(f"images must be a non-empty uint8 [N, H, W, 3], got {images.dtype} "
-                     f"{list(images.shape)}.")
-  names = class_names or {}
-  height, width = images.shape[1] * scale, images.shape[2] * scale
-  caption = 14
-  rows = -(-len(images) // columns)
-  grid = Image.new("RGB", (columns * width, rows * (height + caption)), (32, 32, 32))
-  draw = ImageDraw.Draw(grid)
-  for i, (image, true, pred) in enumerate(zip(images, labels, predictions)):
-    x, y = (i % columns) * width, (i // columns) * (height + caption)
-    grid.paste(Image.fromarray(image).resize((width, height), Image.NEAREST), (x, y))
-    colour = (80, 230, 80) if int(true) == int(pred) else (255, 70, 70)
-    text = f"{names.get(int(true), int(true))} / {names.get(int(pred), int(pred))}"
-    draw.text((x + 2, y + height + 1), text, fill=colour)
-  buffer = io.BytesIO()  # PIL writes local files only; gfile writes to any file system
-  grid.save(buffer, format="PNG")
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(buffer.getvalue())
+  def __init__(self, num_classes: int, convention, class_names: dict | None = None,
+               num_panels: int = 16):
+    self.metrics = ClassificationEvaluator(num_classes)
+    self.convention, self.class_names, self.num_panels = convention, class_names, num_panels
+    self.panels = []  # (image uint8, label, prediction, score)
+
+  def update(self, batch, outputs):
+    logits, labels = outputs["logits"], batch["labels"]
+    self.metrics.update(logits, labels)
+    take = min(self.num_panels - len(self.panels), len(labels))
+    if take > 0:
+      images = self.convention.to_uint8(batch["images"][:take])
+      shifted = np.exp(logits[:take] - logits[:take].max(axis=1, keepdims=True))
+      probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+      for i in range(take):
+        predicted = int(np.argmax(logits[i]))
+        self.panels.append((images[i], int(labels[i]), predicted,
+                            float(probabilities[i, predicted])))
+
+  def result(self):
+    result = self.metrics.result()
+    per_class = result.pop("per_class_accuracy")
+    return result, {"per_class_accuracy": per_class}
+
+  def draw(self, path):
+    if not self.panels:
+      return False
+    images, labels, predictions, scores = zip(*self.panels)
+    visualize.classification_grid(np.stack(images), list(labels), list(predictions), path,
+                                  class_names=self.class_names, scores=list(scores))
+    return True

@@ -1,4 +1,5 @@
-"""Semantic segmentation metrics at each image's original resolution, and an overlay PNG.
+"""Semantic segmentation metrics at each image's original resolution, and the task's evaluator
+(those metrics and overlay rows drawn by evaluation/visualize.py).
 
 Logits come at the model's input size (the image resized, aspect kept, and padded); each
 image's logits are cropped to the resized region and resized back (bilinear) to the
@@ -9,12 +10,13 @@ accumulates on the host (numpy; any strategy or exported model feeds it alike):
   as tf.metrics.mean_iou / DeepLab's evaluation do. Pixel accuracy = sum_c TP_c / valid pixels.
 Ground-truth pixels equal to `ignore_label` (255) count nowhere.
 """
-import io
 import json
 
 import numpy as np
-from PIL import Image, ImageDraw
 import tensorflow as tf
+
+from detlab.evaluation import visualize
+from detlab.evaluation.base import Evaluator
 
 IGNORE_LABEL = 255
 
@@ -91,62 +93,52 @@ class SegmentationEvaluator:
     return json.dumps(self.result(), allow_nan=False, indent=1)
 
 
-def palette(num_classes: int) -> np.ndarray:
-  """[K, 3] uint8 colours: the Pascal VOC palette (bits of the class id spread over R, G, B),
-  so VOC classes get their usual colours."""
-  colours = np.zeros([num_classes, 3], np.uint8)
-  for c in range(num_classes):
-    value, shift = c, 7
-    while value:
-      for channel in range(3):
-        colours[c, channel] |= ((value >> channel) & 1) << shift
-      value >>= 3
-      shift -= 1
-  return colours
+def original_images(images: np.ndarray, image_info: np.ndarray, convention) -> list:
+  """Model-input images (normalised, resized, padded) -> uint8 images at original size."""
+  out = []
+  for image, info in zip(images, image_info):
+    (h, w), (rh, rw) = info[0], info[1]
+    pixels = tf.clip_by_value(convention.denormalize(
+        image[:int(np.ceil(rh)), :int(np.ceil(rw))]), 0.0, 255.0)
+    resized = tf.image.resize(pixels[None], [int(h), int(w)], method="bilinear")[0]
+    out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+  return out
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray,
-            alpha: float = 0.5, ignore_label: int = IGNORE_LABEL) -> np.ndarray:
-  """uint8 image [H, W, 3] blended with class colours; ignore pixels are shown white."""
-  safe = np.where(labels == ignore_label, 0, labels).astype(np.int64)
-  colour = colours[np.clip(safe, 0, len(colours) - 1)].astype(np.float32)
-  colour[labels == ignore_label] = 255.0
-  out = (1 - alpha) * image.astype(np.float32) + alpha * colour
-  return np.clip(out, 0, 255).astype(np.uint8)
+class SegmentationTaskEvaluator(Evaluator):
+  """The segmentation task's evaluator (evaluation/base.py): SegmentationEvaluator's mIoU of
+  the outputs {"logits" [B, S, S, K]} against the batch's "original_labels" at each image's
+  original size, and image | ground truth | prediction rows for the first `num_visualize`."""
 
+  def __init__(self, num_classes: int, ignore_label: int, convention,
+               class_names: dict | None = None, num_visualize: int = 4):
+    self.metrics = SegmentationEvaluator(num_classes, ignore_label)
+    self.convention, self.class_names = convention, class_names
+    self.num_visualize, self.ignore_label = num_visualize, ignore_label
+    self.panels = ([], [], [])  # images, ground truth, predictions at original size
 
-def draw_segmentation_panels(images, labels, predictions, path: str,
-                             class_names: dict | None = None) -> None:
-  """A PNG at `path` (any tf.io.gfile path): one row per image, image | ground truth overlay |
-  prediction overlay, and a legend of the classes that appear.
+  def update(self, batch, outputs):
+    logits, labels = outputs["logits"], batch["original_labels"]
+    info = batch["image_info"]
+    if labels.ndim == 4:
+      labels = labels[..., 0]
+    self.metrics.update(logits, labels, info)
+    take = min(self.num_visualize - len(self.panels[0]), len(labels))
+    if take > 0:
+      maps = original_size_predictions(logits[:take], info[:take])
+      self.panels[0].extend(original_images(batch["images"][:take], info[:take],
+                                            self.convention))
+      self.panels[1].extend(labels[i, :m.shape[0], :m.shape[1]] for i, m in enumerate(maps))
+      self.panels[2].extend(maps)
 
-  images: uint8 [H, W, 3] each (original size; undo the normalisation first); labels and
-  predictions: [H, W] class ids each (labels may hold the ignore label)."""
-  if len(images) == 0:
-    raise ValueError("draw_segmentation_panels needs at least one image.")
-  names = class_names or {}
-  shown = sorted({int(v) for m in list(labels) + list(predictions) for v in np.unique(m)}
-                 - {IGNORE_LABEL})
-  colours = palette(max(shown + [0]) + 1)
-  rows = [np.concatenate([np.asarray(im, np.uint8), overlay(im, gt, colours),
-                          overlay(im, pr, colours)], axis=1)
-          for im, gt, pr in zip(images, labels, predictions)]
-  width = max(r.shape[1] for r in rows)
-  line = 14
-  legend_height = line * (len(shown) + 1)
-  canvas = Image.new("RGB", (max(width, 160), sum(r.shape[0] for r in rows) + legend_height),
-                     (32, 32, 32))
-  y = 0
-  for r in rows:
-    canvas.paste(Image.fromarray(r), (0, y))
-    y += r.shape[0]
-  draw = ImageDraw.Draw(canvas)
-  draw.text((2, y + 1), "image | ground truth | prediction (white: ignore)", fill=(230, 230, 230))
-  for i, c in enumerate(shown):
-    top = y + line * (i + 1)
-    draw.rectangle([2, top + 2, 12, top + 11], fill=tuple(int(v) for v in colours[c]))
-    draw.text((16, top + 1), f"{c}: {names.get(c, c)}", fill=(230, 230, 230))
-  buffer = io.BytesIO()  # PIL writes local files only; gfile writes to any file system
-  canvas.save(buffer, format="PNG")
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(buffer.getvalue())
+  def result(self):
+    result = self.metrics.result()
+    per_class = result.pop("per_class_iou")
+    return result, {"per_class_iou": per_class}
+
+  def draw(self, path):
+    if not self.panels[0]:
+      return False
+    visualize.segmentation_rows(*self.panels, path, class_names=self.class_names,
+                                ignore_label=self.ignore_label)
+    return True

@@ -1,10 +1,12 @@
 """What a task gives the shared training root (training/experiment.py: `train`).
 
 A task owns everything that differs between detection, classification and segmentation: its
-model, its input pipelines, its loss, its pre-flight data checks and its evaluation (metrics
-and a PNG). The root owns everything else (strategy, one writer, seed, precision, optimizer,
-EMA, checkpoints, the loop, TensorBoard, progress, init-from-checkpoint, continuous eval) and
-calls only the methods below. The split follows TF Model Garden's
+model, its input pipelines, its loss, its pre-flight data checks, its prediction (`predict`,
+pure TF, run per replica) and its evaluator (`evaluator`: metrics and a PNG from predict's
+outputs on the host). The root owns everything else (strategy, one writer, seed, precision,
+optimizer, EMA, checkpoints, the training loop and the one evaluation loop, TensorBoard,
+progress, init-from-checkpoint, continuous eval) and calls only the methods below. A task
+holds no model: every method that needs one takes it as an argument. The split follows TF Model Garden's
 `official.core.base_task.Task` (build_model / build_inputs / build_losses / validation
 metrics), cut down to what detlab's own loop needs: tfm's Task also owns the train step and
 the optimizer, which detlab keeps in the task-free Trainer (training/loop.py).
@@ -14,6 +16,8 @@ import abc
 import tensorflow as tf
 import tf_keras as keras
 
+from detlab.evaluation.base import Evaluator
+
 
 class Task(abc.ABC):
   """Subclass, register with gin (`train.task = @MyTask()`), and implement the abstract
@@ -22,9 +26,11 @@ class Task(abc.ABC):
   name = "task"
   primary_metric = "loss"     # BestCheckpoint keeps the checkpoint with its highest value
   summary_prefix = "eval"     # TensorBoard scalars: eval/<summary_prefix>/<metric>
-  png_name = "eval.png"       # the PNG evaluate() writes into out_dir
+  png_name = "eval.png"       # the evaluator's picture, in the evaluation's output folder
   summary_image = "eval"      # its TensorBoard image tag
   loss_parts = ()             # compute_loss keys besides "total" that the loop logs
+  predict_features = ("images",)  # the eval batch's keys that predict() reads
+  settings = ()               # run settings train() may hand over (see `use_settings`)
 
   @abc.abstractmethod
   def build_model(self) -> tf.Module:
@@ -37,11 +43,30 @@ class Task(abc.ABC):
   def preflight(self, model) -> None:
     """Checks that must fail before step 1, not at step N (e.g. label ids vs classes)."""
 
+  def use_settings(self, **settings) -> None:
+    """Takes the run settings bound on train() (train.label_map_file, train.annotation_file,
+    train.coco_backend: README bindings that predate train.task) that this task names in
+    `settings`; a value the task does not use, or one that contradicts the task's own
+    binding, is an error naming the binding to use."""
+    for key, value in settings.items():
+      if value is None:
+        continue
+      if key not in self.settings:
+        raise ValueError(f"train.{key} does not apply to the {self.name} task; remove it "
+                         "(or bind the task's own parameter, see its gin file).")
+      own = getattr(self, key)
+      if own is not None and own != value:
+        raise ValueError(f"train.{key} = {value!r} contradicts "
+                         f"{type(self).__name__}.{key} = {own!r}; bind one of them.")
+      setattr(self, key, value)
+
   @abc.abstractmethod
-  def train_dataset(self, model, input_context, per_replica_batch: int,
-                    seed: int | None) -> tf.data.Dataset:
+  def train_dataset(self, model, input_context, per_replica_batch: int, seed: int | None,
+                    start_step: int = 0) -> tf.data.Dataset:
     """One replica's training batches (dicts); randomness stateless per example from `seed`
-    keeps resume exact."""
+    keeps resume exact. start_step: the step the stream starts at (a resumed run whose
+    iterator position is not in the checkpoint); a task whose stream changes with the step
+    (progressive learning) starts there."""
 
   @abc.abstractmethod
   def eval_dataset(self, model, batch_size: int) -> tf.data.Dataset:
@@ -52,12 +77,14 @@ class Task(abc.ABC):
     """{"total": per-replica scalar, other named parts for the log line}, float32."""
 
   @abc.abstractmethod
-  def evaluate(self, model, dataset, out_dir: str, step: int,
-               strategy: tf.distribute.Strategy | None = None,
-               num_images: int | None = None) -> tuple[dict, dict]:
-    """Evaluates `model` (inference form) over `dataset`; writes out_dir/`png_name`.
-    Returns (metrics: {name: float or None}, extra: {name: JSON-able} such as per-class
-    results); the root writes both into metrics.json and the results of train()."""
+  def predict(self, model, features: dict) -> dict:
+    """The inference outputs {name: [B, ...] tensor} of `model` for the eval batch's
+    `predict_features`: pure TF, no Python state (the evaluation loop runs it per replica
+    inside `strategy.run`, in a tf.function of its own for each model)."""
+
+  @abc.abstractmethod
+  def evaluator(self, model) -> Evaluator:
+    """A fresh evaluation/base.py Evaluator for `model`'s outputs (metrics and picture)."""
 
   def format_metrics(self, metrics: dict, extra: dict) -> str:
     """The lines printed after an evaluation."""

@@ -12,21 +12,20 @@ Progressive learning (EfficientNetV2; `ClassificationTask.progressive =
 pipelines in order, the classifier takes any image size and its dropout follows the batch's
 "dropout_rate"; evaluation runs at `eval_image_size`.
 """
-import os
 from typing import Callable
 
 from absl import logging
 import gin
-import numpy as np
 import tensorflow as tf
 
-from detlab.backbones import input_convention
-from detlab.data.classification_example import read_label_map
+from detlab.backbones import IMAGENET_MEAN_STD, input_convention
+from detlab.backbones.conventions import InputConvention
+from detlab.data.label_map import class_names as read_class_names
 from detlab.data.classification_input import (ClassificationInputConfig,
                                               make_classification_dataset, normalization)
 from detlab.data.progressive import (ProgressiveConfig, progressive_dataset,
                                      progressive_stages)
-from detlab.evaluation.classification import ClassificationEvaluator, draw_labelled_grid
+from detlab.evaluation.classification import ClassificationTaskEvaluator
 from detlab.models.classifier import classifier
 from detlab.layers.scheduled_dropout import scheduled_dropout_layers, scheduled_dropout_rate
 from detlab.tasks.base import Task
@@ -69,7 +68,7 @@ class ClassificationTask(Task):
     eval_image_size: the evaluation size (None: image_size, the training size).
     progressive: EfficientNetV2 progressive learning (None: every step at the final values)."""
     if class_names is None and label_map_file:
-      class_names = read_label_map(label_map_file)
+      class_names = read_class_names(label_map_file)
     if class_names is not None and len(class_names) > num_classes:
       raise ValueError(f"NUM_CLASSES is {num_classes} but the label map has "
                        f"{len(class_names)} classes; set NUM_CLASSES = {len(class_names)}.")
@@ -80,7 +79,6 @@ class ClassificationTask(Task):
     self.convention = None  # the backbone's input convention, known once the model is built
     self.eval_image_size = eval_image_size or image_size
     self.progressive = progressive
-    self.start_step = 0  # progressive: the step the training stream starts at (a resume)
 
   def build_model(self):
     """Call inside `strategy.scope()`; build it before the inputs (they normalise by its
@@ -118,7 +116,7 @@ class ClassificationTask(Task):
     return progressive_stages(self.progressive, self.image_size, base.randaugment_magnitude,
                               base.mixup_alpha, base.cutmix_alpha, layers[0].rate)
 
-  def train_dataset(self, model, input_context, per_replica_batch, seed):
+  def train_dataset(self, model, input_context, per_replica_batch, seed, start_step=0):
     if self.progressive is None:
       return self.build_inputs(True, per_replica_batch, input_context, seed)
     stages = self.stages(model)
@@ -135,7 +133,7 @@ class ClassificationTask(Task):
           "mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha})
       return make_classification_dataset(config, per_replica_batch, input_context,
                                          stage_seed, self.convention)
-    return progressive_dataset(stages, stage_dataset, seed, self.start_step)
+    return progressive_dataset(stages, stage_dataset, seed, start_step)
 
   def eval_dataset(self, model, batch_size):
     return self.build_inputs(False, batch_size)
@@ -160,12 +158,21 @@ class ClassificationTask(Task):
         aux += weight * self._mixed_loss(outputs[key], batch)
     return {"total": main + aux, "class": main, "aux": aux}
 
-  def evaluate(self, model, dataset, out_dir, step, strategy=None, num_images=None):
-    """({"top1", "top5", "loss", "num_examples"}, {"per_class_accuracy"}); the PNG in
-    out_dir. The network runs on the host's default device (the metric is host-side)."""
-    result = self.evaluate_to_png(model, dataset, os.path.join(out_dir, self.png_name))
-    per_class = result.pop("per_class_accuracy")
-    return result, {"per_class_accuracy": per_class}
+  def predict(self, model, features):
+    """{"logits": [B, K]} of the main head (inference form)."""
+    outputs = model(features["images"], training=False)
+    return {"logits": outputs["logits"] if isinstance(outputs, dict) else outputs}
+
+  def evaluator(self, model):
+    """Top-1/top-5/per-class accuracy and loss; the PNG un-normalises by the eval input's
+    own mean/std when it sets them, else the backbone's convention."""
+    convention = self.convention or IMAGENET_MEAN_STD
+    if self.eval_input is not None:
+      mean, std = normalization(self.eval_input, self.convention)
+      convention = InputConvention(tuple(mean.numpy().tolist()), tuple(std.numpy().tolist()),
+                                   source="the eval input's normalisation")
+    return ClassificationTaskEvaluator(self.num_classes, convention,
+                                       dict(enumerate(self.class_names or [])))
 
   def format_metrics(self, metrics, extra):
     return (f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}, loss "
@@ -175,25 +182,3 @@ class ClassificationTask(Task):
     """metrics.json: top1, top5, per_class_accuracy at the top level (and under "metrics"
     as detection's file has them)."""
     return {**metrics, **extra, "metrics": metrics}
-
-  def evaluate_to_png(self, model, dataset: tf.data.Dataset, png_path: str | None = None,
-                      num_panels: int = 16) -> dict:
-    """Top-1/top-5/per-class accuracy/loss of `model` (inference form) over `dataset`; a
-    labelled PNG of the first `num_panels` images at `png_path` if given."""
-    evaluator = ClassificationEvaluator(self.num_classes)
-    predict = tf.function(lambda images: model(images, training=False))
-    panels = None
-    for batch in dataset:
-      logits = predict(batch["images"]).numpy()
-      labels = batch["labels"].numpy()
-      evaluator.update(logits, labels)
-      if png_path and panels is None:
-        panels = (batch["images"].numpy()[:num_panels], labels[:num_panels],
-                  logits[:num_panels].argmax(axis=1))
-    if png_path and panels is not None:
-      mean, std = normalization(self.eval_input, self.convention)
-      images = panels[0] * std.numpy() + mean.numpy()
-      names = dict(enumerate(self.class_names or []))
-      draw_labelled_grid(np.clip(np.round(images), 0, 255).astype(np.uint8), panels[1],
-                         panels[2], png_path, names)
-    return evaluator.result()

@@ -1,28 +1,35 @@
-"""The detection task: an EfficientDet-style model, its inputs, loss and prediction in
-original pixels. COCO evaluation and drawing are in tasks/detection_eval.py.
+"""The detection task: an EfficientDet-style model, its inputs, loss, per-replica prediction
+(network + NMS, boxes mapped to original pixels) and its COCO evaluator.
 
-Two ways to make one: `DetectionTask(model, loss, postprocess_config)` around a built model
-(detlab.api, benchmark), or from gin (`train.task = @DetectionTask()`, binding model_fn,
-train_input, eval_input, ...), the model then built by `build_model()` inside the strategy.
+Built from gin (`train.task = @DetectionTask()`, binding model_fn, train_input, eval_input,
+loss, postprocess_config, ...; the model then built by `build_model()` inside the strategy),
+or around a model built elsewhere (`DetectionTask(loss, postprocess_config)`: detlab.api, the
+benchmark), whose methods take the model as an argument: a task holds no model, so one task
+serves any number of models (a folded copy, another checkpoint) without stale traces.
 """
-import os
 from typing import Callable
 
 import gin
-import numpy as np
 import tensorflow as tf
 
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data.category_ids import check_category_ids
 from detlab.data.detection_input import InputConfig, make_dataset
+from detlab.data.label_map import category_names
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig, postprocess
 from detlab.evaluation.coco_evaluator import format_metrics
+from detlab.evaluation.detection import DetectionEvaluator
 from detlab.tasks.base import Task, set_bn_momentum
-from detlab.tasks.detection_eval import evaluate_detections, load_category_names
-from detlab.training.evaluation import replica_detect
 
-__all__ = ["DetectionTask", "load_category_names"]
+
+def to_original_pixels(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
+  """[B, D, 4] yxyx boxes in model-input pixels -> each image's original pixels: the eval
+  parser's offset undone, divided by its scale, clipped to the original image."""
+  info = tf.cast(image_info, tf.float32)
+  scale, offset = tf.tile(info[:, 2:3], [1, 1, 2]), tf.tile(info[:, 3:4], [1, 1, 2])
+  limit = tf.tile(info[:, 0:1], [1, 1, 2])
+  return tf.clip_by_value((boxes + offset) / scale, 0.0, limit)
 
 
 @gin.register(module="detlab.tasks")
@@ -35,41 +42,40 @@ class DetectionTask(Task):
   summary_prefix = "coco"
   png_name = "eval_detections.png"
   summary_image = "detections"  # ground truth green, predictions red, as in the PNG
+  predict_features = ("images", "image_info")
+  settings = ("label_map_file", "annotation_file", "coco_backend")
 
-  def __init__(self, model=None, loss: DetectionLoss | None = None,
+  def __init__(self, loss: DetectionLoss | None = None,
                postprocess_config: PostprocessConfig | None = None, *,
                model_fn: Callable | None = None, train_input: InputConfig | None = None,
                eval_input: InputConfig | None = None, label_map_file: str | None = None,
                annotation_file: str | None = None, coco_backend: str | None = None,
-               bn_momentum: float | None = None):
-    """model: a built detector, or None and `model_fn` (built by build_model()).
+               bn_momentum: float | None = None, score_threshold: float = 0.3):
+    """model_fn: the detector builder (build_model()), e.g. @efficientdet.
     label_map_file / annotation_file: category names and the COCO ground truth (see
-    README); the label map also bounds the category ids checked before training.
+    README); the label map also bounds the category ids checked before training (also
+    given as train.label_map_file / train.annotation_file).
     coco_backend: 'faster' (faster-coco-eval, the default when installed) or 'pycocotools'
     (the reference); the same numbers either way (tests/evaluation/test_coco_backends.py).
     bn_momentum: overrides every BN layer's momentum in build_model (tasks.base.
-    set_bn_momentum; None: the model's)."""
+    set_bn_momentum; None: the model's). score_threshold: predictions drawn in the PNG."""
+    if loss is not None and not isinstance(loss, DetectionLoss):
+      raise TypeError("DetectionTask's first argument is the loss (a DetectionLoss); the task "
+                      "holds no model: pass the model to predict/compute_loss instead.")
     self.loss = loss or DetectionLoss()
     self.postprocess_config = postprocess_config or PostprocessConfig()
     self.model_fn, self.train_input, self.eval_input = model_fn, train_input, eval_input
     self.label_map_file, self.annotation_file = label_map_file, annotation_file
     self.coco_backend, self.bn_momentum = coco_backend, bn_momentum
-    self.model = None
-    self._detect_for = {}  # strategy -> its per-replica detect (one trace per strategy)
-    if model is not None:
-      self._bind(model)
-
-  def _bind(self, model) -> None:
-    self.model = model
-    self.anchor_boxes = model.anchors.boxes()
+    self.score_threshold = score_threshold
 
   def build_model(self):
     if self.model_fn is None:
-      raise ValueError("DetectionTask.model_fn is not set (train.model_fn in the legacy "
-                       "gin files); bind it, e.g. to @efficientdet.")
-    self._bind(self.model_fn())
-    set_bn_momentum(self.model, self.bn_momentum)
-    return self.model
+      raise ValueError("DetectionTask.model_fn is not set; bind it, e.g. "
+                       "DetectionTask.model_fn = @efficientdet (see efficientdet_d0.gin).")
+    model = self.model_fn()
+    set_bn_momentum(model, self.bn_momentum)
+    return model
 
   def describe(self, model) -> str:
     return (f"Model {model.name}: {model.count_params():,} parameters, "
@@ -83,57 +89,50 @@ class DetectionTask(Task):
     return make_dataset(config, model.anchors, model.num_classes, batch, context, seed=seed,
                         convention=input_convention(model, default=IMAGENET_MEAN_STD))
 
-  def train_dataset(self, model, input_context, per_replica_batch, seed):
+  def train_dataset(self, model, input_context, per_replica_batch, seed, start_step=0):
+    del start_step  # the stream does not change with the step; the checkpointed iterator
     if self.train_input is None:
-      raise ValueError("train.train_input is not set; bind it in the gin file.")
+      raise ValueError("DetectionTask.train_input is not set; bind it in the gin file.")
     return self._dataset(self.train_input, model, per_replica_batch, input_context, seed)
 
   def eval_dataset(self, model, batch_size):
     if self.eval_input is None:
-      raise ValueError("train.eval_input is not set; bind it in the gin file.")
+      raise ValueError("DetectionTask.eval_input is not set; bind it in the gin file.")
     return self._dataset(self.eval_input, model, batch_size)
 
   def compute_loss(self, model, batch: dict, training: bool) -> dict:
     class_outputs, box_outputs = model(batch["images"], training=training)
+    return self.loss_of(model, class_outputs, box_outputs, batch)
+
+  def loss_of(self, model, class_outputs, box_outputs, batch: dict) -> dict:
+    """The detection loss of the network's per-level outputs against the batch's targets."""
     cls, box = model.flatten_outputs(class_outputs, box_outputs)
     return self.loss(cls, box, batch["cls_targets"], batch["box_targets"])
 
-  @tf.function
-  def detect(self, images: tf.Tensor) -> dict:
-    """Detections in model-input pixels ([y1, x1, y2, x2]), classes 0-based."""
-    class_outputs, box_outputs = self.model(images, training=False)
-    cls, box = self.model.flatten_outputs(class_outputs, box_outputs)
-    return postprocess(cls, box, self.anchor_boxes, self.model.anchors.image_size,
+  def detections(self, model, class_outputs, box_outputs) -> dict:
+    """Post-processed detections of the network's outputs, in model-input pixels
+    ([y1, x1, y2, x2]), classes 0-based."""
+    cls, box = model.flatten_outputs(class_outputs, box_outputs)
+    return postprocess(cls, box, model.anchors.boxes(), model.anchors.image_size,
                        self.postprocess_config)
 
-  def detect_original_pixels(self, images: tf.Tensor, image_info: tf.Tensor,
-                             detect=None) -> dict:
-    """As `detect` (or the given `detect(images)`, e.g. one that runs per replica of a
-    strategy), with boxes mapped back to the original image (÷ scale, clipped)."""
-    detections = {k: v.numpy() for k, v in (detect or self.detect)(images).items()}
-    info = image_info.numpy()
-    scale = np.tile(info[:, 2, :], [1, 2])[:, None, :]
-    offset = np.tile(info[:, 3, :], [1, 2])[:, None, :]
-    limit = np.tile(info[:, 0, :], [1, 2])[:, None, :]
-    boxes = (detections["boxes"] + offset) / scale
-    detections["boxes"] = np.clip(boxes, 0.0, limit)
+  def detect(self, model, images: tf.Tensor) -> dict:
+    """`detections` of `model` on model-input images (pure TF; wrap in a tf.function)."""
+    class_outputs, box_outputs = model(images, training=False)
+    return self.detections(model, class_outputs, box_outputs)
+
+  def predict(self, model, features: dict) -> dict:
+    """Detections with boxes in each image's original pixels (÷ scale, clipped)."""
+    detections = self.detect(model, features["images"])
+    detections["boxes"] = to_original_pixels(detections["boxes"], features["image_info"])
     return detections
 
-  def evaluate(self, model, dataset, out_dir, step, strategy=None, num_images=None):
-    """COCO metrics and {"per_class_AP"}; network + NMS run per replica of `strategy`."""
-    if model is not self.model:
-      self._bind(model)
-    strategy = strategy or tf.distribute.get_strategy()
-    if strategy not in self._detect_for:
-      self._detect_for[strategy] = replica_detect(strategy, self.detect)
-    detect = self._detect_for[strategy]
-    names = load_category_names(self.label_map_file, self.annotation_file, model.num_classes)
-    metrics, per_class = evaluate_detections(
-        lambda images, info: self.detect_original_pixels(images, info, detect=detect),
-        dataset, names, self.annotation_file, num_images,
-        os.path.join(out_dir, self.png_name), backend=self.coco_backend,
-        convention=input_convention(model, default=IMAGENET_MEAN_STD))
-    return metrics, {"per_class_AP": per_class}
+  def evaluator(self, model):
+    return DetectionEvaluator(
+        category_names(self.label_map_file, self.annotation_file, model.num_classes),
+        self.annotation_file, self.coco_backend,
+        input_convention(model, default=IMAGENET_MEAN_STD),
+        score_threshold=self.score_threshold)
 
   def format_metrics(self, metrics, extra):
     per_class = extra.get("per_class_AP", {})

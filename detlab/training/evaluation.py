@@ -1,87 +1,119 @@
-"""Evaluation inside training (any task): once, every N steps (keeping the best), or continuously.
+"""The one evaluation loop, for every task: once, every N steps (keeping the best), or
+continuously.
 
-Evaluates the EMA weights when there are any (EmaConfig.evaluate_average), swapping them into
-the model for the evaluation and back afterwards. `stop_requested()` (SIGTERM) is checked
+`evaluate` runs `task.predict` per replica of the strategy (each replica on its share of the
+batch, inside `strategy.run`), brings the outputs to the host and feeds them, with the batch,
+to `task.evaluator(model)` (evaluation/base.py); the evaluator gives the metrics and draws the
+PNG. `PeriodicEvaluator` adds what training needs around it: the EMA weights swapped in for
+the evaluation (EmaConfig.evaluate_average) and back afterwards, `num_eval_images`,
+metrics.json, TensorBoard and the best checkpoint. `stop_requested()` (SIGTERM) is checked
 before every batch: an evaluation stopped that way writes nothing and returns None, so a
 preempted job stops within one batch's time.
 """
-import json
-import math
 import os
 import time
 
 from absl import logging
 import tensorflow as tf
 
+from detlab import io
+from detlab.progress import Progress
 from detlab.tasks.base import scalar_metrics
 from detlab.training.checkpoint import BestCheckpoint
 
 
-def _strict(value):
-  """NaN and infinities -> None (JSON null): metrics.json stays strict JSON for any reader."""
-  if isinstance(value, dict):
-    return {str(k): _strict(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_strict(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-    return _strict(value.item())
-  return value
-
-
-def write_json(path: str, record: dict) -> None:
-  """Strict JSON at `path` (any tf.io.gfile path: local, gs://, ram://)."""
-  text = json.dumps(_strict(record), indent=1, allow_nan=False)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text)
-
-
-def replica_detect(strategy: tf.distribute.Strategy, detect_fn):
-  """`detect_fn(images) -> {name: [B, ...]}` run per replica inside `strategy.run`: the batch
-  is split across the replicas (padded to a multiple of their count), each replica runs the
-  network and post-processing on its part, and the parts are gathered back in order.
+def replica_predict(strategy: tf.distribute.Strategy, predict_fn):
+  """`predict_fn(features) -> {name: [B, ...]}` run per replica inside `strategy.run`: every
+  feature is split across the replicas (the batch padded to a multiple of their count by
+  repeating its last image), each replica runs `predict_fn` on its part, and the parts are
+  gathered back in order.
 
   One worker's replicas only: every worker of a multi-worker job evaluates the whole set
-  itself (the metrics are computed on the host anyway).
-  """
+  itself (the metrics are computed on the host anyway)."""
   if strategy.num_replicas_in_sync <= 1:
-    return detect_fn
+    return predict_fn
   replicas = len(strategy.extended.worker_devices)  # this worker's
   if replicas != strategy.num_replicas_in_sync:  # multi-worker: see above
-    return detect_fn
+    return predict_fn
 
-  @tf.function
-  def detect(images):
-    size = tf.shape(images)[0]
+  def predict(features):
+    size = tf.shape(next(iter(features.values())))[0]
     pad = (-size) % replicas
-    parts = tf.split(tf.pad(images, [[0, pad]] + [[0, 0]] * (images.shape.rank - 1)),
-                     replicas)
+
+    def split(value):
+      padded = tf.concat([value, tf.repeat(value[-1:], pad, axis=0)], axis=0)
+      return tf.split(padded, replicas)
+    parts = {k: split(v) for k, v in features.items()}
     per_replica = strategy.experimental_distribute_values_from_function(
-        lambda ctx: parts[ctx.replica_id_in_sync_group])
-    outputs = strategy.run(detect_fn, args=(per_replica,))
+        lambda ctx: {k: v[ctx.replica_id_in_sync_group] for k, v in parts.items()})
+    outputs = strategy.run(predict_fn, args=(per_replica,))
     return {k: tf.concat(strategy.experimental_local_results(v), axis=0)[:size]
             for k, v in outputs.items()}
-  return detect
+  return predict
+
+
+def predictor(task, model, strategy: tf.distribute.Strategy | None = None):
+  """`task.predict` of `model`, per replica of `strategy`, as one tf.function of its own: a
+  second model gets a second function (nothing traced over one model serves another)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  # No reduce_retracing: the image size must stay static (the heads' flattening needs it);
+  # a smaller last batch traces once more.
+  return tf.function(replica_predict(strategy, lambda f: task.predict(model, f)))
+
+
+def evaluate(task, model, batches, strategy: tf.distribute.Strategy | None = None,
+             png_path: str | None = None, num_images: int | None = None,
+             stop_requested=lambda: False, predict=None) -> tuple[dict, dict]:
+  """(metrics, extra) of `task.evaluator(model)` over `batches` (eval batches, dicts of
+  tensors), the network run per replica of `strategy`; the evaluator's PNG at `png_path`.
+  num_images: the first N images only. stop_requested(): checked before every batch; True
+  raises Stopped. predict: a `predictor(task, model, strategy)` to reuse (its traces)."""
+  predict = predict or predictor(task, model, strategy)
+  evaluator = task.evaluator(model)
+  progress = Progress(num_images or 0, unit="images", min_interval=5.0)
+  seen = 0
+  for batch in batches:
+    if stop_requested():
+      raise Stopped()
+    size = int(tf.shape(batch["images"])[0])
+    if num_images is not None and size > num_images - seen:
+      size = num_images - seen
+      batch = {k: v[:size] for k, v in batch.items()}
+    if size <= 0:
+      break
+    outputs = predict({k: batch[k] for k in task.predict_features})
+    evaluator.update({k: v.numpy() for k, v in batch.items()},
+                     {k: v.numpy() for k, v in outputs.items()})
+    seen += size
+    if num_images:
+      progress.update(seen, prefix="eval ")
+      if seen >= num_images:
+        break
+  if stop_requested():
+    raise Stopped()
+  metrics, extra = evaluator.result()
+  if png_path:
+    evaluator.draw(png_path)
+  return metrics, extra
 
 
 class PeriodicEvaluator:
-  """Runs `task.evaluate` on `make_dataset()` and writes metrics.json + eval/ summaries.
-
-  Task-free: the task computes its metrics and PNG (tasks/base.py: Task.evaluate), names its
-  TensorBoard prefix and PNG, formats the printed lines and the metrics.json content."""
+  """`evaluate` on `make_dataset()` for training: EMA weights, metrics.json, eval/ summaries
+  and the best checkpoint. Task-free: the task predicts and evaluates (tasks/base.py), names
+  its TensorBoard prefix and PNG, formats the printed lines and the metrics.json content."""
 
   def __init__(self, model_dir: str, task, model, make_dataset, num_images: int | None = None,
                average=None, best: BestCheckpoint | None = None, output_dir: str | None = None,
                stop_requested=lambda: False, strategy: tf.distribute.Strategy | None = None):
     """num_images: evaluate only the first N images (None: all). output_dir: where
     metrics.json and the PNG go (default model_dir; an eval sidecar uses model_dir/eval).
-    strategy: the model's (a task may run its network per replica, see `replica_detect`)."""
+    strategy: the model's (the network runs per replica, see `replica_predict`)."""
     self.model_dir, self.task, self.model = model_dir, task, model
     self.make_dataset, self.num_images = make_dataset, num_images
     self.average, self.best = average, best
     self.output_dir, self.stop_requested = output_dir or model_dir, stop_requested
     self.strategy = strategy or tf.distribute.get_strategy()
+    self.predict = predictor(task, model, self.strategy)  # traced once for this model
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
 
   def __call__(self, step: int) -> tuple[dict, dict] | None:
@@ -95,13 +127,13 @@ class PeriodicEvaluator:
           metrics, extra = self._evaluate(step)
       else:
         metrics, extra = self._evaluate(step)
-    except _Stopped:
+    except Stopped:
       logging.warning("Evaluation of step %d stopped on request; nothing written.", step)
       return None
     print(f"Step {step} ({weights} weights):\n" + self.task.format_metrics(metrics, extra),
           flush=True)
     record = {**self.task.metrics_record(metrics, extra), "step": step, "weights": weights}
-    write_json(os.path.join(self.output_dir, "metrics.json"), record)
+    io.write_json(os.path.join(self.output_dir, "metrics.json"), record)
     png = os.path.join(self.output_dir, self.task.png_name)
     with self.writer.as_default(step=step):
       for name, value in scalar_metrics(metrics).items():
@@ -115,29 +147,14 @@ class PeriodicEvaluator:
     return metrics, extra
 
   def _evaluate(self, step: int) -> tuple[dict, dict]:
+    del step
     tf.io.gfile.makedirs(self.output_dir)
-    return self.task.evaluate(self.model, self._batches(), self.output_dir, step,
-                              strategy=self.strategy, num_images=self.num_images)
-
-  def _batches(self):
-    """The eval batches, cut to `num_images` images, checking for a stop before each."""
-    left = self.num_images
-    for batch in self.make_dataset():
-      if self.stop_requested():
-        raise _Stopped()
-      if left is not None:
-        size = int(tf.shape(batch["images"])[0])
-        if size > left:
-          batch = {k: v[:left] for k, v in batch.items()}
-        left -= min(size, left)
-      yield batch
-      if left == 0:
-        break
-    if self.stop_requested():
-      raise _Stopped()
+    return evaluate(self.task, self.model, self.make_dataset(), self.strategy,
+                    os.path.join(self.output_dir, self.task.png_name), self.num_images,
+                    self.stop_requested, self.predict)
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
   """An evaluation stopped by `stop_requested()` (SIGTERM)."""
 
 

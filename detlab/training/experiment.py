@@ -1,15 +1,13 @@
 """The configurable root, `train(...)`: strategy -> task's model -> task's inputs -> loop ->
-task's evaluation. Task-free: everything task-specific is behind tasks/base.py's Task
-(`train.task = @DetectionTask()` / `@ClassificationTask()` / `@SegmentationTask()`); without
-`train.task`, the legacy detection arguments (model_fn, train_input, ...) build a DetectionTask.
+the one evaluation loop (training/evaluation.py). Task-free: everything task-specific is behind
+tasks/base.py's Task (`train.task = @DetectionTask()` / `@ClassificationTask()` /
+`@SegmentationTask()` / `@JointTask()`).
 
 Everything that creates variables is built inside `strategy.scope()` from uncalled factories.
 A checkpoint holds the model, optimizer (step), EMA shadows and the input iterator, so a
 stopped run (SIGTERM, crash) resumes exactly; see training/checkpoint.py.
 """
 import contextlib
-import dataclasses
-import math
 import os
 import time
 
@@ -17,133 +15,44 @@ from absl import logging
 import gin
 import tensorflow as tf
 import tf_keras as keras
-from official.common import distribute_utils
 
+from detlab import io
 from detlab.data import record_files
-from detlab.data.detection_input import InputConfig
-from detlab.detection.losses import DetectionLoss
-from detlab.detection.postprocess import PostprocessConfig
 from detlab.tasks.base import Task
-from detlab.tasks.detection import DetectionTask
 from detlab.training.checkpoint import BestCheckpoint, CheckpointKeeper
 from detlab.training.ema import EmaConfig, WeightAverage
 from detlab.training.evaluation import PeriodicEvaluator, evaluate_continuously
 from detlab.training.initialize import initialize_from_checkpoint
-from detlab.training.loop import Trainer, run_training
-from detlab.training.optimizer import OptimizerConfig, build_optimizer
+from detlab.training.loop import run_training
+from detlab.training.optimizer import OptimizerConfig
 from detlab.training.preemption import PreemptionWatcher
 from detlab.training.run_seed import resolve_seed, save_seed
+from detlab.training.setup import (Schedule, configured_task, get_strategy,  # noqa: F401  pylint: disable=unused-import
+                                   precision_policy, reject_removed, resolve_task,
+                                   schedule_optimizer, task_trainer)
 from detlab.training.writer import ModelDirLock, task_of, write_dir
 
 MODES = ("train", "eval", "train_and_eval")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-@gin.register(module="detlab.training")
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-  """How long and how often. Steps derive from epochs unless `train_steps` is set."""
-  batch_size: int = 128               # global batch
-  epochs: float = 300.0
-  num_train_images: int = 117266      # COCO train2017 images with annotations
-  train_steps: int | None = None
-  steps_per_loop: int = 100
-  log_every_steps: int = 100
-  checkpoint_every_steps: int = 2000
-  eval_every_steps: int = 0           # train_and_eval: also evaluate every N steps (0: at end)
-
-  def __post_init__(self):
-    # Caught here, at gin parse time, instead of as a ZeroDivisionError steps later.
-    for name in ("batch_size", "num_train_images", "steps_per_loop", "log_every_steps",
-                 "checkpoint_every_steps"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"Schedule.{name} must be at least 1, got {getattr(self, name)}.")
-    if self.eval_every_steps < 0:
-      raise ValueError("Schedule.eval_every_steps must be >= 0 (0: evaluate at the end only), "
-                       f"got {self.eval_every_steps}.")
-    if self.train_steps is None and not self.epochs > 0:
-      raise ValueError(f"Schedule.epochs must be > 0 (or set Schedule.train_steps), got "
-                       f"{self.epochs}.")
-
-  @property
-  def total_steps(self) -> int:
-    if self.train_steps:
-      return self.train_steps
-    return int(math.ceil(self.epochs * self.num_train_images / self.batch_size))
-
-  def steps_for_epochs(self, epochs: float) -> int:
-    return int(round(epochs * self.num_train_images / self.batch_size))
-
-
-def get_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
-  """'off' (default strategy), 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu'."""
-  return distribute_utils.get_distribution_strategy(
-      distribution_strategy=name, num_gpus=len(tf.config.list_physical_devices("GPU")),
-      tpu_address=tpu)
-
-
-def _write_text(path: str, text: str) -> None:
-  """Write + rename: a rerun replaces the file whole (ram:// appends on a plain rewrite)."""
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
-@contextlib.contextmanager
-def precision_policy(policy: str):
-  """Sets the keras dtype policy for the model build; restores the previous one after."""
-  if policy not in PRECISIONS:
-    raise ValueError(f"train.precision must be one of {PRECISIONS}, got {policy!r}.")
-  previous = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy(policy)
-  try:
-    yield
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
-
-
-def with_loss_scaling(opt, policy: str):
-  """float16 needs dynamic loss scaling against gradient underflow; bfloat16 does not."""
-  return keras.mixed_precision.LossScaleOptimizer(opt) if policy == "mixed_float16" else opt
-
-
-def schedule_optimizer(config: OptimizerConfig, schedule: Schedule, precision: str):
-  """(optimizer, learning-rate schedule) for `schedule`'s global batch and steps, with loss
-  scaling under mixed_float16: what train() trains with (and the benchmark times)."""
-  opt, learning_rate = build_optimizer(
-      config, schedule.batch_size, schedule.total_steps,
-      schedule.steps_for_epochs(config.warmup_epochs),
-      schedule.num_train_images / schedule.batch_size)
-  return with_loss_scaling(opt, precision), learning_rate
-
-
-def task_trainer(distribution, task: Task, model, opt, config: OptimizerConfig, average,
-                 jit_compile: bool) -> Trainer:
-  """The Trainer of `task`'s loss with the optimizer config's weight decay and clipping."""
-  return Trainer(distribution, model, opt, task.compute_loss, config.weight_decay,
-                 config.clip_norm, ema=average, jit_compile=jit_compile,
-                 loss_parts=task.loss_parts)
 
 
 @gin.configurable(denylist=["model_dir", "mode", "continuous", "eval_timeout_s"])
 def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = None,
-          model_fn=None, train_input: InputConfig | None = None,
-          eval_input: InputConfig | None = None,
           schedule: Schedule = Schedule(), optimizer: OptimizerConfig = OptimizerConfig(),
-          loss: DetectionLoss | None = None,
-          postprocess: PostprocessConfig | None = None, ema: EmaConfig = EmaConfig(),
+          ema: EmaConfig = EmaConfig(), strategy: str = "off", tpu: str | None = None,
+          seed: int | None = None, num_eval_images: int | None = None,
+          checkpoint_input: bool = True, nan_trials: int = 3,
+          init_checkpoint: str | None = None, init_mode: str = "detector",
+          precision: str = "float32", jit_compile: bool = False,
           label_map_file: str | None = None, annotation_file: str | None = None,
-          coco_backend: str | None = None, strategy: str = "off", tpu: str | None = None, seed: int | None = None,
-          num_eval_images: int | None = None, checkpoint_input: bool = True,
-          nan_trials: int = 3, init_checkpoint: str | None = None,
-          init_mode: str = "detector", precision: str = "float32", jit_compile: bool = False,
-          continuous: bool = False, eval_timeout_s: float = 3600.0) -> dict:
+          coco_backend: str | None = None, continuous: bool = False,
+          eval_timeout_s: float = 3600.0, **removed) -> dict:
   """Trains and/or evaluates `task`'s model in `model_dir`; returns the final metrics.
 
-  task: a tasks/base.py Task (model, inputs, loss, evaluation). Without it, the legacy
-    detection arguments model_fn, train_input, eval_input, loss, postprocess, label_map_file,
-    annotation_file and coco_backend ('faster' | 'pycocotools') build a DetectionTask
-    (giving both is an error).
+  task: a tasks/base.py Task (model, inputs, loss, prediction, evaluator).
+  label_map_file, annotation_file, coco_backend: handed to a task that takes them
+    (Task.use_settings: the detection and joint tasks); an error for one that does not.
+  removed: the arguments that built a detector before train.task (model_fn, train_input,
+    eval_input, loss, postprocess) are rejected with the DetectionTask binding to use.
   checkpoint_input: save the tf.data iterator position in checkpoints (exact resume; costs
     the shuffle/prefetch buffers in every checkpoint). nan_trials: restores after a
     non-finite step before giving up. init_checkpoint/init_mode: fine-tuning start (used only
@@ -162,10 +71,9 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
   if continuous and mode != "eval":
     raise ValueError("--continuous needs --mode=eval (it watches a training job's model_dir).")
-  task = _resolve_task(task, model_fn=model_fn, train_input=train_input,
-                       eval_input=eval_input, loss=loss, postprocess=postprocess,
-                       label_map_file=label_map_file, annotation_file=annotation_file,
-                       coco_backend=coco_backend)
+  reject_removed(removed)
+  task = resolve_task(task, label_map_file=label_map_file, annotation_file=annotation_file,
+                      coco_backend=coco_backend)
   training = mode in ("train", "train_and_eval")
   distribution = get_strategy(strategy, tpu)
   # One writer per model_dir (training/writer.py): the chief of a training job, holding the
@@ -183,57 +91,13 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
     keras.utils.set_random_seed(seed)  # python, numpy and TF seeds: reproducible init
     if training and new_seed:
       save_seed(out_dir, seed)
-    _write_text(os.path.join(out_dir, "config.gin"), gin.config_str())
+    io.write_text(os.path.join(out_dir, "config.gin"), gin.config_str())
     return _run(model_dir, out_dir, mode, distribution, preemption, task=task,
                 schedule=schedule, optimizer=optimizer, ema=ema, strategy=strategy, seed=seed,
                 num_eval_images=num_eval_images,
                 checkpoint_input=checkpoint_input, nan_trials=nan_trials,
                 init_checkpoint=init_checkpoint, init_mode=init_mode, precision=precision,
                 jit_compile=jit_compile, continuous=continuous, eval_timeout_s=eval_timeout_s)
-
-
-_LEGACY_DETECTION_ARGS = ("model_fn", "train_input", "eval_input", "loss", "postprocess",
-                          "label_map_file", "annotation_file", "coco_backend")
-
-
-def train_argument(name: str, default=None):
-  """What `train()` receives as `name` from the parsed gin config (a `@Configurable()`
-  reference called, as gin calls it; `@fn` the function itself), or `default` when unbound."""
-  try:
-    value = gin.query_parameter(f"train.{name}")
-  except ValueError:  # not bound: train() uses its default
-    return default
-  if isinstance(value, gin.config.ConfigurableReference):
-    return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
-  return value
-
-
-def configured_task() -> Task:
-  """The task `train()` would run under the parsed gin config (train.task, or a DetectionTask
-  from the legacy detection arguments): for tools that build the model as training does."""
-  return _resolve_task(train_argument("task"),
-                       **{k: train_argument(k) for k in _LEGACY_DETECTION_ARGS})
-
-
-def _resolve_task(task, **legacy) -> Task:
-  """`train.task`, or a DetectionTask from the legacy detection arguments."""
-  given = sorted(k for k, v in legacy.items() if v is not None)
-  if task is not None:
-    if given:
-      raise ValueError(f"train.task is set, and so are the legacy detection arguments "
-                       f"{', '.join('train.' + k for k in given)}: bind those on the task "
-                       "(e.g. DetectionTask.model_fn) instead, or drop train.task.")
-    return task
-  if legacy["model_fn"] is None:
-    raise ValueError("Neither train.task nor train.model_fn is set: bind train.task (e.g. "
-                     "@DetectionTask(), @ClassificationTask(), @SegmentationTask()) or "
-                     "include a detection gin file that sets train.model_fn.")
-  return DetectionTask(None, legacy["loss"], legacy["postprocess"],
-                       model_fn=legacy["model_fn"], train_input=legacy["train_input"],
-                       eval_input=legacy["eval_input"],
-                       label_map_file=legacy["label_map_file"],
-                       annotation_file=legacy["annotation_file"],
-                       coco_backend=legacy.get("coco_backend"))
 
 
 def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, task: Task,
@@ -266,11 +130,11 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
   keeper = CheckpointKeeper(out_dir, model, read_dir=model_dir, read_only=not training,
                             **trackables)
   resumed = keeper.restore_latest()
-  if training and resumed and "iterator" not in trackables and hasattr(task, "start_step"):
-    # No input position in the checkpoint: a task that can (progressive learning) starts
-    # its stream at the restored step.
-    task.start_step = int(step.numpy())
-    iterator = iter(_train_dataset(distribution, task, model, schedule, seed))
+  if training and resumed and "iterator" not in trackables:
+    # No input position in the checkpoint: the stream starts again at the restored step
+    # (a task whose stream depends on the step, progressive learning, starts there).
+    iterator = iter(_train_dataset(distribution, task, model, schedule, seed,
+                                   int(step.numpy())))
   if not resumed and init_checkpoint:
     initialize_from_checkpoint(model, init_checkpoint, init_mode)
     if average is not None:
@@ -306,7 +170,7 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
         evaluate=evaluator)
     results["preempted"] = preemption.requested
     results["train_seconds"] = time.monotonic() - started
-    _write_text(os.path.join(out_dir, "operative_config.gin"), gin.operative_config_str())
+    io.write_text(os.path.join(out_dir, "operative_config.gin"), gin.operative_config_str())
     if results["preempted"]:
       return results
 
@@ -334,7 +198,8 @@ def _checkpointable(iterator) -> bool:
   return True
 
 
-def _train_dataset(distribution, task: Task, model, schedule: Schedule, seed):
+def _train_dataset(distribution, task: Task, model, schedule: Schedule, seed,
+                   start_step: int = 0):
   replicas = distribution.num_replicas_in_sync
   if schedule.batch_size % replicas:
     raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
@@ -348,4 +213,4 @@ def _train_dataset(distribution, task: Task, model, schedule: Schedule, seed):
   return distribution.distribute_datasets_from_function(
       lambda ctx: task.train_dataset(model, ctx,
                                      ctx.get_per_replica_batch_size(schedule.batch_size),
-                                     seed).with_options(options))
+                                     seed, start_step).with_options(options))

@@ -141,8 +141,8 @@ def test_a_resume_mid_stage_gives_the_uninterrupted_batches(records, tmp_path):
     np.testing.assert_array_equal(next(resumed)["images"].numpy(), want)
   # Without the iterator in the checkpoint: a stream started at the restored step is in that
   # step's stage, and ends it at the same step.
-  task.start_step = 3
-  restarted = [b["images"].shape[1] for b in task.train_dataset(model, None, 2, 5).take(3)]
+  restarted = [b["images"].shape[1]
+               for b in task.train_dataset(model, None, 2, 5, start_step=3).take(3)]
   assert restarted == [12, 16, 16]
 
 
@@ -188,6 +188,13 @@ def test_train_resumed_without_the_input_position_starts_the_stream_at_its_step(
   the stream after the restore, at the restored step (stage 1 of 4 here, mid-stage)."""
   from detlab.training.experiment import Schedule, train
   task = _task(records)
+  starts = []
+  build = task.train_dataset
+
+  def recording(model, context, batch, seed, start_step=0):
+    starts.append(start_step)
+    return build(model, context, batch, seed, start_step)
+  task.train_dataset = recording
 
   def run(steps):
     schedule = Schedule(batch_size=2, train_steps=steps, steps_per_loop=1, log_every_steps=1,
@@ -195,7 +202,7 @@ def test_train_resumed_without_the_input_position_starts_the_stream_at_its_step(
     return train(str(tmp_path / "run"), "train", task=task, schedule=schedule,
                  checkpoint_input=False, seed=1)
   run(3)
-  assert task.start_step == 0
+  assert starts == [0]
   result = run(8)  # the stages still split ProgressiveConfig.total_steps = 8
-  assert task.start_step == 3 and not result["preempted"]
+  assert starts == [0, 0, 3] and not result["preempted"]
   assert np.isfinite(result["train"]["total"])

@@ -3,11 +3,10 @@ sparse softmax cross-entropy), strict JSON, the label-range error, and the PNG g
 import json
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 
-from detlab.evaluation.classification import ClassificationEvaluator, draw_labelled_grid
+from detlab.evaluation.classification import ClassificationEvaluator
 
 
 def _reference(logits: np.ndarray, labels: np.ndarray, k: int = 5):
@@ -53,20 +52,3 @@ def test_label_outside_num_classes_names_both_numbers() -> None:
     evaluator.update(np.zeros((2, 4)), [1, 7])
   with pytest.raises(ValueError, match="empty"):
     evaluator.result()
-
-
-def test_grid_png_has_one_captioned_panel_per_image(tmp_path) -> None:
-  images = np.random.default_rng(1).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
-  path = str(tmp_path / "grid.png")
-  draw_labelled_grid(images, [0, 1, 2, 0, 1, 2], [0, 2, 2, 1, 1, 2], path,
-                     {0: "circle", 1: "square", 2: "star"}, columns=4, scale=2)
-  grid = np.asarray(Image.open(path))
-  assert grid.shape == (2 * (32 + 14), 4 * 32, 3)
-  # Panel 0 is image 0 upscaled by 2 (nearest); the caption row has green and red text.
-  np.testing.assert_array_equal(grid[:32:2, :32:2], images[0])
-  # Captions: panel 0 (circle / circle) in green, panel 1 (square / star) in red.
-  caption0 = grid[32:46, :32].astype(int)
-  caption1 = grid[32:46, 32:64].astype(int)
-  assert np.sum(caption0[..., 1] - caption0[..., 0] > 100) > 5
-  assert np.sum(caption0[..., 0] - caption0[..., 1] > 100) == 0
-  assert np.sum(caption1[..., 0] - caption1[..., 1] > 100) > 5

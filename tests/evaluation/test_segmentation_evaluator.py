@@ -1,15 +1,12 @@
 """SegmentationEvaluator against an independent per-class NumPy count; original-size resizing;
 strict JSON; the overlay PNG."""
-import io
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
-from detlab.evaluation.segmentation import (SegmentationEvaluator, draw_segmentation_panels,
-                                            original_size_predictions, palette)
+from detlab.evaluation.segmentation import SegmentationEvaluator, original_size_predictions
 
 
 def numpy_metrics(pairs, k):
@@ -78,23 +75,3 @@ def test_bad_labels_and_empty_results_name_the_fix():
     evaluator.result()
   with pytest.raises(ValueError, match="NUM_CLASSES"):
     evaluator.update_maps(np.array([[3]]), np.array([[0]]))
-
-
-def test_voc_palette_and_png_with_legend(tmp_path):
-  np.testing.assert_array_equal(palette(4), [[0, 0, 0], [128, 0, 0], [0, 128, 0],
-                                             [128, 128, 0]])
-  np.testing.assert_array_equal(palette(21)[15], [192, 128, 128])  # VOC 'person'
-  image = np.full([10, 12, 3], 200, np.uint8)
-  gt = np.zeros([10, 12], np.int64)
-  gt[2:6, 3:8] = 2
-  gt[0, 0] = 255
-  pred = np.zeros_like(gt)
-  path = "ram://seg_panels.png"
-  draw_segmentation_panels([image], [gt], [pred], path, {0: "bg", 2: "square"})
-  with tf.io.gfile.GFile(path, "rb") as f:
-    png = np.asarray(Image.open(io.BytesIO(f.read())))
-  assert png.shape[1] >= 36 and png.shape[0] > 10
-  np.testing.assert_array_equal(png[0, 0], [200, 200, 200])  # the image itself
-  np.testing.assert_array_equal(png[0, 12], [227, 227, 227])  # ignore -> white blend
-  np.testing.assert_array_equal(png[3, 12 + 4], [100, 164, 100])  # class 2 (0,128,0) blend
-  np.testing.assert_array_equal(png[3, 24 + 4], [100, 100, 100])  # predicted background

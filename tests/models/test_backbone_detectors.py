@@ -41,7 +41,7 @@ FAMILIES = {
 
 
 def _configured(name: str):
-  """The object a gin reference such as `train.model_fn` stands for, built now."""
+  """The object a gin reference such as `DetectionTask.model_fn` stands for, built now."""
   return gin.query_parameter(name).scoped_configurable_fn()
 
 
@@ -64,11 +64,12 @@ def detector(request, shapes_dir):
   gin.clear_config()
   config.parse_gin([f"efficientdet_{request.param}.gin", "shapes_data.gin"],
                    [f"TRAIN_FILE_PATTERN='{shapes_dir}/train-*'", f"IMAGE_SIZE={IMAGE_SIZE}"])
-  model = _configured("train.model_fn")
+  model = _configured("DetectionTask.model_fn")
   # Build every variable now, so that their initial values do not depend on which tests of
   # this module ran first (a lazily built layer would draw from the global seed later).
   model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]), training=False)
-  yield (request.param, model, _configured("train.train_input"), _configured("train.loss"))
+  yield (request.param, model, _configured("DetectionTask.train_input"),
+         _configured("DetectionTask.loss"))
   gin.clear_config()
   keras.backend.clear_session()
 
@@ -100,7 +101,7 @@ def test_a_few_steps_on_one_built_in_batch_lower_the_loss(detector) -> None:
   family, model, train_input, loss = detector
   batch = next(iter(make_dataset(train_input, model.anchors, model.num_classes, BATCH, seed=0)))
   batches = iter(tf.data.Dataset.from_tensors(batch).repeat())
-  task = DetectionTask(model, loss, PostprocessConfig())
+  task = DetectionTask(loss, PostprocessConfig())
   # Adam, not the recipe's SGD: at batch 2, SGD moves the focal loss of the positives too little
   # in 2 updates (the recipe optimizer is exercised by tests/e2e/test_train_cli.py).
   trainer = Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-3),

@@ -12,6 +12,7 @@ import tf_keras as keras
 from detlab.data.classification_example import build_classification_example
 from detlab.data.classification_input import ClassificationInputConfig
 from detlab.models.classifier import classifier
+from detlab.training.evaluation import evaluate
 from detlab.tasks.classification import ClassificationTask
 
 
@@ -101,7 +102,8 @@ def test_evaluate_returns_the_metrics_and_writes_the_png(tmp_path):
                             model_fn=functools.partial(classifier, "efficientnet_b0"),
                             class_names=["a", "b", "c"])
   model = task.build_model()
-  metrics, extra = task.evaluate(model, task.eval_dataset(model, 4), str(tmp_path), step=0)
+  png = str(tmp_path / task.png_name)
+  metrics, extra = evaluate(task, model, task.eval_dataset(model, 4), png_path=png)
   assert metrics["num_examples"] == 10 and len(extra["per_class_accuracy"]) == 3
   assert 0 <= metrics["top1"] <= metrics["top5"] == 1.0  # top-5 of 3 classes
-  assert Image.open(tmp_path / task.png_name).size[0] == 4 * 64
+  assert Image.open(png).size[0] >= 4 * 320  # 4 columns of tiles upscaled to >= 320 px

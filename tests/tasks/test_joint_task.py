@@ -15,8 +15,7 @@ from detlab.detection.targets import decode_boxes
 from detlab.models.joint import joint_detector_segmenter
 from detlab.segmentation.loss import SegmentationLoss
 from detlab.tasks.detection import DetectionTask
-from detlab.tasks.joint import JointTask, detection_view, segmentation_view
-from detlab.tasks.segmentation import SegmentationTask
+from detlab.tasks.joint import JointTask
 from tiny_backbone import tiny_test_backbone  # the name every test imports it by (tests/conftest.py)
 
 SIZE = 64
@@ -117,10 +116,10 @@ def test_joint_loss_is_the_weighted_sum_of_the_single_task_losses():
   examples = [parser(tf.constant(_record()), tf.constant([s, 5], tf.int64)) for s in range(2)]
   batch = {k: tf.stack([e[k] for e in examples]) for k in examples[0]}
   joint = task.compute_loss(model, batch, training=False)
-  detection = DetectionTask(loss=detection_loss).compute_loss(detection_view(model), batch,
-                                                              False)
-  segmentation = SegmentationTask(model_fn=None, loss=segmentation_loss).compute_loss(
-      segmentation_view(model), batch, False)
+  class_outputs, box_outputs, logits = model(batch["images"], training=False)
+  detection = detection_loss(*model.flatten_outputs(class_outputs, box_outputs),
+                             batch["cls_targets"], batch["box_targets"])
+  segmentation = segmentation_loss(logits, batch["labels"])
   assert float(segmentation["total"]) > 0 and float(detection["total"]) > 0
   np.testing.assert_allclose(float(joint["total"]), float(detection["total"]) +
                              0.7 * float(segmentation["total"]), rtol=1e-6)

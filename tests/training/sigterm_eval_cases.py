@@ -15,7 +15,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from detlab.tasks.detection import DetectionTask
+from detlab.evaluation.detection import DetectionEvaluator
 from detlab.training.preemption import handler_installed
 
 # How long a case waits for train() to install its SIGTERM handler before it fails: train()
@@ -37,19 +37,19 @@ def stray_sigterms():
 
 
 def _sigterm_at_first_detection(monkeypatch):
-  """A real SIGTERM to this process when the evaluation detects its first batch (inside
-  train(), so after it installed its handler; checked, to fail clearly if not)."""
-  detect = DetectionTask.detect_original_pixels
+  """A real SIGTERM to this process when the evaluation has its first batch's detections
+  (inside train(), so after it installed its handler; checked, to fail clearly if not)."""
+  update = DetectionEvaluator.update
   calls = []
 
-  def detect_then_signal(self, images, image_info, **kwargs):
+  def signal_then_update(self, batch, outputs):
     calls.append(1)
     if len(calls) == 1:
       assert handler_installed(), "evaluation ran without detlab's SIGTERM handler"
       os.kill(os.getpid(), signal.SIGTERM)
-    return detect(self, images, image_info, **kwargs)
+    return update(self, batch, outputs)
 
-  monkeypatch.setattr(DetectionTask, "detect_original_pixels", detect_then_signal)
+  monkeypatch.setattr(DetectionEvaluator, "update", signal_then_update)
   return calls
 
 

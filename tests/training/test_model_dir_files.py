@@ -5,20 +5,21 @@ import json
 
 import tensorflow as tf
 
-from detlab.tasks.detection import DetectionTask
+from detlab.evaluation.detection import DetectionEvaluator
 from detlab.training import run_seed
 
 
 def test_a_ram_model_dir_gets_every_file_and_the_seed_is_saved_and_reused(
     run_train, monkeypatch):
-  detect = DetectionTask.detect_original_pixels
+  update = DetectionEvaluator.update
   evaluated = []
 
-  def counting(self, images, image_info, **kwargs):
-    evaluated.append(int(images.shape[0]))
-    return detect(self, images, image_info, **kwargs)
+  def counting(self, batch, outputs):
+    evaluated.append(len(batch["source_ids"]))
+    assert len(outputs["num_detections"]) == evaluated[-1]
+    return update(self, batch, outputs)
 
-  monkeypatch.setattr(DetectionTask, "detect_original_pixels", counting)
+  monkeypatch.setattr(DetectionEvaluator, "update", counting)
   model_dir = "ram://detlab-run"
   said = []  # run_seed's log lines (caplog misses absl's INFO once a test changed its level)
   monkeypatch.setattr(run_seed.logging, "info", lambda message, *args: said.append(

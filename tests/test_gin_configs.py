@@ -14,19 +14,19 @@ def clean_gin():
 
 # Data-only files: no model of their own; they go after a detector file.
 DATA_FILES = ("shapes_data.gin",)
-# Task files: they bind `train.task` (the task-generic root), not the legacy train.model_fn.
-TASK_PREFIXES = ("classification_", "segmentation_", "joint_")
 
 
 @pytest.mark.parametrize("name", config.available_gin_files())
 def test_every_gin_file_parses(name):
+  """Every file binds `train.task` (detection files `@DetectionTask()` with its model_fn);
+  which task each resolves to, and with what, is tests/e2e/test_readme_bindings.py's."""
   files = ["efficientdet_d0.gin", name] if name in DATA_FILES else [name]
   config.parse_gin(files, [])
-  if name.startswith(TASK_PREFIXES):
-    assert gin.query_parameter("train.task") is not None
-    assert gin.query_parameter("%NUM_CLASSES") and gin.query_parameter("%IMAGE_SIZE")
-    return
-  assert gin.query_parameter("train.model_fn") is not None
+  assert gin.query_parameter("train.task") is not None
+  assert gin.query_parameter("%NUM_CLASSES") and gin.query_parameter("%IMAGE_SIZE")
+  if name.startswith("efficientdet_") or name in DATA_FILES:
+    assert gin.query_parameter("train.task").selector == "DetectionTask"
+    assert gin.query_parameter("DetectionTask.model_fn").selector == "efficientdet"
 
 
 def test_a_data_file_after_a_detector_file_keeps_the_model_and_sets_the_data():

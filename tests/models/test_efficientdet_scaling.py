@@ -56,7 +56,7 @@ def _build(name: str, size: int | None = None) -> tuple:
     config.parse_gin([f"efficientdet_{name}.gin"],
                      [] if size is None else [f"IMAGE_SIZE = {size}"])
     size = gin.query_parameter("%IMAGE_SIZE")
-    return gin.query_parameter("train.model_fn").scoped_configurable_fn(), size
+    return gin.query_parameter("DetectionTask.model_fn").scoped_configurable_fn(), size
   finally:
     gin.clear_config()
 

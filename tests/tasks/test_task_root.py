@@ -1,52 +1,52 @@
-"""train()'s task argument: a task, or the legacy detection arguments, never both."""
+"""train()'s task comes from `train.task`: the detection settings that older gin files bound on
+`train` itself (model_fn, train_input, eval_input, loss, postprocess) are refused with an error
+naming their DetectionTask binding, by train() and by configured_task() (what the API, export
+and the benchmark build from). The run settings that stay on `train` (label_map_file,
+annotation_file, coco_backend) are tests/tasks/test_task_settings.py's and
+tests/e2e/test_readme_bindings.py's."""
+import re
+
+import gin
 import pytest
 
-from detlab.tasks.classification import ClassificationTask
-from detlab.tasks.detection import DetectionTask
-from detlab.training.experiment import _resolve_task
+from detlab import config
+from detlab.training.experiment import configured_task, train
+
+# The former train.* detection argument -> (a value an old gin file gave it, its new binding).
+FORMER = {
+    "model_fn": ("@efficientdet", "DetectionTask.model_fn"),
+    "train_input": ("@train/InputConfig()", "DetectionTask.train_input"),
+    "eval_input": ("@eval/InputConfig()", "DetectionTask.eval_input"),
+    "loss": ("@DetectionLoss()", "DetectionTask.loss"),
+    "postprocess": ("@PostprocessConfig()", "DetectionTask.postprocess_config"),
+}
+# Small and without data: were a refused binding accepted, the run would fail fast elsewhere.
+QUICK = ["IMAGE_SIZE = 128", "TRAIN_FILE_PATTERN = '/nonexistent/train-*'",
+         "EVAL_FILE_PATTERN = '/nonexistent/val-*'"]
 
 
-def test_legacy_detection_arguments_build_a_detection_task():
-  model_fn = object()
-  task = _resolve_task(None, model_fn=model_fn, train_input=None, eval_input=None, loss=None,
-                       postprocess=None, label_map_file="labels.json", annotation_file=None)
-  assert isinstance(task, DetectionTask) and task.model_fn is model_fn
-  assert task.label_map_file == "labels.json" and task.primary_metric == "AP"
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()  # unlocks too: an earlier test in this process may have locked it
+  yield
+  gin.clear_config()
 
 
-def test_a_task_and_legacy_arguments_together_are_refused_by_name():
-  task = ClassificationTask(num_classes=3, image_size=32)
-  with pytest.raises(ValueError, match="train.label_map_file, train.model_fn"):
-    _resolve_task(task, model_fn=object(), train_input=None, eval_input=None, loss=None,
-                  postprocess=None, label_map_file="x.json", annotation_file=None)
-  assert _resolve_task(task, model_fn=None, train_input=None, eval_input=None, loss=None,
-                       postprocess=None, label_map_file=None, annotation_file=None) is task
+@pytest.mark.parametrize("name", FORMER)
+def test_a_former_detection_binding_on_train_names_its_new_binding(name, tmp_path):
+  value, new = FORMER[name]
+  config.parse_gin(["efficientdet_d0.gin"], QUICK + [f"train.{name} = {value}"])
+  with pytest.raises(ValueError, match=re.escape(new)):
+    train(str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # refused before any work
+  with pytest.raises(ValueError, match=re.escape(new)):
+    configured_task()
 
 
-def test_neither_names_both_ways_to_fix_it():
-  with pytest.raises(ValueError, match="train.task nor train.model_fn"):
-    _resolve_task(None, model_fn=None, train_input=None, eval_input=None, loss=None,
-                  postprocess=None, label_map_file=None, annotation_file=None)
-
-
-def test_train_coco_backend_reaches_the_coco_evaluator(monkeypatch):
-  """`train.coco_backend = 'pycocotools'` (the issue's name) selects the reference backend;
-  unset, the evaluator's own default (or a `CocoEvaluator.backend` binding) applies."""
-  from detlab.tasks import detection_eval  # pylint: disable=import-outside-toplevel
-  made = []
-
-  class Recorder:
-    def __init__(self, names, annotation_file, **kwargs):
-      made.append(kwargs)
-
-    def evaluate(self):
-      return {}, {}
-
-  monkeypatch.setattr(detection_eval, "CocoEvaluator", Recorder)
-  task = _resolve_task(None, model_fn=object(), train_input=None, eval_input=None, loss=None,
-                       postprocess=None, label_map_file=None, annotation_file=None,
-                       coco_backend="pycocotools")
-  assert task.coco_backend == "pycocotools"
-  detection_eval.evaluate_detections(None, [], {1: "a"}, backend=task.coco_backend)
-  detection_eval.evaluate_detections(None, [], {1: "a"})
-  assert made == [{"backend": "pycocotools"}, {}]
+def test_without_a_task_the_error_names_train_task(tmp_path):
+  # A data-only file: schedule, optimizer and data, but no model and no task.
+  config.parse_gin(["shapes_data.gin"], [])
+  with pytest.raises(ValueError, match=re.escape("train.task")):
+    train(str(tmp_path / "run"))
+  with pytest.raises(ValueError, match=re.escape("train.task")):
+    configured_task()

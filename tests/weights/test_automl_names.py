@@ -128,7 +128,7 @@ def test_every_dk_maps_to_the_reference_variable_count(dk):
   gin.clear_config()
   try:
     config.parse_gin([f"efficientdet_{dk}.gin"], ["IMAGE_SIZE = 256"])
-    model = gin.query_parameter("train.model_fn").scoped_configurable_fn()
+    model = gin.query_parameter("DetectionTask.model_fn").scoped_configurable_fn()
   finally:
     gin.clear_config()
   names = _names(model)

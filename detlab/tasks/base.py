@@ -31,6 +31,7 @@ class Task(abc.ABC):
   loss_parts = ()             # compute_loss keys besides "total" that the loop logs
   predict_features = ("images",)  # the eval batch's keys that predict() reads
   settings = ()               # run settings train() may hand over (see `use_settings`)
+  example_gin = ""            # a gin file that binds this task (named in errors)
 
   @abc.abstractmethod
   def build_model(self) -> tf.Module:
@@ -59,6 +60,15 @@ class Task(abc.ABC):
         raise ValueError(f"train.{key} = {value!r} contradicts "
                          f"{type(self).__name__}.{key} = {own!r}; bind one of them.")
       setattr(self, key, value)
+
+  def input_config(self, training: bool):
+    """`train_input` or `eval_input`, or an error naming the binding when it is unset."""
+    which = "train_input" if training else "eval_input"
+    config = getattr(self, which, None)
+    if config is None:
+      raise ValueError(f"{type(self).__name__}.{which} is not set; bind it (see "
+                       f"{self.example_gin or 'the README'}).")
+    return config
 
   @abc.abstractmethod
   def train_dataset(self, model, input_context, per_replica_batch: int, seed: int | None,

@@ -53,6 +53,7 @@ class ClassificationTask(Task):
   summary_prefix = "classification"
   png_name = "eval_classification.png"
   summary_image = "classification"
+  example_gin = "classification_efficientnet_b0_demo.gin"
 
   def __init__(self, num_classes: int, image_size: int, train_input=None, eval_input=None,
                model_fn: Callable = classifier, label_smoothing: float = 0.1,
@@ -95,10 +96,7 @@ class ClassificationTask(Task):
 
   def build_inputs(self, training: bool, batch_size: int, input_context=None,
                    seed: int | None = None) -> tf.data.Dataset:
-    base = self.train_input if training else self.eval_input
-    if base is None:
-      raise ValueError(f"ClassificationTask.{'train' if training else 'eval'}_input is not "
-                       "set; bind it to @ClassificationInputConfig() with a file_pattern.")
+    base = self.input_config(training)
     config = ClassificationInputConfig(**{
         **vars(base), "is_training": training,
         "image_size": self.image_size if training else self.eval_image_size})

@@ -44,6 +44,7 @@ class DetectionTask(Task):
   summary_image = "detections"  # ground truth green, predictions red, as in the PNG
   predict_features = ("images", "image_info")
   settings = ("label_map_file", "annotation_file", "coco_backend")
+  example_gin = "efficientdet_d0.gin"
 
   def __init__(self, loss: DetectionLoss | None = None,
                postprocess_config: PostprocessConfig | None = None, *,
@@ -90,15 +91,12 @@ class DetectionTask(Task):
                         convention=input_convention(model, default=IMAGENET_MEAN_STD))
 
   def train_dataset(self, model, input_context, per_replica_batch, seed, start_step=0):
-    del start_step  # the stream does not change with the step; the checkpointed iterator
-    if self.train_input is None:
-      raise ValueError("DetectionTask.train_input is not set; bind it in the gin file.")
-    return self._dataset(self.train_input, model, per_replica_batch, input_context, seed)
+    del start_step  # the stream does not change with the step
+    return self._dataset(self.input_config(True), model, per_replica_batch, input_context,
+                         seed)
 
   def eval_dataset(self, model, batch_size):
-    if self.eval_input is None:
-      raise ValueError("DetectionTask.eval_input is not set; bind it in the gin file.")
-    return self._dataset(self.eval_input, model, batch_size)
+    return self._dataset(self.input_config(False), model, batch_size)
 
   def compute_loss(self, model, batch: dict, training: bool) -> dict:
     class_outputs, box_outputs = model(batch["images"], training=training)

@@ -36,6 +36,7 @@ class JointTask(Task):
   summary_image = "joint"
   predict_features = DetectionTask.predict_features
   settings = DetectionTask.settings
+  example_gin = "joint_d0.gin"
 
   def __init__(self, model_fn: Callable = gin.REQUIRED, train_input: InputConfig | None = None,
                eval_input: InputConfig | None = None, seg_loss_weight: float = 1.0,
@@ -90,16 +91,9 @@ class JointTask(Task):
                              input_convention(model, default=IMAGENET_MEAN_STD))
     return make_joint_dataset(JointParser(parser), batch, context, seed)
 
-  def train_dataset(self, model, input_context, per_replica_batch, seed, start_step=0):
-    del start_step  # the stream does not change with the step
-    if self.train_input is None:
-      raise ValueError("JointTask.train_input is not set; bind it (see joint_d0.gin).")
-    return self._dataset(self.train_input, model, per_replica_batch, input_context, seed)
-
-  def eval_dataset(self, model, batch_size):
-    if self.eval_input is None:
-      raise ValueError("JointTask.eval_input is not set; bind it (see joint_d0.gin).")
-    return self._dataset(self.eval_input, model, batch_size)
+  # DetectionTask's, over this task's _dataset (the joint parser).
+  train_dataset = DetectionTask.train_dataset
+  eval_dataset = DetectionTask.eval_dataset
 
   def compute_loss(self, model, batch: dict, training: bool) -> dict:
     """One forward pass; the two single-task losses on its outputs, weighted."""

@@ -22,6 +22,7 @@ class SegmentationTask(Task):
   summary_prefix = "segmentation"
   png_name = "eval_segmentation.png"
   summary_image = "segmentation"
+  example_gin = "segmentation_d0_shapes.gin"
 
   def __init__(self, model_fn: Callable = gin.REQUIRED,
                train_input: SegmentationInputConfig | None = None,
@@ -41,20 +42,16 @@ class SegmentationTask(Task):
     set_bn_momentum(model, self.bn_momentum)
     return model
 
-  def _dataset(self, config, model, batch, context=None, seed=None, training=True):
-    if config is None:
-      which = "train_input" if training else "eval_input"
-      raise ValueError(f"SegmentationTask.{which} is not set; bind it to "
-                       f"@{'train' if training else 'eval'}/SegmentationInputConfig().")
-    return make_dataset(config, batch, context, seed,
+  def _dataset(self, training, model, batch, context=None, seed=None):
+    return make_dataset(self.input_config(training), batch, context, seed,
                         input_convention(model, default=IMAGENET_MEAN_STD))
 
   def train_dataset(self, model, input_context, per_replica_batch, seed, start_step=0):
     del start_step  # the stream does not change with the step
-    return self._dataset(self.train_input, model, per_replica_batch, input_context, seed)
+    return self._dataset(True, model, per_replica_batch, input_context, seed)
 
   def eval_dataset(self, model, batch_size):
-    return self._dataset(self.eval_input, model, batch_size, training=False)
+    return self._dataset(False, model, batch_size)
 
   def compute_loss(self, model, batch: dict, training: bool) -> dict:
     logits = model(batch["images"], training=training)

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image, ImageOps
 import tensorflow as tf
 
-from detlab.data.classification_example import (build_classification_example, read_label_map,
-                                                 write_label_map)
+from detlab.data.classification_example import build_classification_example
+from detlab.data import label_map as label_maps
 from detlab.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -137,7 +137,7 @@ def convert(image_dir: str, output_file_prefix: str, num_shards: int = 8,
   raises ConversionError listing every problem (nothing written)."""
   if num_shards < 1:
     raise ConversionError(f"--num_shards must be >= 1, got {num_shards}.")
-  class_names = read_label_map(label_map_file) if label_map_file else None
+  class_names = label_maps.class_names(label_map_file) if label_map_file else None
   records, names, errors = list_records(image_dir, class_names)
   encoded, converted = [], {}
   progress = Progress(len(records), unit="images", stream=stream)
@@ -171,7 +171,7 @@ def convert(image_dir: str, output_file_prefix: str, num_shards: int = 8,
   label_map = label_map_file
   if label_map is None:
     label_map = os.path.join(out_dir, "label_map.json")
-    write_label_map(label_map, names)
+    label_maps.write_class_names(label_map, names)
   summary = {"images": len(encoded), "classes": len(names), "converted": converted,
              "shards": paths, "label_map": label_map}
   notes = ", ".join(f"{n} {k}" for k, n in sorted(converted.items())) or "none"

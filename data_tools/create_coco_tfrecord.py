@@ -42,6 +42,7 @@ from data_tools import validate_dataset
 from detlab.data import dataset_checks, tf_example
 from detlab.data.coco_fields import crowd_flag
 from detlab.data.dataset_checks import Repairs
+from detlab.data import label_map as label_maps
 from detlab.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -168,9 +169,8 @@ def write_shards(dataset: dict, image_dir: str, prefix: str, num_shards: int,
 
 def write_label_map(categories: list[dict], directory: str) -> str:
   """label_map.json ({"id": "name"}, make_shapes_dataset's format) in `directory`."""
-  path = os.path.join(directory, "label_map.json")
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump({str(c["id"]): str(c["name"]) for c in categories}, f, indent=1)
+  path = os.path.join(directory, label_maps.LABEL_MAP_NAME)
+  label_maps.write_label_map(path, {int(c["id"]): c["name"] for c in categories})
   return path
 
 

@@ -31,6 +31,7 @@ from pycocotools import mask as mask_util
 import tensorflow as tf
 
 from data_tools.create_classification_tfrecord import Record, encode_record, shard_paths
+from detlab.data import label_map as label_maps
 from detlab.data.segmentation_example import (IGNORE_LABEL, build_segmentation_example,
                                               semantic_map)
 from detlab.progress import Progress
@@ -196,10 +197,9 @@ def convert(image_dir: str, output_file_prefix: str, num_shards: int = 8,
   for writer in writers:
     writer.close()
   if names is not None:
-    label_map = {"0": "background", **{str(k): v for k, v in sorted(names.items())}}
-    with tf.io.gfile.GFile(os.path.join(os.path.dirname(output_file_prefix),
-                                        "label_map.json"), "w") as f:
-      json.dump(label_map, f, indent=1)
+    label_maps.write_label_map(
+        os.path.join(os.path.dirname(output_file_prefix), label_maps.LABEL_MAP_NAME),
+        {0: "background", **names})
   return {"images": len(encoded), "shards": paths}
 
 

@@ -9,7 +9,6 @@ orange), each labelled "<id> <name>", instance masks tinted if the records have 
 come from --label_map, else label_map.json beside the records, else image/object/class/text.
 Small images are scaled up (nearest neighbour) to at least --min_size pixels.
 """
-import json
 import os
 import sys
 
@@ -20,7 +19,9 @@ from PIL import Image, ImageDraw
 
 from detlab.data import tf_example
 from detlab.data.detection_input import list_files
+from detlab.data.label_map import LABEL_MAP_NAME, LabelMapError, read_label_map
 from detlab.evaluation import visualize
+from detlab.io import write_png
 from detlab.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -37,12 +38,12 @@ def define_flags() -> None:
 
 
 def load_label_map(path: str | None, files: list[str]) -> dict[int, str]:
-  """{category id: name} from `path`, else from label_map.json beside the first file."""
-  path = path or os.path.join(os.path.dirname(files[0]), "label_map.json")
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return {int(k): v for k, v in json.load(f).items()}
+  """{category id: name} from `path` (--label_map: an error if unusable), else from the
+  label_map.json beside the first file when there is one, else {}."""
+  if path:
+    return read_label_map(path, flag="--label_map")
+  beside = os.path.join(os.path.dirname(files[0]), LABEL_MAP_NAME)
+  return read_label_map(beside) if tf.io.gfile.exists(beside) else {}
 
 
 def render_record(serialized: tf.Tensor, names: dict[int, str], min_size: int = 256
@@ -90,8 +91,7 @@ def inspect(file_pattern: str, output_dir: str, num_records: int = 8,
     panel, data = render_record(serialized, names, min_size)
     source_id = data["source_id"].decode() or str(i)
     path = os.path.join(output_dir, f"record_{i:03d}_{source_id}.png")
-    with tf.io.gfile.GFile(path, "wb") as f:
-      panel.save(f, format="PNG")
+    write_png(path, panel)
     paths.append(path)
     objects += len(data["classes"])
     seen.update(int(c) for c in data["classes"])
@@ -105,8 +105,11 @@ def main(argv) -> None:
   del argv
   if not FLAGS.file_pattern:
     raise app.UsageError("--file_pattern is required.")
-  inspect(FLAGS.file_pattern, FLAGS.output_dir, FLAGS.num_records, FLAGS.label_map,
-          FLAGS.min_size)
+  try:
+    inspect(FLAGS.file_pattern, FLAGS.output_dir, FLAGS.num_records, FLAGS.label_map,
+            FLAGS.min_size)
+  except (FileNotFoundError, LabelMapError) as error:  # the label map; the message says why
+    raise app.UsageError(str(error)) from error
 
 
 if __name__ == "__main__":

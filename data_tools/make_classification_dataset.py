@@ -16,7 +16,8 @@ from PIL import Image
 import tensorflow as tf
 
 from detlab.data.builtin_classification import CLASSES, IMAGE_SIZE, render_example
-from detlab.data.classification_example import build_classification_example, write_label_map
+from detlab.data.classification_example import build_classification_example
+from detlab.data.label_map import write_class_names
 from detlab.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -65,7 +66,7 @@ def make_dataset(output_dir: str, num_train: int = 6000, num_val: int = 1000,
   result = {"train": write_split(output_dir, "train", num_train, num_shards, seed, image_size),
             "val": write_split(output_dir, "val", num_val, num_shards, seed + 1, image_size),
             "label_map": os.path.join(output_dir, "label_map.json")}
-  write_label_map(result["label_map"], list(CLASSES))
+  write_class_names(result["label_map"], CLASSES)
   print(f"Wrote the built-in classification data set to {output_dir}: {num_train} train and "
         f"{num_val} val images of {image_size}x{image_size}, {len(CLASSES)} classes.",
         flush=True)

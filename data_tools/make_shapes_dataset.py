@@ -19,6 +19,7 @@ from pycocotools import mask as mask_util
 import tensorflow as tf
 
 from detlab.data import builtin_shapes, tf_example
+from detlab.data import label_map as label_maps
 from detlab.data.segmentation_example import mask_features, semantic_map
 from detlab.progress import Progress
 
@@ -111,8 +112,8 @@ def make_dataset(output_dir: str, num_train: int, num_val: int, num_shards: int 
         json.dump(coco, f)
     logging.info("%s: %d images, %d objects", split, len(coco["images"]),
                  len(coco["annotations"]))
-  with tf.io.gfile.GFile(os.path.join(output_dir, "label_map.json"), "w") as f:
-    json.dump({str(i): n for i, n in builtin_shapes.CATEGORIES.items()}, f, indent=1)
+  label_maps.write_label_map(os.path.join(output_dir, label_maps.LABEL_MAP_NAME),
+                             builtin_shapes.CATEGORIES)
   print(f"Wrote the built-in shapes data set to {output_dir}: {num_train} train and "
         f"{num_val} val images, {len(builtin_shapes.CATEGORIES)} categories.")
 

@@ -18,8 +18,6 @@ samples reduced to their high byte (as PIL reads 16-bit RGB). A file that cannot
 is reported by name and skipped; the others go on. Paths may be gs:// (tf.io.gfile).
 """
 import dataclasses
-import io
-import json
 import os
 import sys
 
@@ -29,6 +27,8 @@ from PIL import Image
 import tensorflow as tf
 
 from detlab.data import image_files
+from detlab.data.label_map import read_label_map
+from detlab.io import write_json, write_png
 
 FLAGS = flags.FLAGS
 
@@ -88,15 +88,11 @@ def read_image(path: str) -> np.ndarray:
 
 
 def load_label_map(path: str) -> dict[int, str]:
-  if not tf.io.gfile.exists(path):
-    raise InferError(f"--label_map_file={path} does not exist; give a JSON file "
-                     '{"1": "name", ...} (data_tools write label_map.json), or leave it out.')
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      return {int(k): str(v) for k, v in json.load(f).items()}
-    except (ValueError, AttributeError) as error:
-      raise InferError(f"--label_map_file={path} is not a JSON object of category id -> "
-                       f'name such as {{"1": "cat"}}: {error}') from error
+  """--label_map_file's {category id: name}; InferError naming the fix when it is unusable."""
+  try:
+    return read_label_map(path, flag="--label_map_file")
+  except (FileNotFoundError, ValueError) as error:
+    raise InferError(f"{error} Or leave --label_map_file out.") from error
 
 
 def coco_results(image_id: int, detections: dict, index: int, score_threshold: float) -> list:
@@ -158,17 +154,13 @@ def run_inference(model: str, images: str, output_dir: str, score_threshold: flo
     panel = draw_panel(image, [], found["boxes"][0, :count], found["scores"][0, :count],
                        found["classes"][0, :count] - 1, names, score_threshold)  # class index
     png = _png_name(path, used)
-    buffer = io.BytesIO()  # PIL writes local files only; gfile writes anywhere
-    panel.save(buffer, format="PNG")
-    with tf.io.gfile.GFile(os.path.join(output_dir, png), "wb") as f:
-      f.write(buffer.getvalue())
+    write_png(os.path.join(output_dir, png), panel)
     result.images.append({"id": image_id, "file_name": path, "height": image.shape[0],
                           "width": image.shape[1], "output_file": png})
     progress.update(done, prefix="infer ")
-  with tf.io.gfile.GFile(os.path.join(output_dir, "detections.json"), "w") as f:
-    json.dump(result.detections, f)
-  with tf.io.gfile.GFile(os.path.join(output_dir, "images.json"), "w") as f:
-    json.dump({"images": result.images, "skipped": result.skipped}, f, indent=1)
+  write_json(os.path.join(output_dir, "detections.json"), result.detections, indent=None)
+  write_json(os.path.join(output_dir, "images.json"),
+             {"images": result.images, "skipped": result.skipped})
   return result
 
 

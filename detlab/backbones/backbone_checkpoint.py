@@ -7,7 +7,6 @@ the same backbone (detlab.training.initialize). Beside it, backbone.json names t
 its input convention and where the weights came from.
 """
 import dataclasses
-import json
 import os
 
 import tensorflow as tf
@@ -15,6 +14,7 @@ import tf_keras as keras
 
 from detlab.backbones import BACKBONES, input_convention
 from detlab.backbones.weight_import import WeightImportError, weighted_layers
+from detlab.io import write_json
 
 # Families whose classifier has training-only aux heads (not in keras/slim inference graphs).
 _AUX_FAMILIES = ("inception_v1", "inception_v3", "inception_v4", "inception_resnet_v2")
@@ -58,6 +58,5 @@ def save_backbone_checkpoint(name: str, backbone: keras.Model, output_dir: str,
           "builder_kwargs": builder_kwargs or {},
           "usage": f"train.init_checkpoint='{output_dir}' train.init_mode='backbone'" +
                    "".join(f" {name}.{k}={v!r}" for k, v in (builder_kwargs or {}).items())}
-  with tf.io.gfile.GFile(os.path.join(output_dir, "backbone.json"), "w") as f:
-    json.dump(info, f, indent=2)
+  write_json(os.path.join(output_dir, "backbone.json"), info, indent=2)
   return prefix

@@ -6,20 +6,17 @@ ids are known up front: from the label map (train.label_map_file, or the label_m
 converters write beside the shards) or, without one, from a scan of the records' class
 labels (which reads every record once; only the label feature is parsed).
 """
-import json
 import os
 
 from absl import logging
 import tensorflow as tf
 
 from detlab.data.detection_input import list_files
-
-LABEL_MAP_NAME = "label_map.json"  # what data_tools' converters write beside the shards
+from detlab.data.label_map import LABEL_MAP_NAME, read_label_map
 
 
 def _label_map_ids(path: str) -> set[int]:
-  with tf.io.gfile.GFile(path) as f:
-    return {int(k) for k in json.load(f)}
+  return set(read_label_map(path))
 
 
 def _scanned_ids(files: list[str]) -> set[int]:

@@ -4,10 +4,8 @@ Keys as TF's ImageNet TFRecords (tensorflow/models `build_imagenet_data` / tfm's
 classification decoder): image/encoded, image/format, image/class/label, image/class/text,
 image/filename, image/height, image/width. detlab writes labels 0..K-1 (its label map's
 indices); TF's own ImageNet records are 1-based (0 = background), which the input pipeline's
-`label_offset=-1` handles.
+`label_offset=-1` handles. The label map (class names by index) is detlab.data.label_map's.
 """
-import json
-
 import tensorflow as tf
 
 ENCODED, LABEL, TEXT = "image/encoded", "image/class/label", "image/class/text"
@@ -31,25 +29,3 @@ def build_classification_example(encoded: bytes, label: int, class_name: str, he
       "image/filename": _bytes(filename.encode()), "image/height": _int(height),
       "image/width": _int(width)}))
 
-
-def write_label_map(path: str, class_names: list[str]) -> None:
-  """{"0": name0, "1": name1, ...} (JSON keys are strings) at any tf.io.gfile path."""
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump({str(i): name for i, name in enumerate(class_names)}, f, indent=1)
-
-
-def read_label_map(path: str) -> list[str]:
-  """The class names by index from a label map written by `write_label_map`."""
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"label map {path} does not exist; pass the label_map.json "
-                            "written beside the training shards.")
-  with tf.io.gfile.GFile(path) as f:
-    table = json.load(f)
-  try:
-    ids = sorted(int(k) for k in table)
-  except ValueError as error:
-    raise ValueError(f"label map {path}: keys must be class indices 0..K-1") from error
-  if ids != list(range(len(ids))):
-    raise ValueError(f"label map {path}: indices must be 0..{len(ids) - 1} without gaps, got "
-                     f"{ids[:10]}...")
-  return [table[str(i)] for i in ids]

@@ -11,9 +11,9 @@ name's stem), "objects/is_crowd" (else VOC's "objects/is_difficult", else none),
 Note: TFDS COCO labels are the 80 contiguous classes, not COCO's ids 1..90, so a TFDS COCO
 run wants NUM_CLASSES = 80 and evaluation against these ids, not instances_val2017.json.
 """
-import json
-
 import tensorflow as tf
+
+from detlab.data import label_map as label_maps
 
 TFDS_HINT = ("The TFDS data set {name!r} (split {split!r}) is not prepared in data_dir "
              "{data_dir!r}. Prepare it with:\n  tfds build {name} --data_dir={data_dir}\n"
@@ -43,8 +43,7 @@ def label_map(builder) -> dict[int, str]:
 def write_label_map(builder, path: str) -> dict[int, str]:
   """Writes `label_map(builder)` as the label_map.json that train.label_map_file reads."""
   mapping = label_map(builder)
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump({str(k): v for k, v in mapping.items()}, f, indent=1)
+  label_maps.write_label_map(path, mapping)
   return mapping
 
 

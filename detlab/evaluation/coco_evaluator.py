@@ -7,7 +7,6 @@ images that were evaluated count (as in the reference): an annotation file may c
 A number COCO cannot define (no ground truth of that kind) is -1, COCO's own convention.
 """
 import json
-import math
 
 from absl import logging
 import gin
@@ -152,22 +151,3 @@ def format_metrics(metrics: dict, nms_mode: str) -> str:
   header = " ".join(f"{name:>6s}" for name in METRIC_NAMES)
   values = " ".join(f"{metrics[name]:6.3f}" for name in METRIC_NAMES)
   return f"COCO box metrics ({nms_mode} NMS)\n{header}\n{values}"
-
-
-def _strict(value):
-  """NaN and infinities -> None (JSON null): metrics.json stays strict JSON for any reader."""
-  if isinstance(value, dict):
-    return {k: _strict(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_strict(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def save_metrics(path: str, metrics: dict, per_class: dict, extra: dict | None = None) -> None:
-  """metrics.json at `path` (any tf.io.gfile path: local, gs://, ram://), strict JSON."""
-  text = json.dumps(_strict({"metrics": metrics, "per_class_AP": per_class, **(extra or {})}),
-                    indent=1, allow_nan=False)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text)

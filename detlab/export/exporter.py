@@ -4,7 +4,6 @@ Checks come first and fail fast with the fix (unknown format, no checkpoint, no 
 non-empty output directory, missing calibration data), before any model is built.
 """
 import importlib.util
-import json
 import os
 
 from absl import logging
@@ -12,9 +11,10 @@ import tensorflow as tf
 
 from detlab import api
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
+from detlab.data import label_map
 from detlab.export.fold import count_batch_norms, fold_batch_norms
 from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
-from detlab.tasks.detection_eval import load_category_names
+from detlab.io import write_json
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
            "openvino_int8")
@@ -123,7 +123,7 @@ def category_names(task) -> dict | None:
   """{category id: name} from the detection task's label map (None without one)."""
   if not task.label_map_file or not tf.io.gfile.exists(task.label_map_file):
     return None
-  return load_category_names(task.label_map_file, None, 0)
+  return label_map.category_names(task.label_map_file, None, 0)
 
 
 def export(model_dir: str, output_dir: str, formats=("saved_model",),
@@ -181,6 +181,5 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
           "batch_norms_folded": bool(fold), "category_names": category_names(task),
           # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
           "input_mean": list(convention.mean), "input_std": list(convention.std)}
-  with tf.io.gfile.GFile(os.path.join(output_dir, "export.json"), "w") as f:
-    json.dump(info, f, indent=2)
+  write_json(os.path.join(output_dir, "export.json"), info, indent=2)
   return written

@@ -24,6 +24,7 @@ import tensorflow as tf
 from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import representative_images
+from detlab.io import write_json
 
 PRECISIONS = ("fp32", "int8")
 POSTPROCESS_FILE = "postprocess.json"
@@ -112,11 +113,11 @@ def export_openvino(serving, directory: str, precision: str = "fp32",
   os.makedirs(target, exist_ok=True)
   # FP32 stays FP32: save_model would otherwise store the weights as FP16.
   ov.save_model(model, os.path.join(target, "model.xml"), compress_to_fp16=False)
-  with open(os.path.join(target, POSTPROCESS_FILE), "w") as f:
-    json.dump({"image_size": serving.model.anchors.image_size,
-               **dataclasses.asdict(serving.postprocess_config)}, f, indent=2)
+  write_json(os.path.join(directory, POSTPROCESS_FILE),
+             {"image_size": serving.model.anchors.image_size,
+              **dataclasses.asdict(serving.postprocess_config)}, indent=2)
   if not local:  # OpenVINO writes local files only
-    for name in ("model.xml", "model.bin", POSTPROCESS_FILE):
+    for name in ("model.xml", "model.bin"):
       tf.io.gfile.copy(os.path.join(target, name), os.path.join(directory, name), True)
   return os.path.join(directory, "model.xml")
 

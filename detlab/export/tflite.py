@@ -22,6 +22,7 @@ import tensorflow as tf
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess as postprocess_lib
+from detlab.io import write_bytes
 
 PRECISIONS = ("fp32", "fp16", "int8")
 POSTPROCESS_SCOPE = "postprocess"  # the graph's ops after the network's last convs
@@ -145,8 +146,7 @@ def network_only_int8(converter, float_names: list[str]) -> bytes:
 def export_tflite(serving, path: str, precision: str, batch_size: int = 1,
                   calibration_files=None, calibration_steps: int = 100) -> str:
   """Writes `path` (.tflite); returns it."""
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(convert(serving, precision, batch_size, calibration_files, calibration_steps))
+  write_bytes(path, convert(serving, precision, batch_size, calibration_files, calibration_steps))
   return path
 
 

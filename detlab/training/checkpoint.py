@@ -30,6 +30,8 @@ import re
 from absl import logging
 import tensorflow as tf
 
+from detlab.io import write_json
+
 SIGNATURE_FILE = "variables.json"
 
 
@@ -228,11 +230,7 @@ class CheckpointKeeper:
       current = variable_signature(self.model)
       if self._read_signature(self.model_dir) != current:
         tf.io.gfile.makedirs(self.model_dir)
-        signature_path = os.path.join(self.model_dir, SIGNATURE_FILE)
-        temporary = signature_path + ".tmp"
-        with tf.io.gfile.GFile(temporary, "w") as f:
-          json.dump(current, f, indent=0)
-        tf.io.gfile.rename(temporary, signature_path, overwrite=True)  # atomic where the FS is
+        write_json(os.path.join(self.model_dir, SIGNATURE_FILE), current, indent=0)
       self._signature_checked = True
     return self.manager.save(checkpoint_number=step)
 
@@ -262,8 +260,8 @@ class BestCheckpoint:
       return False
     self.best = value
     path = self.manager.save(checkpoint_number=step)
-    with tf.io.gfile.GFile(os.path.join(self.directory, "metrics.json"), "w") as f:
-      json.dump({self.metric: value, "step": step, "checkpoint": os.path.basename(path),
-                 "metrics": {k: float(v) for k, v in metrics.items()}}, f, indent=1)
+    write_json(os.path.join(self.directory, "metrics.json"),
+               {self.metric: value, "step": step, "checkpoint": os.path.basename(path),
+                "metrics": {k: float(v) for k, v in metrics.items()}})
     logging.info("New best %s %.4f at step %d: %s", self.metric, value, step, path)
     return True

@@ -11,6 +11,8 @@ import secrets
 from absl import logging
 import tensorflow as tf
 
+from detlab.io import write_json
+
 SEED_FILE = "seed.json"
 
 
@@ -39,5 +41,4 @@ def resolve_seed(model_dir: str, seed: int | None) -> tuple[int, bool]:
 
 
 def save_seed(directory: str, seed: int) -> None:
-  with tf.io.gfile.GFile(os.path.join(directory, SEED_FILE), "w") as f:
-    json.dump({"seed": seed}, f)
+  write_json(os.path.join(directory, SEED_FILE), {"seed": seed}, indent=None)

@@ -29,6 +29,8 @@ import uuid
 from absl import logging
 import tensorflow as tf
 
+from detlab.io import write_json
+
 LOCK_FILE = "writer.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
@@ -94,12 +96,8 @@ class ModelDirLock:
       return None
 
   def _write(self) -> None:
-    # Write + rename: readers never see half a lock, and some file systems (ram://) append
-    # instead of truncating when a file is opened for writing again.
-    temporary = f"{self.path}.{self.record['token']}.tmp"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-      json.dump(dict(self.record, heartbeat=time.time()), f)
-    tf.io.gfile.rename(temporary, self.path, overwrite=True)
+    # Whole or not at all (detlab.io: write + rename): readers never see half a lock.
+    write_json(self.path, dict(self.record, heartbeat=time.time()), indent=None)
 
   def _stale_because(self, holder: dict) -> str | None:
     """Why the holder's lock is stale (see the module doc), or None while it is live."""

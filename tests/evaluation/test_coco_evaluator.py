@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from detlab.evaluation import visualize
-from detlab.evaluation.coco_evaluator import METRIC_NAMES, CocoEvaluator, save_metrics
+from detlab.evaluation.coco_evaluator import METRIC_NAMES, CocoEvaluator
+from detlab.io import write_json
 
 
 def _ground_truth(boxes, classes, image_ids=(1,), size=(100, 100)):
@@ -136,7 +137,7 @@ def test_eval_set_without_annotations_gives_a_message_and_strict_json(tmp_path):
   assert "have no ground-truth boxes" in evaluator.summary_text
   assert set(metrics.values()) == {-1.0} and set(per_class.values()) == {-1.0}
   path = str(tmp_path / "metrics.json")
-  save_metrics(path, metrics, dict(per_class, c=float("nan")))
+  write_json(path, {"metrics": metrics, "per_class_AP": dict(per_class, c=float("nan"))})
 
   def refuse(constant):
     raise AssertionError(f"{constant} in metrics.json is not strict JSON")
@@ -152,7 +153,7 @@ def test_metrics_png_and_annotation_file_go_through_gfile():
   evaluator = CocoEvaluator({1: "a"}, annotation_file=_coco_file(f"{root}/gt.json", 1))
   evaluator.add_batch(*_perfect_batch([1]))
   metrics, per_class = evaluator.evaluate()
-  save_metrics(f"{root}/metrics.json", metrics, per_class, {"step": 3})
+  write_json(f"{root}/metrics.json", {"metrics": metrics, "per_class_AP": per_class, "step": 3})
   with tf.io.gfile.GFile(f"{root}/metrics.json") as f:
     assert json.load(f)["step"] == 3
   panel = visualize.draw_panel(np.zeros((32, 48, 3), np.uint8), [[2, 2, 20, 30]],

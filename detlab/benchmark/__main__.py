@@ -27,7 +27,7 @@ flags.DEFINE_integer("image_size", 0, "Classifier image size for --backbone (0: 
                      "native resolution).")
 flags.DEFINE_string("exported", None, "An export directory (python -m detlab.export "
                     "--output_dir): end-to-end img/s of each format in it and of the in-process "
-                    "TF model at batch 1 and 8 (detlab/export/speed.py).")
+                    "TF model at batch 1 and 8 (detlab/benchmark/exported.py).")
 
 
 def _wanted(choices, default, aliases=None) -> set:
@@ -46,7 +46,7 @@ def run_benchmark() -> dict:
     wanted = _wanted(detection.NETWORK_ONLY, detection.NETWORK_ONLY)
     return measure_backbone(FLAGS.backbone, wanted, FLAGS.seconds, FLAGS.image_size)
   config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-  from detlab.training.experiment import configured_task  # pylint: disable=import-outside-toplevel
+  from detlab.training.setup import configured_task  # pylint: disable=import-outside-toplevel
   task = configured_task()
   if task.name == "detection":
     wanted = _wanted(detection.ALL + (detection.INPUT,), detection.ALL,
@@ -69,9 +69,9 @@ def run_benchmark() -> dict:
 def main(argv):
   del argv
   if FLAGS.exported:
-    from detlab.export import speed  # pylint: disable=import-outside-toplevel
-    result = speed.measure_exported(FLAGS.exported, FLAGS.seconds)
-    print(json.dumps(result) if FLAGS.json else speed.format_speed_table(result), flush=True)
+    from detlab.benchmark import exported  # pylint: disable=import-outside-toplevel
+    result = exported.measure_exported(FLAGS.exported, FLAGS.seconds)
+    print(json.dumps(result) if FLAGS.json else exported.format_speed_table(result), flush=True)
     return
   result = run_benchmark()
   print(json.dumps(result) if FLAGS.json else format_table(result), flush=True)

@@ -42,6 +42,6 @@ def test_benchmark_exported_reports_every_format_beside_tf(tiny_export):
 
 
 def test_missing_export_json_names_the_fix(tmp_path):
-  from detlab.export import speed  # pylint: disable=import-outside-toplevel
+  from detlab.benchmark import exported  # pylint: disable=import-outside-toplevel
   with pytest.raises(FileNotFoundError, match="python -m detlab.export"):
-    speed.measure_exported(str(tmp_path))
+    exported.measure_exported(str(tmp_path))

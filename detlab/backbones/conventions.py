@@ -11,6 +11,7 @@ The table of which backbone takes which is `detlab.backbones.INPUT_CONVENTIONS`.
 """
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
@@ -50,6 +51,17 @@ class InputConvention:
   def denormalize(self, image: tf.Tensor) -> tf.Tensor:
     """The inverse of `normalize`: float32 pixels 0..255 (not clipped)."""
     return tf.cast(image, tf.float32) * tf.constant(self.std) + tf.constant(self.mean)
+
+  def to_uint8(self, images) -> np.ndarray:
+    """Normalized image(s) [..., 3] (tensor or numpy, eager) -> numpy uint8 pixels to draw or
+    save: `denormalize`, rounded and clipped to 0..255."""
+    return np.clip(np.rint(self.denormalize(images).numpy()), 0, 255).astype(np.uint8)
+
+  @property
+  def mean_pixel(self) -> tuple[int, int, int]:
+    """The uint8 colour nearest the mean: what `normalize` takes closest to 0, so the fill of
+    canvas that no image covers (within 0.5 / std of 0: 127.5 cannot be a uint8)."""
+    return tuple(int(np.clip(np.rint(m), 0, 255)) for m in self.mean)
 
 
 IMAGENET_MEAN_STD = InputConvention(

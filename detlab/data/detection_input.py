@@ -272,7 +272,8 @@ def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
   deterministic = not config.is_training or seed is not None
   if config.is_training and config.mosaic is not None and config.mosaic.prob > 0:
     make_decoded: Callable = lambda s: source_dataset(config, input_context, s, decoded=True)
-    dataset = mosaic_dataset(make_decoded, config.mosaic, anchors.image_size, seed)
+    dataset = mosaic_dataset(make_decoded, config.mosaic, anchors.image_size, seed,
+                             parser.convention)
     parse = parser.parse
   else:
     dataset = source_dataset(config, input_context, seed)

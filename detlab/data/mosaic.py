@@ -9,17 +9,19 @@ Layout (ultralytics/YOLOv5 `load_mosaic`): a canvas of 2S x 2S (S = `size`), cen
 drawn from U(S/2, 3S/2); each image is resized keeping its aspect ratio so its longer side is
 S and placed in one quadrant touching the centre (top-left, top-right, bottom-left,
 bottom-right), cut at the canvas edge. Boxes ([y1, x1, y2, x2] pixels) are scaled, shifted,
-clipped to the visible part and dropped when empty. Uncovered canvas is the ImageNet mean
-colour, which becomes 0 after normalization (the padding convention of the pipeline).
+clipped to the visible part and dropped when empty. Uncovered canvas is the backbone input
+convention's mean colour (`InputConvention.mean_pixel`), which the parser's normalization,
+applied after the mosaic, takes to 0 (the padding convention of the pipeline) up to uint8
+rounding: within 0.5 / std (0.004 for the [-1, 1] convention, whose mean 127.5 is no uint8).
 """
 import dataclasses
 from typing import Callable
 
 import gin
 import tensorflow as tf
-from official.vision.ops import preprocess_ops
 
-FILL = tuple(int(round(v)) for v in preprocess_ops.MEAN_RGB)
+from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
+
 KEYS = ("boxes", "classes", "is_crowd", "areas")
 
 
@@ -48,12 +50,14 @@ def _quadrant(k: int, yc, xc, h, w, canvas):
   return (y1, x1, y2, x2), (sy, sx)
 
 
-def mosaic(examples: list[dict], size: int, centre: tuple | None = None) -> dict:
+def mosaic(examples: list[dict], size: int, centre: tuple | None = None,
+           fill: tuple[int, int, int] = IMAGENET_MEAN_STD.mean_pixel) -> dict:
   """Stitches four decoded examples (decode_example's dict) into one of 2*size x 2*size.
 
   examples: four dicts with "image" uint8 [H_i, W_i, 3], "boxes" [M_i, 4] pixels
   [y1, x1, y2, x2], "classes", "is_crowd", "areas" [M_i]; `centre` (yc, xc) int pixels of the
-  canvas, random when None. Returns the same dict layout for the canvas (source_id of the
+  canvas, random when None; `fill` the uint8 colour of uncovered canvas (the input
+  convention's `mean_pixel`). Returns the same dict layout for the canvas (source_id of the
   first example); areas are rescaled by the resize factor and not reduced by clipping.
   """
   canvas_size = 2 * size
@@ -89,7 +93,7 @@ def mosaic(examples: list[dict], size: int, centre: tuple | None = None) -> dict
     parts["classes"].append(tf.boolean_mask(example["classes"], keep))
     parts["is_crowd"].append(tf.boolean_mask(example["is_crowd"], keep))
     parts["areas"].append(tf.boolean_mask(example["areas"] * factor[0] * factor[1], keep))
-  canvas = tf.where(covered > 0, canvas, tf.constant(FILL, tf.int32))
+  canvas = tf.where(covered > 0, canvas, tf.constant(fill, tf.int32))
   out = {key: tf.concat(values, 0) for key, values in parts.items()}
   out["boxes"] = tf.reshape(out["boxes"], [-1, 4])
   out.update(image=tf.cast(canvas, tf.uint8), source_id=examples[0]["source_id"],
@@ -111,13 +115,15 @@ def _select(example: dict) -> dict:
 
 
 def mosaic_dataset(make_decoded: Callable[[int | None], tf.data.Dataset], config: Mosaic,
-                   size: int, seed: int | None = None) -> tf.data.Dataset:
+                   size: int, seed: int | None = None,
+                   convention: InputConvention | None = None) -> tf.data.Dataset:
   """An infinite stream of decoded dicts of which a fraction `prob` are mosaics.
 
   `make_decoded(seed)` builds an infinite, shuffled stream of decoded dicts. Mosaics come
   from a second such stream (another seed) grouped by 4 (padded_batch, then each member cut
   back to its own size); `sample_from_datasets` mixes it with the plain stream, so no
-  example is decoded for nothing.
+  example is decoded for nothing. `convention`: the backbone's input normalization that
+  follows (None: ImageNet's), whose mean colour fills uncovered canvas.
   """
   size = config.size or size
   plain = make_decoded(seed).map(_select)
@@ -125,7 +131,9 @@ def mosaic_dataset(make_decoded: Callable[[int | None], tf.data.Dataset], config
     return plain
   groups = make_decoded(None if seed is None else seed + 1).map(_select).padded_batch(
       4, drop_remainder=True)
-  mosaics = groups.map(lambda batch: mosaic([_unpad(batch, i) for i in range(4)], size),
+  fill = (convention or IMAGENET_MEAN_STD).mean_pixel
+  mosaics = groups.map(lambda batch: mosaic([_unpad(batch, i) for i in range(4)], size,
+                                            fill=fill),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
   if config.prob >= 1:
     return mosaics

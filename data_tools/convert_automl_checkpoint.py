@@ -17,7 +17,6 @@ model weights are the raw training weights and the detlab EMA holds the automl s
 Every variable must map both ways, or the tool stops with the list of names; a checkpoint of
 another EfficientDet-Dk is an error naming that Dk.
 """
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import gin
 import tensorflow as tf
 
 from detlab import api
+from detlab.io import write_json, write_text
 from detlab.progress import format_duration
 from detlab.training.checkpoint import CheckpointKeeper
 from detlab.training.ema import WeightAverage
@@ -64,8 +64,7 @@ def convert(checkpoint: str, gin_files, gin_bindings, model_dir: str,
   keeper = CheckpointKeeper(model_dir, model, max_to_keep=1, optimizer=optimizer,
                             ema=average.shadows)
   path = keeper.save(0)
-  with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin.config_str())
+  write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
   summary = {"source": ema["checkpoint"], "detlab_checkpoint": path,
              "model_weights": "ema" if use_ema else "raw", "ema_weights": "ema",
              "variables": ema["variables"], "variables_with_automl_ema": ema["from_ema"],
@@ -73,8 +72,7 @@ def convert(checkpoint: str, gin_files, gin_bindings, model_dir: str,
              "read_seconds": round(ema["seconds"] + (raw["seconds"] if raw is not ema else 0),
                                    2),
              "seconds": round(time.monotonic() - started, 2)}
-  with tf.io.gfile.GFile(os.path.join(model_dir, "conversion.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  write_json(os.path.join(model_dir, "conversion.json"), summary)
   return summary
 
 

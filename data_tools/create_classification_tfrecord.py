@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from detlab.data.classification_example import build_classification_example
 from detlab.data import label_map as label_maps
+from detlab.io import png_bytes
 from detlab.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -96,9 +97,7 @@ def encode_record(record: Record) -> tuple[bytes, str, int, int, str | None]:
     return data, file_format.lower(), rgb.height, rgb.width, None
   if note is None:
     note = f"{file_format} re-encoded"
-  buffer = io.BytesIO()
-  rgb.save(buffer, format="PNG")
-  return buffer.getvalue(), "png", rgb.height, rgb.width, note
+  return png_bytes(rgb), "png", rgb.height, rgb.width, note
 
 
 def list_records(image_dir: str, class_names: list[str] | None) -> tuple[list, list, list]:

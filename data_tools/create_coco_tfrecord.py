@@ -42,6 +42,7 @@ from data_tools import validate_dataset
 from detlab.data import dataset_checks, tf_example
 from detlab.data.coco_fields import crowd_flag
 from detlab.data.dataset_checks import Repairs
+from detlab.io import write_text
 from detlab.data import label_map as label_maps
 from detlab.progress import Progress
 
@@ -202,8 +203,7 @@ def convert_dataset(coco: dict, image_dir: str, output_file_prefix: str, num_sha
     base = os.path.basename(output_file_prefix)
     output_annotations_file = os.path.join(directory, f"annotations_{base}.json")
   if output_annotations_file:
-    with tf.io.gfile.GFile(output_annotations_file, "w") as f:
-      json.dump(dataset, f)
+    write_text(output_annotations_file, json.dumps(dataset))  # not strict(): a large copy
   lines = [f"Wrote {stats['images']} images ({stats['images without annotations']} without "
            f"annotations) and {stats['objects']} objects ({stats['crowd objects']} crowd"
            f"{', with masks' if include_masks else ''}) to {num_shards} shards "

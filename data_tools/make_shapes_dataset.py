@@ -9,7 +9,6 @@ With --semantic_maps every record also holds a semantic label map (background 0,
 classes 1..4 = the category ids, from the visible-pixel instance masks) under
 detlab.data.segmentation_example's key, so the same files serve segmentation too.
 """
-import json
 import multiprocessing
 import os
 
@@ -21,6 +20,7 @@ import tensorflow as tf
 from detlab.data import builtin_shapes, tf_example
 from detlab.data import label_map as label_maps
 from detlab.data.segmentation_example import mask_features, semantic_map
+from detlab.io import write_json
 from detlab.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -108,8 +108,7 @@ def make_dataset(output_dir: str, num_train: int, num_val: int, num_shards: int 
     coco = write_split(output_dir, split, count, num_shards, split_seed, offset, workers,
                        semantic_maps)
     if split == "val":
-      with tf.io.gfile.GFile(os.path.join(output_dir, "val_annotations.json"), "w") as f:
-        json.dump(coco, f)
+      write_json(os.path.join(output_dir, "val_annotations.json"), coco, indent=None)
     logging.info("%s: %d images, %d objects", split, len(coco["images"]),
                  len(coco["annotations"]))
   label_maps.write_label_map(os.path.join(output_dir, label_maps.LABEL_MAP_NAME),

@@ -33,8 +33,8 @@ def test_uncovered_canvas_normalizes_to_zero_for_the_pipelines_convention(conven
     np.testing.assert_array_equal(top_row.numpy(),
                                   np.tile(convention.mean_pixel, (2 * SIZE, 1)))
     normalized = convention.normalize(top_row).numpy()
-    # uint8 rounding only: 0.5 / std at most (127.5 -> 128 for [-1, 1]; ImageNet's 123.675 was
-    # filled into the Inception pipeline before, 0.03 from 0).
+    # uint8 rounding only: 0.5 / std at most (127.5 -> 128 for [-1, 1]; ImageNet's mean colour,
+    # the fill whatever the convention before, normalized to -0.03, -0.09, -0.18 there).
     bound = 0.5 / min(convention.std) + 1e-6
     assert np.abs(normalized).max() <= bound
 

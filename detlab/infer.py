@@ -10,7 +10,7 @@ model.xml. Writes to --output_dir:
                    in original pixels, "score"}], the detections with score >= threshold
   images.json      {"images": [{"id", "file_name", "height", "width", "output_file"}],
                    "skipped": [{"file_name", "error"}]}: which file each image_id is
-  <stem>.png       each image with its boxes, class names and scores
+  <stem>.png       each image at its own size with its boxes, class names and scores
 image_id is the file's stem when every stem is a distinct integer (COCO's 000000139.jpg ->
 139), else the file's 1-based position in the sorted file list. Images are read upright
 (EXIF orientation applied) as 8-bit RGB: grey and palette expanded, alpha dropped, 16-bit
@@ -151,8 +151,10 @@ def run_inference(model: str, images: str, output_dir: str, score_threshold: flo
     found = runner(image)
     result.detections += coco_results(image_id, found, 0, score_threshold)
     count = int(found["num_detections"][0])
+    # At the image's own size (min_size=0: not upscaled), so its pixels are detections.json's.
     panel = draw_panel(image, [], found["boxes"][0, :count], found["scores"][0, :count],
-                       found["classes"][0, :count] - 1, names, score_threshold)  # class index
+                       found["classes"][0, :count] - 1, names, score_threshold,  # class index
+                       min_size=0)
     png = _png_name(path, used)
     write_png(os.path.join(output_dir, png), panel)
     result.images.append({"id": image_id, "file_name": path, "height": image.shape[0],

@@ -9,10 +9,10 @@ import dataclasses
 import math
 from typing import Callable
 
-import gin
 import tf_keras as keras
 
 from detlab.backbones.contract import features_model
+from detlab.backbones.registration import registered_builder
 from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
 from detlab.layers.functional import functional_model
 from detlab.layers.mbconv import conv_init
@@ -189,20 +189,10 @@ def native_resolution(variant: str) -> int:
   return V1_SCALING[variant][2]
 
 
-def _register(variant: str):
-  def builder(**kwargs) -> keras.Model:
-    return efficientnet(variant, **kwargs)
-  builder.__name__ = builder.__qualname__ = f"efficientnet_{variant}"
-  builder.__doc__ = f"EfficientNet-{variant.upper()} (see `build_efficientnet` for arguments)."
-  return gin.register(builder, module="detlab.backbones")
-
-
-# efficientnet_b0 ... efficientnet_b7: gin-registered builders (`@efficientnet_b0`).
-efficientnet_b0 = _register("b0")
-efficientnet_b1 = _register("b1")
-efficientnet_b2 = _register("b2")
-efficientnet_b3 = _register("b3")
-efficientnet_b4 = _register("b4")
-efficientnet_b5 = _register("b5")
-efficientnet_b6 = _register("b6")
-efficientnet_b7 = _register("b7")
+# efficientnet_b0 ... efficientnet_b7: gin-registered builders (`@efficientnet_b0`), one per
+# V1_SCALING entry, in its order.
+(efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3, efficientnet_b4,
+ efficientnet_b5, efficientnet_b6, efficientnet_b7) = (
+     registered_builder(f"efficientnet_{v}",
+                        f"EfficientNet-{v.upper()} (see `build_efficientnet` for arguments).",
+                        efficientnet, variant=v) for v in V1_SCALING)

@@ -14,79 +14,47 @@ holds only V2's tables, rounding and defaults.
 """
 import dataclasses
 
-import gin
 import tf_keras as keras
 
 # block_prefix and drop_rates are shared with V1; re-exported here for V2 users.
 from detlab.backbones.efficientnet import (BlockSpec, block_prefix,  # noqa: F401
                                            build_efficientnet, drop_rates)
+from detlab.backbones.registration import registered_builder
 
 # BatchNorm momentum of every V2 model (keras apps / reference code); epsilon stays 1e-3.
 V2_BN_MOMENTUM = 0.9
 
 
-def _fused(repeats: int, filters_in: int, filters_out: int, expand_ratio: int,
-           strides: int) -> BlockSpec:
-  """A Fused-MBConv stage: 3x3, no SE."""
-  return BlockSpec(3, repeats, filters_in, filters_out, expand_ratio, strides, 0.0, fused=True)
+# The stage pattern of every V2 block table: (Fused-MBConv?, expand ratio, stride) per stage;
+# the seventh stage only in M/L/XL. Every kernel is 3x3; Fused-MBConv stages have no SE,
+# MBConv stages SE 0.25. The tables differ only in each stage's layers and output channels.
+V2_STAGE_PATTERN = ((True, 1, 1), (True, 4, 2), (True, 4, 2), (False, 4, 2), (False, 6, 1),
+                    (False, 6, 2), (False, 6, 1))
 
 
-def _mbconv(repeats: int, filters_in: int, filters_out: int, expand_ratio: int,
-            strides: int) -> BlockSpec:
-  """An MBConv stage: 3x3 depthwise, SE 0.25."""
-  return BlockSpec(3, repeats, filters_in, filters_out, expand_ratio, strides, 0.25)
+def v2_blocks(stem: int, *stages: tuple[int, int]) -> tuple[BlockSpec, ...]:
+  """A V2 block table from the stem width and each stage's (layers, output channels), stages
+  following `V2_STAGE_PATTERN`; a stage's input is the previous stage's output (the stem's
+  for the first)."""
+  if len(stages) > len(V2_STAGE_PATTERN):
+    raise ValueError(f"V2 tables have at most {len(V2_STAGE_PATTERN)} stages, got {len(stages)}.")
+  table, filters_in = [], stem
+  for (fused, expand_ratio, strides), (repeats, filters_out) in zip(V2_STAGE_PATTERN, stages):
+    table.append(BlockSpec(3, repeats, filters_in, filters_out, expand_ratio, strides,
+                           0.0 if fused else 0.25, fused=fused))
+    filters_in = filters_out
+  return tuple(table)
 
 
+# (layers, output channels) per stage after the stem width.
 # Base table of the B-variants (reference code `v2_base_block`), scaled like V1.
-V2_BASE_BLOCKS = (
-    _fused(1, 32, 16, 1, 1),
-    _fused(2, 16, 32, 4, 2),
-    _fused(2, 32, 48, 4, 2),
-    _mbconv(3, 48, 96, 4, 2),
-    _mbconv(5, 96, 112, 6, 1),
-    _mbconv(8, 112, 192, 6, 2),
-)
-
+V2_BASE_BLOCKS = v2_blocks(32, (1, 16), (2, 32), (2, 48), (3, 96), (5, 112), (8, 192))
 # Paper Table 4 (EfficientNetV2-S).
-V2_S_BLOCKS = (
-    _fused(2, 24, 24, 1, 1),
-    _fused(4, 24, 48, 4, 2),
-    _fused(4, 48, 64, 4, 2),
-    _mbconv(6, 64, 128, 4, 2),
-    _mbconv(9, 128, 160, 6, 1),
-    _mbconv(15, 160, 256, 6, 2),
-)
-
-V2_M_BLOCKS = (
-    _fused(3, 24, 24, 1, 1),
-    _fused(5, 24, 48, 4, 2),
-    _fused(5, 48, 80, 4, 2),
-    _mbconv(7, 80, 160, 4, 2),
-    _mbconv(14, 160, 176, 6, 1),
-    _mbconv(18, 176, 304, 6, 2),
-    _mbconv(5, 304, 512, 6, 1),
-)
-
-V2_L_BLOCKS = (
-    _fused(4, 32, 32, 1, 1),
-    _fused(7, 32, 64, 4, 2),
-    _fused(7, 64, 96, 4, 2),
-    _mbconv(10, 96, 192, 4, 2),
-    _mbconv(19, 192, 224, 6, 1),
-    _mbconv(25, 224, 384, 6, 2),
-    _mbconv(7, 384, 640, 6, 1),
-)
-
+V2_S_BLOCKS = v2_blocks(24, (2, 24), (4, 48), (4, 64), (6, 128), (9, 160), (15, 256))
+V2_M_BLOCKS = v2_blocks(24, (3, 24), (5, 48), (5, 80), (7, 160), (14, 176), (18, 304), (5, 512))
+V2_L_BLOCKS = v2_blocks(32, (4, 32), (7, 64), (7, 96), (10, 192), (19, 224), (25, 384), (7, 640))
 # XL (reference code `v2_xl_block`; ImageNet-21k pretraining only, not in keras apps).
-V2_XL_BLOCKS = (
-    _fused(4, 32, 32, 1, 1),
-    _fused(8, 32, 64, 4, 2),
-    _fused(8, 64, 96, 4, 2),
-    _mbconv(16, 96, 192, 4, 2),
-    _mbconv(24, 192, 256, 6, 1),
-    _mbconv(32, 256, 512, 6, 2),
-    _mbconv(8, 512, 640, 6, 1),
-)
+V2_XL_BLOCKS = v2_blocks(32, (4, 32), (8, 64), (8, 96), (16, 192), (24, 256), (32, 512), (8, 640))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,21 +126,10 @@ def native_resolution(variant: str) -> int:
   return V2_VARIANTS[variant].eval_size
 
 
-def _register(variant: str):
-  def builder(**kwargs) -> keras.Model:
-    return efficientnet_v2(variant, **kwargs)
-  builder.__name__ = builder.__qualname__ = f"efficientnetv2_{variant}"
-  builder.__doc__ = (f"EfficientNetV2-{variant.upper()} (see `build_efficientnet_v2` for "
-                     "arguments).")
-  return gin.register(builder, module="detlab.backbones")
-
-
-# efficientnetv2_b0 ... efficientnetv2_xl: gin-registered builders (`@efficientnetv2_s`).
-efficientnetv2_b0 = _register("b0")
-efficientnetv2_b1 = _register("b1")
-efficientnetv2_b2 = _register("b2")
-efficientnetv2_b3 = _register("b3")
-efficientnetv2_s = _register("s")
-efficientnetv2_m = _register("m")
-efficientnetv2_l = _register("l")
-efficientnetv2_xl = _register("xl")
+# efficientnetv2_b0 ... efficientnetv2_xl: gin-registered builders (`@efficientnetv2_s`), one
+# per V2_VARIANTS entry, in its order.
+(efficientnetv2_b0, efficientnetv2_b1, efficientnetv2_b2, efficientnetv2_b3, efficientnetv2_s,
+ efficientnetv2_m, efficientnetv2_l, efficientnetv2_xl) = (
+     registered_builder(f"efficientnetv2_{v}", f"EfficientNetV2-{v.upper()} (see "
+                        "`build_efficientnet_v2` for arguments).", efficientnet_v2, variant=v)
+     for v in V2_VARIANTS)

@@ -18,11 +18,10 @@ Levels (include_top=False): v1 2/3/4/5 = 192/256/896/1792 channels; v2 = 192/320
 """
 import dataclasses
 
-import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
-from detlab.layers.aux_head import inception_aux_head
+from detlab.backbones.classifier import ClassifierOrExtractor
+from detlab.backbones.registration import registered_builder
 from detlab.layers.conv_bn import KerasAutoNames, auto_named_conv_bn, conv_bn_act
 from detlab.layers.inception_stem import inception_v3_stem
 from detlab.layers.scaled_residual import ScaledResidual
@@ -137,10 +136,10 @@ def build_inception_resnet(spec: InceptionResNetSpec, *, name: str, input_shape=
   padding None: 'valid' for the classifier (paper 299 geometry), 'same' for the extractor.
   input_shape None: (299, 299, 3) for the classifier, (None, None, 3) for the extractor.
   """
-  padding, input_shape = resolve_geometry(include_top, padding, input_shape, NATIVE_SIZE)
+  top = ClassifierOrExtractor(include_top, num_classes, dropout, min_level, max_level, name)
+  padding, inputs = top.input(padding, input_shape, NATIVE_SIZE)
   scale35, scale17, scale8 = residual_scales
   b = _Builder(padding, sync_bn)
-  inputs = keras.Input(shape=input_shape, name="image")
   x = endpoints_2 = inception_v3_stem(inputs, b.names, padding, sync_bn)
   if spec.stem_tail == "mixed_5b":
     x = b.mixed_5b(x)
@@ -155,9 +154,7 @@ def build_inception_resnet(spec: InceptionResNetSpec, *, name: str, input_shape=
   for i in range(1, spec.repeats17 + 1):
     x = b.residual_block(x, spec.block17, scale17, f"block17_{i}")
   endpoints["4"] = x
-  aux = {}
-  if include_top and aux_logits and spec.has_aux:
-    aux["aux_logits"] = inception_aux_head(x, num_classes, "aux", sync_bn)
+  top.inception_aux_head(x, aux_logits and spec.has_aux, AUX_LOSS_WEIGHT, sync_bn)
   x = b.reduction(x, spec.reduction_b, "mixed_7a")
   for i in range(1, spec.repeats8 + 1):
     last = i == spec.repeats8
@@ -167,20 +164,12 @@ def build_inception_resnet(spec: InceptionResNetSpec, *, name: str, input_shape=
     x = conv_bn_act(x, spec.top_filters, 1, bn_scale=False, sync_bn=sync_bn,
                     conv_name="conv_7b", bn_name="conv_7b_bn", act_name="conv_7b_ac")
   endpoints["5"] = x
-
-  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
-                                num_classes=num_classes, dropout=dropout, aux_logits=aux,
-                                aux_loss_weight=AUX_LOSS_WEIGHT, min_level=min_level,
-                                max_level=max_level, name=name)
+  return top.model(x, endpoints)
 
 
-@gin.register(module="detlab.backbones")
-def inception_resnet_v1(**kwargs) -> keras.Model:
-  """Inception-ResNet-v1 (see `build_inception_resnet` for arguments)."""
-  return build_inception_resnet(V1, name="inception_resnet_v1", **kwargs)
-
-
-@gin.register(module="detlab.backbones")
-def inception_resnet_v2(**kwargs) -> keras.Model:
-  """Inception-ResNet-v2 (see `build_inception_resnet` for arguments)."""
-  return build_inception_resnet(V2, name="inception_resnet_v2", **kwargs)
+inception_resnet_v1 = registered_builder(
+    "inception_resnet_v1", "Inception-ResNet-v1 (see `build_inception_resnet` for arguments).",
+    build_inception_resnet, spec=V1, name="inception_resnet_v1")
+inception_resnet_v2 = registered_builder(
+    "inception_resnet_v2", "Inception-ResNet-v2 (see `build_inception_resnet` for arguments).",
+    build_inception_resnet, spec=V2, name="inception_resnet_v2")

@@ -15,10 +15,10 @@ every conv, no LRN, 3x3 instead of 5x5 convs in the third branch, and a 2x2/2 in
 3x3/2 max-pool before 5a; no aux heads. Needed to import that checkpoint
 (detlab.backbones.slim_import); the paper's network stays the default.
 """
-import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
+from detlab.backbones.classifier import ClassifierOrExtractor
+from detlab.backbones.registration import registered_builder
 from detlab.layers.aux_head import googlenet_aux_head
 from detlab.layers.conv_bn import conv_bn_act
 from detlab.layers.local_response_norm import LocalResponseNormalization
@@ -78,8 +78,8 @@ def build_inception_v1(*, input_shape=None, include_top: bool = False, num_class
   slim = variant == "slim"
   use_lrn = use_lrn and not slim
   aux_logits = aux_logits and not slim
-  _, input_shape = resolve_geometry(include_top, "same", input_shape, NATIVE_SIZE)
-  inputs = keras.Input(shape=input_shape, name="image")
+  top = ClassifierOrExtractor(include_top, num_classes, dropout, min_level, max_level, name)
+  _, inputs = top.input("same", input_shape, NATIVE_SIZE)
   x = _conv(inputs, 64, 7, "conv1_7x7", strides=2, use_bn=slim, sync_bn=sync_bn)
   x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
   if use_lrn:
@@ -88,24 +88,19 @@ def build_inception_v1(*, input_shape=None, include_top: bool = False, num_class
   x = _conv(x, 192, 3, "conv2_3x3", use_bn=slim, sync_bn=sync_bn)
   if use_lrn:
     x = LocalResponseNormalization(name="conv2_norm")(x)
-  endpoints, aux = {"2": x}, {}
+  endpoints = {"2": x}
   for level, modules in enumerate(STAGES, start=3):
     pool_size = 2 if slim and level == 5 else 3  # TF-slim's MaxPool_5a_2x2
     x = keras.layers.MaxPooling2D(pool_size, strides=2, padding="same",
                                   name=f"pool{level - 1}")(x)
     for module in modules:
       x = inception_module(x, module, slim, sync_bn)
-      if include_top and aux_logits and module in AUX_SITES:
-        aux[f"aux_logits_{module}"] = googlenet_aux_head(x, num_classes, f"aux_{module}")
+      top.aux_head(aux_logits and module in AUX_SITES, f"aux_logits_{module}", AUX_LOSS_WEIGHT,
+                   googlenet_aux_head, x, num_classes, f"aux_{module}")
     endpoints[str(level)] = x
-
-  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
-                                num_classes=num_classes, dropout=dropout, aux_logits=aux,
-                                aux_loss_weight=AUX_LOSS_WEIGHT, min_level=min_level,
-                                max_level=max_level, name=name)
+  return top.model(x, endpoints)
 
 
-@gin.register(module="detlab.backbones")
-def inception_v1(**kwargs) -> keras.Model:
-  """GoogLeNet (see `build_inception_v1` for arguments)."""
-  return build_inception_v1(**kwargs)
+inception_v1 = registered_builder("inception_v1",
+                                  "GoogLeNet (see `build_inception_v1` for arguments).",
+                                  build_inception_v1)

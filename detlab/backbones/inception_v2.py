@@ -14,10 +14,10 @@ FC. Levels (include_top=False): 2 = conv2 (192), 3 = 3b (320), 4 = 4d (576), 5 =
 """
 import dataclasses
 
-import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
+from detlab.backbones.classifier import ClassifierOrExtractor
+from detlab.backbones.registration import registered_builder
 from detlab.layers.conv_bn import named_conv_bn_act
 
 
@@ -84,8 +84,8 @@ def build_inception_v2(*, input_shape=None, include_top: bool = False, num_class
   Input: float32 [B, S, S, 3] in [-1, 1]; input_shape None: (224, 224, 3) for the classifier,
   (None, None, 3) for the extractor.
   """
-  _, input_shape = resolve_geometry(include_top, "same", input_shape, NATIVE_SIZE)
-  inputs = keras.Input(shape=input_shape, name="image")
+  top = ClassifierOrExtractor(include_top, num_classes, dropout, min_level, max_level, name)
+  _, inputs = top.input("same", input_shape, NATIVE_SIZE)
 
   def conv(t, filters, kernel, prefix, strides=1):
     return named_conv_bn_act(t, filters, kernel, strides=strides, bn_scale=False,
@@ -107,14 +107,9 @@ def build_inception_v2(*, input_shape=None, include_top: bool = False, num_class
     for module in modules:
       x = bn_inception_module(x, module, sync_bn)
     endpoints[str(level)] = x
-
-  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
-                                num_classes=num_classes, dropout=dropout, aux_logits=None,
-                                aux_loss_weight=0.0, min_level=min_level,
-                                max_level=max_level, name=name)
+  return top.model(x, endpoints)
 
 
-@gin.register(module="detlab.backbones")
-def inception_v2(**kwargs) -> keras.Model:
-  """BN-Inception (see `build_inception_v2` for arguments)."""
-  return build_inception_v2(**kwargs)
+inception_v2 = registered_builder("inception_v2",
+                                  "BN-Inception (see `build_inception_v2` for arguments).",
+                                  build_inception_v2)

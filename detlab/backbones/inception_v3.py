@@ -13,11 +13,10 @@ runs only in training (loss weight 0.4, TF-slim's training recipe).
 Levels (include_top=False, 'same' padding): 2 = conv-192 of the stem (192), 3 = mixed2 (288),
 4 = mixed7 (768), 5 = mixed10 (2048).
 """
-import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
-from detlab.layers.aux_head import inception_aux_head
+from detlab.backbones.classifier import ClassifierOrExtractor
+from detlab.backbones.registration import registered_builder
 from detlab.layers.conv_bn import KerasAutoNames, auto_named_conv_bn
 from detlab.layers.inception_stem import inception_v3_stem
 
@@ -98,9 +97,9 @@ def build_inception_v3(*, input_shape=None, include_top: bool = False, num_class
   padding: None -> 'valid' for the classifier (paper/keras 299 geometry), 'same' for the
   extractor (level l is ceil(S/2^l)). input_shape None: (299, 299, 3) / (None, None, 3).
   """
-  padding, input_shape = resolve_geometry(include_top, padding, input_shape, NATIVE_SIZE)
+  top = ClassifierOrExtractor(include_top, num_classes, dropout, min_level, max_level, name)
+  padding, inputs = top.input(padding, input_shape, NATIVE_SIZE)
   b = _Builder(padding, sync_bn)
-  inputs = keras.Input(shape=input_shape, name="image")
   endpoints = {}
   x = endpoints["2"] = inception_v3_stem(inputs, b.names, padding, sync_bn)
   x = b.max_pool(x)
@@ -111,21 +110,14 @@ def build_inception_v3(*, input_shape=None, include_top: bool = False, num_class
   for i, c7 in enumerate((128, 160, 160, 192)):
     x = b.module_17(x, c7, f"mixed{4 + i}")
   endpoints["4"] = x
-  aux = {}
-  if include_top and aux_logits:
-    aux["aux_logits"] = inception_aux_head(x, num_classes, "aux", sync_bn)
+  top.inception_aux_head(x, aux_logits, AUX_LOSS_WEIGHT, sync_bn)
   x = b.reduction_17(x)
   for i in range(2):
     x = b.module_8(x, i)
   endpoints["5"] = x
-
-  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
-                                num_classes=num_classes, dropout=dropout, aux_logits=aux,
-                                aux_loss_weight=AUX_LOSS_WEIGHT, min_level=min_level,
-                                max_level=max_level, name=name)
+  return top.model(x, endpoints)
 
 
-@gin.register(module="detlab.backbones")
-def inception_v3(**kwargs) -> keras.Model:
-  """Inception v3 (see `build_inception_v3` for arguments)."""
-  return build_inception_v3(**kwargs)
+inception_v3 = registered_builder("inception_v3",
+                                  "Inception v3 (see `build_inception_v3` for arguments).",
+                                  build_inception_v3)

@@ -9,11 +9,10 @@ TF-slim's scopes (`mixed_6b_b2_1x7_conv` ...). Aux head (TF-slim) on mixed_6h, t
 Levels (include_top=False, 'same' padding): 2 = mixed_4a (192), 3 = mixed_5e (384),
 4 = mixed_6h (1024), 5 = mixed_7d (1536).
 """
-import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
-from detlab.layers.aux_head import inception_aux_head
+from detlab.backbones.classifier import ClassifierOrExtractor
+from detlab.backbones.registration import registered_builder
 from detlab.layers.conv_bn import named_conv_bn_act
 
 NATIVE_SIZE = 299
@@ -124,9 +123,9 @@ def build_inception_v4(*, input_shape=None, include_top: bool = False, num_class
   Input: float32 [B, S, S, 3] in [-1, 1]. padding None: 'valid' for the classifier (paper
   299 geometry), 'same' for the extractor. input_shape None: (299, 299, 3) / (None, None, 3).
   """
-  padding, input_shape = resolve_geometry(include_top, padding, input_shape, NATIVE_SIZE)
+  top = ClassifierOrExtractor(include_top, num_classes, dropout, min_level, max_level, name)
+  padding, inputs = top.input(padding, input_shape, NATIVE_SIZE)
   b = _Builder(padding, sync_bn)
-  inputs = keras.Input(shape=input_shape, name="image")
   endpoints = {}
   endpoints["2"], x = b.stem(inputs)
   for i in range(4):
@@ -136,21 +135,14 @@ def build_inception_v4(*, input_shape=None, include_top: bool = False, num_class
   for i in range(7):
     x = b.inception_b(x, f"mixed_6{chr(ord('b') + i)}")
   endpoints["4"] = x
-  aux = {}
-  if include_top and aux_logits:
-    aux["aux_logits"] = inception_aux_head(x, num_classes, "aux", sync_bn)
+  top.inception_aux_head(x, aux_logits, AUX_LOSS_WEIGHT, sync_bn)
   x = b.reduction_b(x)
   for i in range(3):
     x = b.inception_c(x, f"mixed_7{chr(ord('b') + i)}")
   endpoints["5"] = x
-
-  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
-                                num_classes=num_classes, dropout=dropout, aux_logits=aux,
-                                aux_loss_weight=AUX_LOSS_WEIGHT, min_level=min_level,
-                                max_level=max_level, name=name)
+  return top.model(x, endpoints)
 
 
-@gin.register(module="detlab.backbones")
-def inception_v4(**kwargs) -> keras.Model:
-  """Inception v4 (see `build_inception_v4` for arguments)."""
-  return build_inception_v4(**kwargs)
+inception_v4 = registered_builder("inception_v4",
+                                  "Inception v4 (see `build_inception_v4` for arguments).",
+                                  build_inception_v4)

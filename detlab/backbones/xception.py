@@ -13,10 +13,10 @@ FC; no aux head (the paper trains Xception without one).
 Levels (include_top=False, 'same' padding): 2 = block2 output (128), 3 = block3 (256),
 4 = block12 (728), 5 = block14_sepconv2_act (2048).
 """
-import gin
 import tf_keras as keras
 
-from detlab.backbones.classifier import backbone_or_classifier, resolve_geometry
+from detlab.backbones.classifier import ClassifierOrExtractor
+from detlab.backbones.registration import registered_builder
 from detlab.layers.conv_bn import KerasAutoNames, conv_bn_act
 from detlab.layers.normalization import batch_norm
 
@@ -66,9 +66,9 @@ def build_xception(*, input_shape=None, include_top: bool = False, num_classes: 
   padding None: 'valid' for the classifier's two stem convs (paper/keras 299 geometry), 'same'
   for the extractor. input_shape None: (299, 299, 3) / (None, None, 3).
   """
-  padding, input_shape = resolve_geometry(include_top, padding, input_shape, NATIVE_SIZE)
+  top = ClassifierOrExtractor(include_top, num_classes, dropout, min_level, max_level, name)
+  padding, inputs = top.input(padding, input_shape, NATIVE_SIZE)
   names = KerasAutoNames()
-  inputs = keras.Input(shape=input_shape, name="image")
   x = inputs
   for i, (filters, strides) in enumerate(((32, 2), (64, 1)), start=1):
     x = conv_bn_act(x, filters, 3, strides=strides, padding=padding, sync_bn=sync_bn,
@@ -92,14 +92,8 @@ def build_xception(*, input_shape=None, include_top: bool = False, num_classes: 
   x = _sep_conv_bn(x, 2048, "block14_sepconv2", sync_bn, activation_before=False,
                    activation_after=True)
   endpoints["5"] = x
-
-  return backbone_or_classifier(inputs, x, endpoints, include_top=include_top,
-                                num_classes=num_classes, dropout=dropout, aux_logits=None,
-                                aux_loss_weight=0.0, min_level=min_level,
-                                max_level=max_level, name=name)
+  return top.model(x, endpoints)
 
 
-@gin.register(module="detlab.backbones")
-def xception(**kwargs) -> keras.Model:
-  """Xception (see `build_xception` for arguments)."""
-  return build_xception(**kwargs)
+xception = registered_builder("xception", "Xception (see `build_xception` for arguments).",
+                              build_xception)

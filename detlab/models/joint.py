@@ -11,6 +11,7 @@ import tensorflow as tf
 from detlab.detection.anchors import AnchorConfig
 from detlab.heads.segmentation import SegmentationHead
 from detlab.models.efficientdet import EfficientDet
+from detlab.models.pyramid import bifpn_pyramid
 from detlab.models.segmentation import resolve_sync_bn
 from detlab.necks.bifpn import BiFPN
 
@@ -38,9 +39,7 @@ class JointDetectorSegmenter(EfficientDet):
 
   def pyramid(self, images, training=None) -> dict:
     """BiFPN features for levels seg_min_level..max_level."""
-    features = self.backbone(images, training=training)
-    features = {k: v for k, v in features.items() if int(k) >= self.seg_min_level}
-    return self.fpn(features, training=training)
+    return bifpn_pyramid(self.backbone, self.fpn, images, self.seg_min_level, training)
 
   def call(self, images, training=None):
     features = self.pyramid(images, training=training)

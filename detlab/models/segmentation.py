@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.heads.segmentation import SegmentationHead
+from detlab.models.pyramid import bifpn_pyramid
 from detlab.necks.bifpn import BiFPN
 
 
@@ -34,9 +35,7 @@ class Segmenter(keras.Model):
                                      name="seg_head")
 
   def pyramid(self, images, training=None) -> dict:
-    features = self.backbone(images, training=training)
-    features = {k: v for k, v in features.items() if int(k) >= self.min_level}
-    return self.fpn(features, training=training)
+    return bifpn_pyramid(self.backbone, self.fpn, images, self.min_level, training)
 
   def call(self, images, training=None):
     features = self.pyramid(images, training=training)

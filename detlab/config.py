@@ -44,15 +44,47 @@ class _QuietGinIncludes(logging.Filter):
     return not str(record.msg).startswith(("Path not found:", "system_path_file_exists:"))
 
 
+# The configs detlab writes into a model_dir (training/experiment.py); one written before
+# train.task existed binds the detector on train() itself.
+SAVED_CONFIGS = ("operative_config.gin", "config.gin")
+_SAVED_DETECTION = {"model_fn": "model_fn", "train_input": "train_input",
+                    "eval_input": "eval_input", "loss": "loss",
+                    "postprocess": "postprocess_config"}
+_SAVED_LEGACY = re.compile(r"^train\.(%s)(\s*=)" % "|".join(_SAVED_DETECTION), re.MULTILINE)
+
+
+def upgrade_saved_config(text: str) -> str:
+  """A model_dir config of a release before train.task, in today's form: its
+  `train.model_fn/train_input/eval_input/loss/postprocess` bindings become DetectionTask's and
+  `train.task = @DetectionTask()` is added. A config without them is returned as it is."""
+  if not _SAVED_LEGACY.search(text):
+    return text
+  text = _SAVED_LEGACY.sub(lambda m: f"DetectionTask.{_SAVED_DETECTION[m.group(1)]}{m.group(2)}",
+                           text)
+  if not re.search(r"^train\.task\s*=", text, re.MULTILINE):
+    text += "\ntrain.task = @DetectionTask()\n"
+  return text
+
+
 def parse_gin(gin_files: list[str], gin_bindings: list[str]) -> None:
-  """Parses gin files (names or paths) and bindings; includes resolve in gin_configs/ too."""
+  """Parses gin files (names or paths) and bindings; includes resolve in gin_configs/ too.
+  A model_dir's saved config (SAVED_CONFIGS) of an older release is upgraded first
+  (`upgrade_saved_config`): runs trained before train.task still export and evaluate; a user's
+  own gin file with those bindings is refused by train() with the binding to use."""
   import detlab.registry  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   root = logging.getLogger()  # gin logs through the root logger
   if not any(isinstance(f, _QuietGinIncludes) for f in root.filters):
     root.addFilter(_QuietGinIncludes())
   gin.add_config_file_search_path(gin_configs_dir())
   try:
-    gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files], gin_bindings)
+    for path in (resolve_gin_file(f) for f in gin_files):
+      if os.path.basename(path) in SAVED_CONFIGS:
+        with tf.io.gfile.GFile(path) as f:
+          gin.parse_config(upgrade_saved_config(f.read()))
+      else:
+        gin.parse_config_file(path)
+    gin.parse_config(gin_bindings)
+    gin.finalize()
   except ValueError as error:
     hint = unknown_reference_hint(str(error))
     if hint:

@@ -119,13 +119,14 @@ def train_argument(name: str, default=None):
 
 def reject_removed(arguments) -> None:
   """A clear error for train() arguments that no longer exist: the legacy detection ones
-  name their DetectionTask binding."""
+  name their DetectionTask bindings (all of them at once)."""
+  removed = [name for name in sorted(arguments) if name in REMOVED_ARGUMENTS]
+  if removed:
+    moves = ", ".join(f"train.{name} -> {REMOVED_ARGUMENTS[name]}" for name in removed)
+    raise ValueError(f"{', '.join('train.' + n for n in removed)}: removed, detection is a "
+                     f"task like the others. Bind `train.task = @DetectionTask()` and move "
+                     f"them: {moves} (see efficientdet_d0.gin).")
   for name in sorted(arguments):
-    if name in REMOVED_ARGUMENTS:
-      raise ValueError(
-          f"train.{name} was removed: detection is a task like the others. Bind "
-          f"`train.task = @DetectionTask()` and {REMOVED_ARGUMENTS[name]} instead "
-          "(see efficientdet_d0.gin).")
     raise ValueError(f"train() has no parameter {name!r}; see `python -m detlab.train "
                      "--helpfull` and the README's binding table.")
 

@@ -50,3 +50,40 @@ def test_without_a_task_the_error_names_train_task(tmp_path):
     train(str(tmp_path / "run"))
   with pytest.raises(ValueError, match=re.escape("train.task")):
     configured_task()
+
+
+OLD_SAVED_CONFIG = """# operative_config.gin of a run from before train.task
+efficientdet.backbone_fn = @efficientnet_b0
+efficientdet.num_classes = 4
+train.model_fn = @efficientdet
+train.train_input = @train/InputConfig()
+train.eval_input = @eval/InputConfig()
+train.loss = @DetectionLoss()
+train.postprocess = @PostprocessConfig()
+train.label_map_file = 'shapes/label_map.json'
+train/InputConfig.file_pattern = 'shapes/train-*'
+eval/InputConfig.file_pattern = 'shapes/val-*'
+PostprocessConfig.nms_mode = 'hard'
+"""
+
+
+def test_a_model_dir_config_of_an_older_release_still_loads(tmp_path):
+  """detlab wrote `train.model_fn = ...` into every model_dir before train.task: export,
+  detlab.api and --mode=eval read those files, so they are upgraded, not refused."""
+  saved = tmp_path / "operative_config.gin"
+  saved.write_text(OLD_SAVED_CONFIG)
+  config.parse_gin([str(saved)], [])
+  task = configured_task()
+  assert type(task).__name__ == "DetectionTask"
+  assert task.model_fn.__name__ == "efficientdet"
+  assert task.train_input.file_pattern == "shapes/train-*"
+  assert task.eval_input.file_pattern == "shapes/val-*"
+  assert task.postprocess_config.nms_mode == "hard"
+  assert task.label_map_file == "shapes/label_map.json"
+  # The same lines in a user's own gin file are refused with the new binding's name.
+  gin.clear_config()
+  mine = tmp_path / "my_detector.gin"
+  mine.write_text(OLD_SAVED_CONFIG)
+  with pytest.raises(ValueError, match="DetectionTask.model_fn"):
+    config.parse_gin([str(mine)], [])
+    configured_task()

@@ -7,12 +7,12 @@ r"""Speed and size of a gin-configured model on this machine (`python -m detlab.
   python -m detlab.benchmark --gin_file=classification_efficientnet_b0.gin  # vs keras fit
   python -m detlab.benchmark --gin_file=segmentation_d4.gin --only=params,gmacs
 
-Detection gin files (train.model_fn or train.task = @DetectionTask()): parameters, FLOPs
+Detection gin files (train.task = @DetectionTask()): parameters, FLOPs
 (multiply-adds, TF profiler on the traced network, batch 1), network-only inference images/s
 at batch 1 and 8, end-to-end (network + post-processing) images/s at batch 1, post-processing
 ms per image, a training step's images/s at batch 8, and an fp32 matmul peak measured in the
 same run with the fraction of it the network achieves. --input_pipeline (or `input_img_s` in
---only) also times the training input pipeline (train.train_input) at the training batch.
+--only) also times the training input pipeline (DetectionTask.train_input) at the training batch.
 
 Task gin files (train.task = @ClassificationTask() / @SegmentationTask()): the model the task
 builds for training, the same network measurements, and `train_img_s`: the training step

@@ -19,7 +19,7 @@ flags.DEFINE_integer("train_batch", 0, "Batch size of the training-step measurem
 flags.DEFINE_string("backbone", None, "Measure this registered backbone's classifier "
                     "(include_top=True) instead of the gin detector, e.g. efficientnetv2_s.")
 flags.DEFINE_bool("input_pipeline", False, "Also time the training input pipeline "
-                  "(train.train_input) beside the training step: adds input_img_s and "
+                  "(DetectionTask.train_input) beside the training step: adds input_img_s and "
                   "train_img_s_bs8 to the measurements (detection gin files).")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy of the measured model (train.precision's choices).")

@@ -1,4 +1,4 @@
-"""Detection gin files (train.model_fn, or train.task = @DetectionTask()): the network's size
+"""Detection gin files (train.task = @DetectionTask()): the network's size
 and speed, post-processing, end to end, a training step and optionally the input pipeline."""
 import time
 
@@ -36,7 +36,7 @@ def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
 
 def measure_input_pipeline(task, model, batch: int, min_seconds: float,
                            warmup: int = 3) -> float:
-  """Images/s of the task's training input pipeline (train.train_input through
+  """Images/s of the task's training input pipeline (DetectionTask.train_input through
   `task.train_dataset`, as training builds it) at `batch`: batches drawn after `warmup`
   batches (shuffle buffer and prefetch filled) until `min_seconds` have passed."""
   iterator = iter(task.train_dataset(model, None, batch, None))

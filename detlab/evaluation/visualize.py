@@ -16,7 +16,6 @@ from PIL import Image, ImageDraw, ImageFont
 import tensorflow as tf
 
 from detlab import io as detlab_io
-from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 
 MIN_SIZE = 320  # shorter side of every tile, in pixels, after upscaling
 GAP = 6  # pixels between tiles
@@ -28,15 +27,6 @@ LABEL_FILL = (150, 0, 0)  # behind a prediction's white 'name score' label
 RIGHT = (90, 235, 90)
 WRONG = (255, 80, 80)
 IGNORE_LABEL = 255
-
-
-def denormalize(images: np.ndarray,
-                convention: InputConvention = IMAGENET_MEAN_STD) -> np.ndarray:
-  """Inverse of the pipeline's normalization by the backbone's input `convention` (the
-  Inception/Xception [-1, 1] one differs from ImageNet's mean/std) -> uint8."""
-  pixels = np.asarray(images, np.float32) * np.array(convention.std, np.float32)
-  return np.clip(np.round(pixels + np.array(convention.mean, np.float32)), 0,
-                 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------- text
@@ -237,12 +227,6 @@ def detection_grid(images, gt_boxes, detections, class_names: dict, score_thresh
   if dropped:
     header += f" · {dropped} label{'s' if dropped > 1 else ''} left out (no room)"
   detlab_io.write_png(path, grid(panels, columns, [(header, TEXT)]))
-
-
-def save_grid(panels: list[Image.Image], path: str, columns: int = 4) -> None:
-  """A PNG grid of `panels` at `path` (any tf.io.gfile path), without a header: the old
-  evaluation path's writer until its callers use `detection_grid`."""
-  detlab_io.write_png(path, grid(panels, columns))
 
 
 def grid(tiles: list[Image.Image], columns: int = 4, header=()) -> Image.Image:

@@ -50,6 +50,7 @@ PROSE_BINDINGS = [
                                "train.num_eval_images = 50"]),
     (["efficientdet_d0.gin"], ["train.coco_backend = 'pycocotools'"]),
     (["efficientdet_d0.gin"], ["DetectionTask.model_fn = @efficientdet"]),
+    (["efficientdet_d0.gin"], ["DetectionTask.score_threshold = 0.5"]),
     (["efficientdet_d0_shapes.gin"], ["Schedule.epochs = 2", "Schedule.batch_size = 8",
                                       "train.task = @DetectionTask()",
                                       "DetectionTask.bn_momentum = 0.9"]),

@@ -10,14 +10,15 @@ largest; the number dropped is printed) -> anchor targets.
 
 Images are normalized by the backbone's input convention (`detlab.backbones.input_convention`;
 default ImageNet mean/std x 255, the reference's) *before* padding, so padding with 0 equals
-the mean colour (reference convention). Every output has a static shape; evaluation
-ground truth stays in original pixels, padded to `max_instances`, with the scale kept.
+the mean colour (reference convention). Every training output has a static shape; evaluation
+ground truth stays in original pixels, all of it (each eval batch is padded to its own largest
+box count, see `eval_padding_values`), with the scale kept.
 
 Category ids map to class index `id - 1` (reference convention: COCO ids 1..90 -> 90 logits),
 so non-contiguous ids need no remapping; an id outside 1..num_classes is an error.
 """
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import gin
 import tensorflow as tf
@@ -56,7 +57,7 @@ class InputConfig:
   aug_scale_min: float = 1.0      # scale jitter U(min, max); the paper's recipe: 0.1, 2.0
   aug_scale_max: float = 1.0
   flip: bool = True
-  max_instances: int = 100
+  max_instances: int = 100  # training targets only; evaluation keeps every ground-truth box
   shuffle_buffer: int = 1024
   cache: bool = False
   skip_crowd_during_training: bool = True
@@ -71,8 +72,16 @@ class InputConfig:
     object.__setattr__(self, "augmentations", tuple(self.augmentations or ()))
 
 
-def _pad(tensor, size, value=0):
-  return preprocess_ops.clip_or_pad_to_fixed_size(tensor, size, constant_values=value)
+class GeometricDraws(NamedTuple):
+  """One training example's random geometry, drawn once and applied to everything that must
+  stay aligned with the image (boxes here; the joint input's label map too).
+
+  flip: bool [] (mirror left-right first); scale: float32 [] (the jitter factor of the
+  output size); crop_fraction: float32 [2] (where the crop sits in the resized image's slack
+  beyond the output size, y and x: 0 top/left, 1 bottom/right)."""
+  flip: tf.Tensor
+  scale: tf.Tensor
+  crop_fraction: tf.Tensor
 
 
 class DetectionParser:
@@ -89,12 +98,26 @@ class DetectionParser:
     """A serialized Example (string tensor) or decode_example's dict -> train/eval dict."""
     return self.parse(example if isinstance(example, dict) else decode_example(example), seed)
 
-  def parse(self, data: dict, seed: tf.Tensor | None = None) -> dict:
+  def draw_geometry(self, seed: tf.Tensor | None = None) -> GeometricDraws:
+    """The flip, scale jitter and crop of one training example, from its stateless seed
+    (int64 [2]; None: a fresh one from the global generator). The same seed gives the same
+    draws, so a resumed run augments as the uninterrupted one would."""
+    c = self.config
+    flip_seed, scale_seed, crop_seed = example_seeds(seed, 3)
+    flip = (tf.random.stateless_uniform([], flip_seed) < 0.5) if c.flip else tf.constant(False)
+    return GeometricDraws(
+        flip=flip,
+        scale=tf.random.stateless_uniform([], scale_seed, c.aug_scale_min, c.aug_scale_max),
+        crop_fraction=tf.random.stateless_uniform([2], crop_seed))
+
+  def parse(self, data: dict, seed: tf.Tensor | None = None,
+            draws: GeometricDraws | None = None) -> dict:
     """decode_example's dict -> model inputs (train: images + targets; eval: + ground truth).
 
     seed: int64 [2], this example's stateless seed for the flip and the scale jitter + crop
     (make_dataset draws one per example from a checkpointable tf.data.Dataset.random); None
-    draws one from the stateful global generator.
+    draws one from the stateful global generator. draws: the geometry itself
+    (`draw_geometry(seed)`), for a caller that applies it to more than the image and boxes.
     """
     image, boxes = data["image"], data["boxes"]
     classes = data["classes"] - 1
@@ -115,11 +138,10 @@ class DetectionParser:
     if c.is_training and c.skip_crowd_during_training:
       keep = tf.logical_not(data["is_crowd"])
     if c.is_training:
-      flip_seed, scale_seed, crop_seed = example_seeds(seed, 3)
-      if c.flip:
-        image, boxes = stateless_horizontal_flip(image, boxes, flip_seed)
-      image, image_info = stateless_jitter_resize_and_crop(
-          image, size, c.aug_scale_min, c.aug_scale_max, scale_seed, crop_seed)
+      draws = draws if draws is not None else self.draw_geometry(seed)
+      image, boxes = horizontal_flip(image, boxes, draws.flip)
+      image, image_info = jitter_resize_and_crop(image, size, draws.scale,
+                                                 draws.crop_fraction)
     else:
       image, image_info = preprocess_ops.resize_and_crop_image(image, [size, size], [size, size])
     image.set_shape([size, size, 3])
@@ -140,18 +162,20 @@ class DetectionParser:
             "source_ids": encode_source_id(data["source_id"])}
 
   def _eval_outputs(self, image, image_info, data, classes) -> dict:
-    """Eval form: ground truth stays in original pixels for COCO evaluation."""
-    n = self.config.max_instances
-    count = tf.shape(classes)[0]
+    """Eval form: every ground-truth box, in original pixels, for COCO evaluation.
+
+    Not cut at `max_instances` (that bounds training targets only): the gt_* tensors keep all
+    M boxes here and `make_dataset` pads each eval batch to its own largest M (`gt_count`
+    says how many are real), so an image with 150 objects is evaluated against all 150."""
     return {
         "images": image,
         "source_ids": data["source_id"],
         "image_info": image_info,  # [[orig h, w], [scaled h, w], [scale y, x], [offset y, x]]
-        "gt_boxes": _pad(data["boxes"], n),
-        "gt_classes": _pad(classes, n, -1),
-        "gt_is_crowd": _pad(tf.cast(data["is_crowd"], tf.int32), n),
-        "gt_areas": _pad(data["areas"], n),
-        "gt_count": tf.minimum(count, n),
+        "gt_boxes": tf.reshape(tf.cast(data["boxes"], tf.float32), [-1, 4]),
+        "gt_classes": classes,
+        "gt_is_crowd": tf.cast(data["is_crowd"], tf.int32),
+        "gt_areas": tf.cast(data["areas"], tf.float32),
+        "gt_count": tf.shape(classes)[0],
     }
 
 
@@ -162,34 +186,48 @@ class DetectionParser:
 # seed make resume exact. The resize/crop arithmetic and image_info layout are tfm's.
 
 
-def stateless_horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
-                              seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Mirrors image [H, W, C] and pixel boxes [M, 4] [y1, x1, y2, x2] with probability 1/2."""
+def horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
+                    flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Mirrors image [H, W, C] and pixel boxes [M, 4] [y1, x1, y2, x2] where `flip` (bool [])."""
   width = tf.cast(tf.shape(image)[1], boxes.dtype)
   flipped_boxes = tf.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]],
                            axis=-1)
-  do_flip = tf.random.stateless_uniform([], seed) < 0.5
-  return (tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image),
-          tf.cond(do_flip, lambda: flipped_boxes, lambda: boxes))
+  return (tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image),
+          tf.cond(flip, lambda: flipped_boxes, lambda: boxes))
+
+
+def stateless_horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
+                              seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """`horizontal_flip` with probability 1/2, drawn from the stateless `seed`."""
+  return horizontal_flip(image, boxes, tf.random.stateless_uniform([], seed) < 0.5)
 
 
 def stateless_jitter_resize_and_crop(image: tf.Tensor, size: int, scale_min: float,
                                      scale_max: float, scale_seed: tf.Tensor,
                                      crop_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Aspect-preserving resize to `size` x U(scale_min, scale_max), a random `size` x `size`
-  crop of the result, zero padding to `size` x `size` at the bottom/right.
+  """`jitter_resize_and_crop` with scale U(scale_min, scale_max) and the crop's place drawn
+  from the stateless seeds."""
+  return jitter_resize_and_crop(
+      image, size, tf.random.stateless_uniform([], scale_seed, scale_min, scale_max),
+      tf.random.stateless_uniform([2], crop_seed))
+
+
+def jitter_resize_and_crop(image: tf.Tensor, size: int, scale: tf.Tensor,
+                           crop_fraction: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Aspect-preserving resize to `size` x `scale`, the `size` x `size` crop at
+  `crop_fraction` [2] of the slack (the resized size beyond `size`), zero padding to
+  `size` x `size` at the bottom/right.
 
   Returns the image and tfm's image_info [[orig h, w], [size, size], [scale y, x],
   [offset y, x]] (offset: the crop's top-left in the resized image).
   """
   image_size = tf.cast(tf.shape(image)[:2], tf.float32)
   desired = tf.constant([size, size], tf.float32)
-  random_scale = tf.random.stateless_uniform([], scale_seed, scale_min, scale_max)
-  scaled = tf.round(random_scale * desired)
+  scaled = tf.round(scale * desired)
   scaled = tf.round(image_size * tf.minimum(scaled[0] / image_size[0],
                                             scaled[1] / image_size[1]))
   max_offset = tf.maximum(scaled - desired, 0.0)
-  offset = tf.cast(max_offset * tf.random.stateless_uniform([2], crop_seed), tf.int32)
+  offset = tf.cast(max_offset * crop_fraction, tf.int32)
   resized = tf.image.resize(image, tf.cast(scaled, tf.int32))
   cropped = resized[offset[0]:offset[0] + size, offset[1]:offset[1] + size, :]
   output = tf.image.pad_to_bounding_box(cropped, 0, 0, size, size)
@@ -262,6 +300,21 @@ def source_dataset(config: InputConfig, input_context: tf.distribute.InputContex
   return dataset
 
 
+def eval_padding_values(element_spec: dict) -> dict:
+  """padded_batch's padding for eval examples: gt_classes -1 (no class), strings "", the
+  rest 0.
+
+  Eval batches are padded to the batch's own largest ground-truth count rather than to a
+  fixed `max_instances`, so no box is lost. That keeps evaluation valid on every strategy:
+  only `task.predict_features` ("images" [B, S, S, 3], "image_info" [B, 4, 2], both of fixed
+  size per example) enter the replicas' computation; the gt_* tensors stay on the host,
+  where the evaluator reads the first `gt_count` entries of each row."""
+  return {k: (tf.constant(-1, spec.dtype) if k == "gt_classes"
+              else tf.constant("", tf.string) if spec.dtype == tf.string
+              else tf.zeros([], spec.dtype))
+          for k, spec in element_spec.items()}
+
+
 def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
                  batch_size: int, input_context: tf.distribute.InputContext | None = None,
                  seed: int | None = None,
@@ -283,7 +336,11 @@ def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
     # holds (unlike the state of random ops inside map functions).
     dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
   dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-  dataset = dataset.batch(batch_size, drop_remainder=config.is_training)
+  if config.is_training:
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+  else:
+    dataset = dataset.padded_batch(batch_size,
+                                   padding_values=eval_padding_values(dataset.element_spec))
   logging.info("Input %s: batch %d per replica.", config.tfds_name or config.file_pattern,
                batch_size)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -4,13 +4,13 @@ map under segmentation_example.MASK_KEY, e.g. the built-in shapes set written wi
 with the same flip, scale jitter and crop applied to image, boxes and mask.
 
 The detection half is detection_input.DetectionParser unchanged. The label map follows it by
-drawing the same stateless per-example numbers: the seed is split into (flip, scale, crop)
-seeds exactly as the detection parser splits it, the flip is `U(flip seed) < 1/2`, the scale
-`U(scale seed, aug_scale_min, aug_scale_max)` and the crop `U(crop seed)` of the slack, and
-segmentation_input.resize_crop_pad_labels uses the same (tfm) resize/crop arithmetic. So the
-mask is transformed exactly as the image (nearest neighbour, padding = 255), and resume stays
-exact (the seed comes from the checkpointed tf.data.Dataset.random). tests/tasks/
-test_joint_task.py checks image, boxes and mask agree after augmentation.
+taking the detection parser's own draws: `DetectionParser.draw_geometry(seed)` gives the
+flip, scale and crop place once, `parse(data, draws=...)` applies them to image and boxes,
+and here the same values go to the mask (segmentation_input.resize_crop_pad_labels uses the
+same tfm resize/crop arithmetic). So the mask is transformed exactly as the image (nearest
+neighbour, padding = 255) whatever the parser draws, and resume stays exact (the seed comes
+from the checkpointed tf.data.Dataset.random). tests/tasks/test_joint_task.py and
+tests/data/test_joint_input.py check image, boxes and mask agree after augmentation.
 
 Eval batches hold the detection eval form plus "original_labels" (each image's label map at
 its original size, padded with 255), as the segmentation evaluator reads them.
@@ -18,7 +18,6 @@ its original size, padded with 255), as the segmentation evaluator reads them.
 import tensorflow as tf
 
 from detlab.data.detection_input import DetectionParser, InputConfig, source_dataset
-from detlab.data.seeds import example_seeds
 from detlab.data.segmentation_example import MASK_KEY
 from detlab.data.segmentation_input import parse_and_batch, resize_crop_pad_labels
 from detlab.data.tf_example import decode_example
@@ -67,18 +66,11 @@ class JointParser:
       labels, _ = resize_crop_pad_labels(data["labels"], size, tf.constant(1.0), tf.zeros([2]))
       return {**self.detection.parse(data), "labels": labels,
               "original_labels": data["labels"]}
-    if seed is None:  # one seed for both sides, so the mask gets the image's draws
-      seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
-    outputs = self.detection.parse(data, seed)
-    # The detection parser's draws, repeated for the mask (see the module docstring).
-    flip_seed, scale_seed, crop_seed = example_seeds(seed, 3)
+    draws = self.detection.draw_geometry(seed)  # drawn once, applied to both halves
+    outputs = self.detection.parse(data, draws=draws)
     labels = data["labels"]
-    if c.flip:
-      flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-      labels = tf.cond(flip, lambda: labels[:, ::-1], lambda: labels)
-    scale = tf.random.stateless_uniform([], scale_seed, c.aug_scale_min, c.aug_scale_max)
-    labels, _ = resize_crop_pad_labels(labels, size, scale,
-                                       tf.random.stateless_uniform([2], crop_seed))
+    labels = tf.cond(draws.flip, lambda: labels[:, ::-1], lambda: labels)
+    labels, _ = resize_crop_pad_labels(labels, size, draws.scale, draws.crop_fraction)
     return {**outputs, "labels": labels}
 
 

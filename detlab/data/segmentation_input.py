@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import record_files, tfds_segmentation
-from detlab.data.detection_input import list_files
+from detlab.data.detection_input import eval_padding_values, list_files
 from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
 from detlab.data.segmentation_example import IGNORE_LABEL, decode_segmentation_example
 
@@ -154,7 +154,8 @@ def parse_and_batch(dataset: tf.data.Dataset, parser, is_training: bool, batch_s
                     seed: int | None, input_context=None) -> tf.data.Dataset:
   """The tail of every pipeline with label maps (segmentation, joint): per-example seeds in
   training, `parser`, then batches; eval batches are padded, label maps ("*labels") with the
-  ignore label (original-size maps differ in size), strings with "", the rest with 0."""
+  ignore label (original-size maps differ in size), the rest as detection's eval batches
+  (detection_input.eval_padding_values: gt_classes -1, strings "", the rest 0)."""
   deterministic = not is_training or seed is not None
   if is_training:
     dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
@@ -163,9 +164,8 @@ def parse_and_batch(dataset: tf.data.Dataset, parser, is_training: bool, batch_s
   if is_training:
     dataset = dataset.batch(batch_size, drop_remainder=True)
   else:
-    padding = {k: (tf.constant(IGNORE_LABEL, tf.uint8) if k.endswith("labels")
-                   else tf.constant("", tf.string) if spec.dtype == tf.string
-                   else tf.zeros([], spec.dtype))
-               for k, spec in dataset.element_spec.items()}
+    padding = eval_padding_values(dataset.element_spec)
+    padding.update({k: tf.constant(IGNORE_LABEL, tf.uint8) for k in padding
+                    if k.endswith("labels")})
     dataset = dataset.padded_batch(batch_size, padding_values=padding)
   return dataset.prefetch(tf.data.AUTOTUNE)

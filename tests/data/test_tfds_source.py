@@ -83,11 +83,13 @@ def test_make_dataset_reads_tfds_for_training_and_evaluation():
     assert (batch["cls_targets"].numpy() >= 0).any()
     evaluation = InputConfig(tfds_name="voc/2007", tfds_split="test", max_instances=10)
     batch = next(iter(make_dataset(evaluation, anchors, num_classes=20, batch_size=4)))
-  assert batch["gt_boxes"].shape == (4, 10, 4) and batch["image_info"].shape == (4, 4, 2)
+  # Padded to the batch's largest box count (4), not to max_instances.
+  assert batch["gt_boxes"].shape == (4, 4, 4) and batch["image_info"].shape == (4, 4, 2)
   assert [s.decode() for s in batch["source_ids"].numpy()] == ["000000", "000001", "000002",
                                                                "000003"]
   # Example 3 (90 x 80 pixels): 4 boxes, labels 0, 5, 10, 15 -> class index = label (id - 1).
-  np.testing.assert_array_equal(batch["gt_classes"].numpy()[3, :5], [0, 5, 10, 15, -1])
+  np.testing.assert_array_equal(batch["gt_classes"].numpy()[3], [0, 5, 10, 15])
+  np.testing.assert_array_equal(batch["gt_classes"].numpy()[0], [0, -1, -1, -1])
   np.testing.assert_array_equal(batch["gt_is_crowd"].numpy()[3, :4], [1, 0, 0, 0])
   np.testing.assert_array_equal(batch["image_info"].numpy()[3, 0], [90, 80])
   boxes = batch["gt_boxes"].numpy()[3, :4]

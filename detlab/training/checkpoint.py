@@ -8,6 +8,13 @@ A checkpoint holds whatever trackables the caller names: the training loop passe
 optimizer (its `iterations` is the step), EMA shadows and the tf.data iterator, so a resumed
 run continues exactly where the saved one was.
 
+Across strategies: a distributed iterator (Mirrored, multi-worker, TPU) cannot be saved, so
+their checkpoints hold no input position. Restoring one into a run that tracks its iterator
+restores everything else exactly and leaves `input_restored` False: the caller then starts
+its input stream again at the restored step (`track_input` puts the new iterator in the
+checkpoints that follow). A checkpoint with a position restored where no iterator is tracked
+simply leaves it unread.
+
 Crash safety: `tf.train.CheckpointManager` writes ckpt-N.data/.index first (TF's saver writes
 them under a temporary name and renames) and rewrites the `checkpoint` index file last, by an
 atomic rename. A kill during a save therefore leaves the index pointing at the previous
@@ -108,6 +115,8 @@ class CheckpointKeeper:
     self.read_dir, self.read_only = read_dir or model_dir, read_only
     self.checkpoint = tf.train.Checkpoint(model=model, **trackables)
     self.manager = None if read_only else _manager(self.checkpoint, model_dir, max_to_keep)
+    self._trackables, self.max_to_keep = dict(trackables), max_to_keep
+    self.input_restored = False  # restore_latest restored the input position
     self._signature_checked = False
     # What a NaN recovery restores: everything but the input position, so that the data
     # moves on past the batch that went wrong.
@@ -211,9 +220,22 @@ class CheckpointKeeper:
             "\nUse a new --model_dir, or go back to the configuration that wrote it "
             f"(its operative gin config is saved in {self.read_dir}).")
 
+  def track_input(self, iterator) -> None:
+    """Saves `iterator` as the input position from now on (a restarted input stream)."""
+    self._trackables["iterator"] = iterator
+    self.checkpoint = tf.train.Checkpoint(model=self.model, **self._trackables)
+    if self.manager is not None:
+      self.manager = _manager(self.checkpoint, self.model_dir, self.max_to_keep)
+
   def _restore(self, path: str) -> None:
+    checkpoint = self.checkpoint
+    self.input_restored = "iterator" in self._trackables
+    if self.input_restored and not any(
+        name.startswith("iterator/") for name, _ in tf.train.list_variables(path)):
+      # Written under a strategy whose iterator cannot be saved: all but the input position.
+      checkpoint, self.input_restored = self._without_input, False
     try:
-      self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+      checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
     except (AssertionError, ValueError) as error:
       raise CheckpointMismatchError(
           f"Could not restore {path} into this model: {error}\nUse a new --model_dir or the "

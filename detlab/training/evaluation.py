@@ -104,17 +104,23 @@ class PeriodicEvaluator:
 
   def __init__(self, model_dir: str, task, model, make_dataset, num_images: int | None = None,
                average=None, best: BestCheckpoint | None = None, output_dir: str | None = None,
-               stop_requested=lambda: False, strategy: tf.distribute.Strategy | None = None):
+               stop_requested=lambda: False, strategy: tf.distribute.Strategy | None = None,
+               summary_dir: str | None = None):
     """num_images: evaluate only the first N images (None: all). output_dir: where
-    metrics.json and the PNG go (default model_dir; an eval sidecar uses model_dir/eval).
-    strategy: the model's (the network runs per replica, see `replica_predict`)."""
+    metrics.json and the PNG go (default model_dir). summary_dir: where the TensorBoard
+    events go (default model_dir/eval; an eval sidecar, whose model_dir is already
+    model_dir/eval, passes that). strategy: the model's (the network runs per replica, see
+    `replica_predict`). `close()` flushes and closes the summary writer."""
     self.model_dir, self.task, self.model = model_dir, task, model
     self.make_dataset, self.num_images = make_dataset, num_images
     self.average, self.best = average, best
     self.output_dir, self.stop_requested = output_dir or model_dir, stop_requested
     self.strategy = strategy or tf.distribute.get_strategy()
     self.predict = predictor(task, model, self.strategy)  # traced once for this model
-    self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+    self.writer = tf.summary.create_file_writer(summary_dir or os.path.join(model_dir, "eval"))
+
+  def close(self) -> None:
+    self.writer.close()
 
   def __call__(self, step: int) -> tuple[dict, dict] | None:
     """Evaluates the current weights (EMA if configured) as those of `step`; returns

@@ -28,8 +28,9 @@ from detlab.training.optimizer import OptimizerConfig
 from detlab.training.preemption import PreemptionWatcher
 from detlab.training.run_seed import resolve_seed, save_seed
 from detlab.training.setup import (Schedule, configured_task, get_strategy,  # noqa: F401  pylint: disable=unused-import
-                                   precision_policy, reject_removed, resolve_task,
-                                   schedule_optimizer, task_trainer)
+                                   input_checkpointable, precision_policy, reject_removed,
+                                   resolve_task, schedule_optimizer, task_trainer,
+                                   train_dataset)
 from detlab.training.writer import ModelDirLock, task_of, write_dir
 
 MODES = ("train", "eval", "train_and_eval")
@@ -92,7 +93,13 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
     if training and new_seed:
       save_seed(out_dir, seed)
     io.write_text(os.path.join(out_dir, "config.gin"), gin.config_str())
-    return _run(model_dir, out_dir, mode, distribution, preemption, task=task,
+    # Skipped (cut-short) records go to this process's own place: the chief's train/, an eval
+    # job's eval/; another worker only logs them.
+    record_files.SKIPPED.report_to(
+        None if training and not chief else
+        os.path.join(out_dir, "train") if training else out_dir)
+    stack.callback(record_files.SKIPPED.report_to, None)
+    return _run(model_dir, out_dir, mode, distribution, preemption, stack, task=task,
                 schedule=schedule, optimizer=optimizer, ema=ema, strategy=strategy, seed=seed,
                 num_eval_images=num_eval_images,
                 checkpoint_input=checkpoint_input, nan_trials=nan_trials,
@@ -100,11 +107,14 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
                 jit_compile=jit_compile, continuous=continuous, eval_timeout_s=eval_timeout_s)
 
 
-def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, task: Task,
+def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, closing, *,
+         task: Task,
          schedule, optimizer, ema, strategy, seed, num_eval_images, checkpoint_input, nan_trials,
          init_checkpoint, init_mode, precision, jit_compile, continuous,
          eval_timeout_s) -> dict:
-  """train()'s work once the writer is settled: reads model_dir, writes only out_dir."""
+  """train()'s work once the writer is settled: reads model_dir, writes only out_dir.
+  `closing` (an ExitStack) closes the summary writers on every way out: returned, stopped,
+  raised."""
   training = mode in ("train", "train_and_eval")
   stop_requested = lambda: preemption.requested  # pylint: disable=unnecessary-lambda-assignment
 
@@ -115,13 +125,12 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
     step = opt.iterations
   logging.info("%s", task.describe(model))
   task.preflight(model)  # bad data fails now, not at step N
-  record_files.SKIPPED.report_to(os.path.join(model_dir, "train"))  # cut-short shards -> TB
   trackables = {"optimizer": opt}
   if average is not None:
     trackables["ema"] = average.shadows
   if training:
-    iterator = iter(_train_dataset(distribution, task, model, schedule, seed))
-    if checkpoint_input and _checkpointable(iterator):
+    iterator = iter(train_dataset(distribution, task, model, schedule, seed))
+    if checkpoint_input and input_checkpointable(iterator):
       trackables["iterator"] = iterator
     elif checkpoint_input:
       logging.warning("The %s strategy's input iterator cannot be checkpointed; a resumed run "
@@ -130,11 +139,19 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
   keeper = CheckpointKeeper(out_dir, model, read_dir=model_dir, read_only=not training,
                             **trackables)
   resumed = keeper.restore_latest()
-  if training and resumed and "iterator" not in trackables:
-    # No input position in the checkpoint: the stream starts again at the restored step
-    # (a task whose stream depends on the step, progressive learning, starts there).
-    iterator = iter(_train_dataset(distribution, task, model, schedule, seed,
-                                   int(step.numpy())))
+  if training and resumed and not keeper.input_restored:
+    # No input position restored: the stream starts again at the restored step (a task whose
+    # stream depends on the step, progressive learning, starts there).
+    logging.warning(
+        "Resumed step %d without an input position (%s): model, optimizer, EMA and step are "
+        "restored exactly, the input stream restarts at that step.", int(step.numpy()),
+        "the checkpoint was written under a strategy whose input iterator cannot be saved"
+        if "iterator" in trackables else "train.checkpoint_input = False"
+        if not checkpoint_input else f"the {strategy} strategy's iterator cannot be saved")
+    iterator = iter(train_dataset(distribution, task, model, schedule, seed,
+                                  int(step.numpy())))
+    if "iterator" in trackables:
+      keeper.track_input(iterator)
   if not resumed and init_checkpoint:
     initialize_from_checkpoint(model, init_checkpoint, init_mode)
     if average is not None:
@@ -149,7 +166,9 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
         BestCheckpoint(out_dir, task.primary_metric, model=model,
                        **({"ema": average.shadows} if average else {}))
         if mode == "train_and_eval" else None, stop_requested=stop_requested,
-        strategy=distribution)
+        strategy=distribution,
+        summary_dir=out_dir if mode == "eval" else os.path.join(out_dir, "eval"))
+    closing.callback(evaluator.close)
 
   if training:
     trainer = task_trainer(distribution, task, model, opt, optimizer, average, jit_compile)
@@ -158,6 +177,7 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
                  "Resuming" if resumed else "Starting", start, schedule.total_steps,
                  schedule.batch_size, distribution.num_replicas_in_sync)
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
+    closing.callback(writer.close)
     started = time.monotonic()
     results["train"] = run_training(
         trainer, iterator, start_step=start, total_steps=schedule.total_steps,
@@ -168,7 +188,7 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
         stop_requested=stop_requested,
         evaluate_every=schedule.eval_every_steps if evaluator else 0,
         evaluate=evaluator)
-    results["preempted"] = preemption.requested
+    results["preempted"] = trainer.stopped  # also when another worker was signalled
     results["train_seconds"] = time.monotonic() - started
     io.write_text(os.path.join(out_dir, "operative_config.gin"), gin.operative_config_str())
     if results["preempted"]:
@@ -187,30 +207,3 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, *, t
       results.update(final[1])
     results["preempted"] = preemption.requested  # a stop during the evaluation
   return results
-
-
-def _checkpointable(iterator) -> bool:
-  """Plain tf.data iterators (the default strategy's) are; distributed ones are not."""
-  try:
-    tf.train.Checkpoint(iterator=iterator)
-  except (TypeError, ValueError):
-    return False
-  return True
-
-
-def _train_dataset(distribution, task: Task, model, schedule: Schedule, seed,
-                   start_step: int = 0):
-  replicas = distribution.num_replicas_in_sync
-  if schedule.batch_size % replicas:
-    raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
-                     f"{replicas} replicas.")
-  # Flip and scale jitter + crop draw stateless randomness from a per-example seed that the
-  # iterator checkpoint holds, so resume is exact with the default transforms. AutoAugment,
-  # RandAugment and Mosaic still use stateful random ops (tfm's ops do), whose state a
-  # checkpoint cannot hold: save the position anyway and let those draw fresh randomness.
-  options = tf.data.Options()
-  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-  return distribution.distribute_datasets_from_function(
-      lambda ctx: task.train_dataset(model, ctx,
-                                     ctx.get_per_replica_batch_size(schedule.batch_size),
-                                     seed, start_step).with_options(options))

@@ -51,6 +51,7 @@ class Trainer:
     self.strategy, self.model, self.optimizer = strategy, model, optimizer
     self.loss_fn, self.weight_decay, self.clip_norm = loss_fn, weight_decay, clip_norm
     self.ema = ema
+    self.stopped = False  # run_training stopped on request (this worker's or another's)
     self._loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
     self._step = tf.function(self._replica_step, jit_compile=True) if jit_compile \
         else self._replica_step
@@ -135,6 +136,27 @@ class Trainer:
         self.ema.update(self.optimizer.iterations)
     return bad_step, bad_ids
 
+  def stop_agreed(self, requested: bool) -> bool:
+    """Whether any worker requested a stop: `requested` is this process's own flag (SIGTERM).
+
+    Called by every worker at the same points (after each loop of steps, after each
+    evaluation), so all of them stop after the same step and save it: a scheduler signals one
+    host at a time, and a worker that stopped alone would leave its peers in the next loop's
+    all-reduce. One scalar all-reduce per loop, never per step; one process needs none (its
+    replicas share the flag). TF's PreemptionCheckpointHandler would agree too, but it owns
+    the save and the exit and wraps every step, so the loop's checkpoint keeper, NaN rollback
+    and stoppable evaluations would have to go through it; this flag agrees the same thing.
+    """
+    replicas = self.strategy.num_replicas_in_sync
+    if replicas == 1 or len(self.strategy.extended.worker_devices) == replicas:
+      return requested  # one process: nothing to agree on
+    return int(self._count_requests(tf.constant(int(requested)))) > 0
+
+  @tf.function
+  def _count_requests(self, requested: tf.Tensor) -> tf.Tensor:
+    per_replica = self.strategy.run(tf.identity, args=(requested,))
+    return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
   def reset_metrics(self):
     for metric in self.metrics.values():
       metric.reset_state()
@@ -153,9 +175,10 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
 
   Non-finite loss or gradient: after the loop of steps, logs the first bad batch's
   source_ids, restores the last checkpoint (all but the input position) and goes on, at most `nan_trials` times in a row, then raises
-  NonFiniteLossError. `stop_requested()` (e.g. SIGTERM) is checked after every loop: then a
-  checkpoint is saved and the function returns early; so after an evaluation that a stop cut
-  short. `evaluate(step)` runs every
+  NonFiniteLossError. `stop_requested()` (e.g. SIGTERM) is checked after every loop and agreed
+  with the other workers (`Trainer.stop_agreed`): then every worker saves a checkpoint of the
+  same step and returns early, with `trainer.stopped` set; so after an evaluation that a stop
+  cut short. `evaluate(step)` runs every
   `evaluate_every` steps (0: never) after the checkpoint of that step.
   """
   step = start_step
@@ -188,20 +211,22 @@ def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: in
           tf.summary.scalar(f"loss/{name}" if name != "grad_norm" else name, value)
         tf.summary.scalar("learning_rate", lr)
       last_log = step
-    stop = stop_requested()
+    stop = trainer.stop_agreed(stop_requested())
     if step - last_save >= checkpoint_every or step == total_steps or stop:
       path = checkpoint.save(step)
       logging.info("Saved %s", path)
       last_save = step
     if stop:
-      logging.warning("Stopped at step %d of %d on request; the same command resumes.", step,
-                      total_steps)
+      trainer.stopped = True
+      logging.warning("Stopped at step %d of %d on request%s; the same command resumes.",
+                      step, total_steps, "" if stop_requested() else " of another worker")
       break
     # The caller evaluates the final step itself.
     if evaluate is not None and evaluate_every > 0 and step % evaluate_every == 0 and \
         step < total_steps:
       evaluate(step)  # stops early (returning None) when a stop is requested meanwhile
-      if stop_requested():
+      if trainer.stop_agreed(stop_requested()):
+        trainer.stopped = True
         if last_save != step:
           logging.info("Saved %s", checkpoint.save(step))
         logging.warning("Stopped at step %d of %d on request (during the evaluation); the "

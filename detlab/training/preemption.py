@@ -10,8 +10,12 @@ period. `python -m detlab.train` then exits with `PREEMPTED_EXIT_CODE` (42, the 
 preemption handling exits with), distinct from success (0) and failure (1), so a scheduler
 reschedules the job, and the same command resumes from the saved step.
 
-TF's `tf.distribute.experimental.PreemptionCheckpointHandler` does this for multi-worker and
-TPU jobs but watches cloud-specific signals; this plain signal flag also works on one host.
+Multi-worker jobs: a scheduler signals one host at a time, so the flag is only this process's
+wish; after every loop (and every periodic evaluation) the workers agree on it with one
+all-reduce (`Trainer.stop_agreed`): when any of them got SIGTERM, all of them save the same
+step and exit with 42, the chief into model_dir. TF's
+`tf.distribute.experimental.PreemptionCheckpointHandler` would agree as well, but it wraps
+every step and owns the save and the exit (see `stop_agreed`).
 """
 import signal
 import threading

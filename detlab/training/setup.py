@@ -1,6 +1,7 @@
 """What a run is made of besides its task: the schedule, the strategy, the precision policy,
 the optimizer for a schedule, the Trainer of a task, and the task the parsed gin config
-names (`configured_task`, for tools that build the model as training does)."""
+names (`configured_task`, for tools that build the model as training does), and the
+distributed training input."""
 import contextlib
 import dataclasses
 import math
@@ -148,3 +149,32 @@ def configured_task() -> Task:
   reject_removed(removed)
   return resolve_task(train_argument("task"),
                       **{k: train_argument(k) for k in TASK_SETTINGS})
+
+
+def input_checkpointable(iterator) -> bool:
+  """Plain tf.data iterators (the default strategy's) are; distributed ones are not."""
+  try:
+    tf.train.Checkpoint(iterator=iterator)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
+def train_dataset(distribution, task: Task, model, schedule: Schedule, seed,
+                  start_step: int = 0):
+  """`task.train_dataset` per replica of `distribution` (a distributed dataset), the stream
+  starting at `start_step` (a resumed run whose checkpoint holds no input position)."""
+  replicas = distribution.num_replicas_in_sync
+  if schedule.batch_size % replicas:
+    raise ValueError(f"Global batch {schedule.batch_size} is not divisible by the "
+                     f"{replicas} replicas.")
+  # Flip and scale jitter + crop draw stateless randomness from a per-example seed that the
+  # iterator checkpoint holds, so resume is exact with the default transforms. AutoAugment,
+  # RandAugment and Mosaic still use stateful random ops (tfm's ops do), whose state a
+  # checkpoint cannot hold: save the position anyway and let those draw fresh randomness.
+  options = tf.data.Options()
+  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+  return distribution.distribute_datasets_from_function(
+      lambda ctx: task.train_dataset(model, ctx,
+                                     ctx.get_per_replica_batch_size(schedule.batch_size),
+                                     seed, start_step).with_options(options))

@@ -79,7 +79,8 @@ HEAVY_FILES_FIRST = (
     "tests/training/test_distribution.py", "tests/layers/test_functional.py",
     "tests/e2e/test_learning_joint.py", "tests/export/test_saved_model.py",
     "tests/data_tools/test_convert_automl_checkpoint.py", "tests/test_benchmark.py",
-    "tests/training/test_preemption_eval.py", "tests/e2e/test_learning_segmentation.py")
+    "tests/training/test_preemption_eval.py", "tests/e2e/test_learning_segmentation.py",
+    "tests/training/test_multi_worker_preemption.py", "tests/training/test_run_writes.py")
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument

@@ -4,9 +4,9 @@ step and reports the run as preempted (exit code 42 in detlab.train); the same c
 finishes the job.
 
 Not collected by the main run (no test_ prefix): test_preemption_eval.py runs this file in a
-fresh pytest process. These tests send a real SIGTERM to their own process, and in a process
-that had run most of the suite first that signal twice killed it (SIGSEGV in one process, a
-dead xdist worker that hung the run), though the file always passed on its own."""
+fresh pytest process. These tests send a real SIGTERM to their own process, which died with
+SIGSEGV in a process where OpenVINO had left the alternate signal stack unmapped (see
+test_preemption_eval.py and training/signal_stack.py)."""
 import os
 import signal
 import threading

@@ -1,11 +1,14 @@
 """The SIGTERM-during-evaluation cases (sigterm_eval_cases.py) in a fresh pytest process.
 
 Those tests deliver a real SIGTERM to the process that runs them. In full-suite runs that
-signal, arriving in a process which had already built and run hundreds of models (and loaded
-LiteRT and OpenVINO), twice killed the process natively -- a SIGSEGV of the single pytest
-process, and an xdist worker that died and left the run hanging -- while the same file always
-passed on its own. The cause is not found; running the cases in their own interpreter keeps
-what they assert and keeps the rest of the suite out of their way.
+signal killed the process with SIGSEGV (one pytest process; an xdist worker that died and left
+the run hanging) while the file passed on its own. The cause: tests/export/test_openvino.py
+had run in the same process, and OpenVINO leaves the main thread's alternate signal stack
+unmapped when compiled models are released out of creation order; CPython delivers every
+Python handler on that stack, so the first SIGTERM could not be delivered
+(training/signal_stack.py; reproduced by test_signal_stack.py). The cases stay in their own
+interpreter until PreemptionWatcher moves its handler off that stack
+(signal_stack.run_on_thread_stack in __enter__).
 """
 import os
 import re

@@ -6,6 +6,9 @@ training: decode -> random resized crop (area 0.08-1, aspect 3/4-4/3, TF-slim/tf
           -> [AutoAugment | RandAugment] (uint8, tfm ops) -> normalise -> batch
           -> [Mixup/CutMix (detlab.data.mixup_cutmix)]
 eval:     decode -> centre crop 0.875 of the shorter side -> resize S x S -> normalise
+The training shuffle holds encoded examples (decoded after it), so input checkpoints stay
+small; a truncated or corrupt TFRecord shard (own records or a TFDS split) is named, counted
+and skipped from its bad record on (record_files), not a DataLossError crash loop.
 Normalisation: (pixel - mean) / std per channel in 0-255 units: the config's mean/std if
 set, else the backbone's input convention (`detlab.backbones.input_convention(model)`,
 passed to `make_classification_dataset`), else ImageNet's.
@@ -16,12 +19,14 @@ the iterator checkpoint holds. tfm's AutoAugment/RandAugment use stateful random
 fresh randomness after a resume (as in detection).
 """
 import dataclasses
+from typing import Callable
 
 from absl import logging
 import gin
 import tensorflow as tf
 from official.vision.ops import augment, preprocess_ops
 
+from detlab.data import record_files, tfds_source
 from detlab.data.classification_example import ENCODED, LABEL
 from detlab.data.mixup_cutmix import mix_batch
 from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
@@ -135,8 +140,10 @@ class ClassificationParser:
 
 
 def tfds_examples(config: ClassificationInputConfig, input_context=None,
-                  seed: int | None = None) -> tf.data.Dataset:
-  """A TFDS image-classification split as {"image": uint8 [H, W, 3], "label": int32}."""
+                  seed: int | None = None) -> tuple[tf.data.Dataset, Callable]:
+  """(examples, decode) of a TFDS image-classification split: encoded examples (read through
+  the corrupt-record guard where stored as TFRecords, tfds_source.encoded_split) and the
+  function to {"image": uint8 [H, W, 3], "label": int32}."""
   import tensorflow_datasets as tfds  # only TFDS runs need it
   builder = tfds.builder(config.tfds_name, data_dir=config.tfds_data_dir)
   missing = [k for k in ("image", "label") if k not in builder.info.features]
@@ -145,28 +152,29 @@ def tfds_examples(config: ClassificationInputConfig, input_context=None,
                      "image-classification builder has 'image' and 'label'.")
   if config.tfds_download:
     builder.download_and_prepare()
-  try:
-    dataset = builder.as_dataset(
-        split=config.tfds_split, shuffle_files=config.is_training,
-        read_config=tfds.ReadConfig(input_context=input_context, shuffle_seed=seed))
-  except (AssertionError, FileNotFoundError, ValueError) as error:
-    raise FileNotFoundError(
-        f"The TFDS data set {config.tfds_name!r} (split {config.tfds_split!r}) is not "
-        f"prepared. Prepare it with:\n  tfds build {config.tfds_name} --data_dir="
-        f"{config.tfds_data_dir or '~/tensorflow_datasets'}\nor set "
-        f"ClassificationInputConfig.tfds_download = True.\n({error})") from error
+  hint = (f"The TFDS data set {config.tfds_name!r} (split {config.tfds_split!r}) is not "
+          f"prepared. Prepare it with:\n  tfds build {config.tfds_name} --data_dir="
+          f"{config.tfds_data_dir or '~/tensorflow_datasets'}\nor set "
+          "ClassificationInputConfig.tfds_download = True.")
+  dataset, decode_tfds = tfds_source.encoded_split(builder, config.tfds_split,
+                                                   config.is_training, input_context, seed,
+                                                   hint)
 
-  def to_example(example):
+  def decode(element):
+    example = decode_tfds(element)
     image = example["image"]
     if image.shape[-1] == 1:  # grayscale builders (e.g. mnist)
       image = tf.image.grayscale_to_rgb(image)
     return {"image": image, "label": tf.cast(example["label"], tf.int32) + config.label_offset}
-  return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset, decode
 
 
 def record_examples(config: ClassificationInputConfig, input_context=None,
-                    seed: int | None = None) -> tf.data.Dataset:
-  """TFRecords matching config.file_pattern as {"image", "label"} (training: files shuffled)."""
+                    seed: int | None = None) -> tuple[tf.data.Dataset, Callable]:
+  """(records, decode) of the TFRecords matching config.file_pattern: serialized examples
+  (training: files shuffled) and the function to {"image", "label"}. A truncated or corrupt
+  record ends its file's stream, named in the log and counted (record_files.SKIPPED), and the
+  run goes on."""
   files = []
   for pattern in config.file_pattern.split(","):
     files += sorted(tf.io.gfile.glob(pattern))
@@ -175,17 +183,11 @@ def record_examples(config: ClassificationInputConfig, input_context=None,
         f"No files match the classification file pattern {config.file_pattern!r}. Write "
         "records with `python -m data_tools.create_classification_tfrecord` (a folder of "
         "class folders) or `python -m data_tools.make_classification_dataset` (built-in).")
-  dataset = tf.data.Dataset.from_tensor_slices(files)
-  if input_context and input_context.num_input_pipelines > 1:
-    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   deterministic = not config.is_training or seed is not None
-  if config.is_training:
-    dataset = dataset.shuffle(len(files), seed=seed)
-  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  dataset = record_files.sharded_records(files, input_context, shuffle=config.is_training,
+                                         seed=seed, deterministic=deterministic)
   logging.info("Input %s: %d file(s).", config.file_pattern, len(files))
-  return dataset.map(lambda r: decode_record(r, config.label_offset),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  return dataset, lambda record: decode_record(record, config.label_offset)
 
 
 def make_classification_dataset(config: ClassificationInputConfig, batch_size: int,
@@ -196,13 +198,16 @@ def make_classification_dataset(config: ClassificationInputConfig, batch_size: i
   with Mixup/CutMix). `batch_size` is per replica; training batches are full and endless.
   `convention`: the backbone's `InputConvention` (used where config.mean/std are None)."""
   source = tfds_examples if config.tfds_name else record_examples
-  dataset = source(config, input_context, seed)
+  dataset, decode = source(config, input_context, seed)
   deterministic = not config.is_training or seed is not None
   if config.cache:
     dataset = dataset.cache()
   parser = ClassificationParser(config, convention)
-  if config.is_training:
+  if config.is_training:  # encoded examples in the buffer (and input checkpoints)
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
+  if config.is_training:
     seed = worker_seed(seed, input_context)
     dataset = with_example_seeds(dataset, seed)  # exact resume (see module doc)
   dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,

@@ -283,19 +283,21 @@ def source_dataset(config: InputConfig, input_context: tf.distribute.InputContex
                    seed: int | None = None, decoded: bool = False) -> tf.data.Dataset:
   """The configured source: serialized Examples (TFRecords; decode_example's dicts if
   `decoded`) or decoded dicts (TFDS). Cached if asked (before repeat: the cache of an
-  infinite stream would never complete); in training repeated and shuffled."""
+  infinite stream would never complete); in training repeated and shuffled, the shuffle
+  holding encoded examples (TFDS ones are decoded after it)."""
   if config.tfds_name:
-    dataset = tfds_source.decoded_dataset(
+    dataset, decode = tfds_source.encoded_dataset(
         config.tfds_name, config.tfds_split, config.tfds_data_dir, config.tfds_download,
         config.is_training, input_context, seed)
   else:
-    dataset = _records(config, input_context, seed)
+    dataset, decode = _records(config, input_context, seed), decode_example
   if config.cache:
     dataset = dataset.cache()
   if config.is_training:
+    # Encoded examples in the buffer (and so in every input checkpoint), decoded after.
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
-  if decoded and not config.tfds_name:
-    dataset = dataset.map(decode_example, num_parallel_calls=tf.data.AUTOTUNE,
+  if decoded or config.tfds_name:
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=not config.is_training or seed is not None)
   return dataset
 

@@ -8,6 +8,8 @@ file cut short is logged with its name and the byte where reading stopped, count
 `SKIPPED` and, once a run has called `report_to(dir)`, written to TensorBoard there
 ("data/files_cut_short", and the file name as text). The rest of that file is skipped, each
 time the file is read (every epoch); the others go on. Fix the file with the converter.
+Every TFRecord input reads through `sharded_records`: detection, segmentation, joint,
+classification, and TFDS splits stored as TFRecord files (tfds_source.encoded_split).
 """
 import threading
 
@@ -94,14 +96,24 @@ def records_of_file(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
 
 
 def sharded_records(files: list[str], input_context=None, shuffle: bool = False,
-                    seed: int | None = None, deterministic: bool = True) -> tf.data.Dataset:
+                    seed: int | None = None, deterministic: bool = True,
+                    ranges: list[tuple[int, int]] | None = None) -> tf.data.Dataset:
   """Serialized records of `files`: sharded per input pipeline, file order shuffled when
   `shuffle`, interleaved; a truncated/corrupt record ends its file's stream, logged and
-  counted (`records_of_file`). Shared by the detection and segmentation pipelines."""
-  dataset = tf.data.Dataset.from_tensor_slices((files, file_sizes(files)))
+  counted (`records_of_file`). Shared by every TFRecord pipeline (detection, segmentation,
+  joint, classification, and TFDS splits stored as TFRecords: tfds_source.encoded_split).
+
+  ranges: optional (skip, take) per file (a TFDS split slice): only records skip ..
+  skip + take - 1 of that file (take -1: to its end)."""
+  if ranges is None:
+    ranges = [(0, -1)] * len(files)
+  skips, takes = (np.array(column, np.int64) for column in zip(*ranges)) if files else ([], [])
+  dataset = tf.data.Dataset.from_tensor_slices((files, file_sizes(files), skips, takes))
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   if shuffle:
     dataset = dataset.shuffle(len(files), seed=seed)
-  return dataset.interleave(records_of_file, cycle_length=min(8, len(files)),
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  return dataset.interleave(
+      lambda path, size, skip, take: records_of_file(path, size).skip(skip).take(take),
+      cycle_length=min(8, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=deterministic)

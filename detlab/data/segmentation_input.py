@@ -128,22 +128,23 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
   (`detlab.backbones.input_convention(model)`; None: ImageNet mean/std)."""
   deterministic = not config.is_training or seed is not None
   if config.tfds_name:
-    dataset = tfds_segmentation.decoded_dataset(
+    dataset, decode = tfds_segmentation.encoded_dataset(
         config.tfds_name, config.tfds_split, config.tfds_data_dir, config.tfds_download,
         config.is_training, input_context, seed)
     source = config.tfds_name
   else:
     files = list_files(config.file_pattern)
     source = f"{config.file_pattern} ({len(files)} file(s))"
+    # A truncated/corrupt record ends its file's stream, logged and counted (record_files).
     dataset = record_files.sharded_records(files, input_context, shuffle=config.is_training,
                                            seed=seed, deterministic=deterministic)
+    decode = decode_segmentation_example
   if config.cache:
     dataset = dataset.cache()
-  if config.is_training:
+  if config.is_training:  # encoded examples in the buffer, decoded after it
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
-  if not config.tfds_name:
-    dataset = dataset.map(decode_segmentation_example, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
   dataset = parse_and_batch(dataset, SegmentationParser(config, convention),
                             config.is_training, batch_size, seed, input_context)
   logging.info("Segmentation input %s: batch %d per replica.", source, batch_size)

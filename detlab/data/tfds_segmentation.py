@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from detlab.data.segmentation_example import IGNORE_LABEL
-from detlab.data.tfds_source import TFDS_HINT
+from detlab.data.tfds_source import TFDS_HINT, encoded_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,22 +71,29 @@ def to_decoded(example: dict, spec: TfdsSegmentationSpec) -> dict:
           "source_id": source_id}
 
 
-def decoded_dataset(name: str, split: str, data_dir: str | None = None,
+def encoded_dataset(name: str, split: str, data_dir: str | None = None,
                     download: bool = False, is_training: bool = False,
                     input_context: tf.distribute.InputContext | None = None,
-                    seed: int | None = None) -> tf.data.Dataset:
-  """The split as decoded dicts; files shuffled in training; tfds shards across pipelines."""
+                    seed: int | None = None):
+  """(dataset, decode) of the split: encoded examples (tfds_source.encoded_split: read
+  through the corrupt-record guard where stored as TFRecords) and the function to the
+  decoded {"image", "labels", "source_id"} (`to_decoded`). Shuffle, then map `decode`."""
   import tensorflow_datasets as tfds  # imported lazily: only TFDS runs need it
   spec = spec_for(name)
   builder = tfds.builder(name, data_dir=data_dir)
   if download:
     builder.download_and_prepare()
-  read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
-  try:
-    dataset = builder.as_dataset(split=split, shuffle_files=is_training,
-                                 read_config=read_config)
-  except (AssertionError, FileNotFoundError, ValueError) as error:
-    hint = TFDS_HINT.format(name=name, split=split, data_dir=data_dir or "~/tensorflow_datasets")
-    raise FileNotFoundError(f"{hint}\n({error})") from error
-  return dataset.map(lambda e: to_decoded(e, spec), num_parallel_calls=tf.data.AUTOTUNE,
+  hint = TFDS_HINT.format(name=name, split=split, data_dir=data_dir or "~/tensorflow_datasets")
+  dataset, decode = encoded_split(builder, split, is_training, input_context, seed, hint)
+  return dataset, lambda element: to_decoded(decode(element), spec)
+
+
+def decoded_dataset(name: str, split: str, data_dir: str | None = None,
+                    download: bool = False, is_training: bool = False,
+                    input_context: tf.distribute.InputContext | None = None,
+                    seed: int | None = None) -> tf.data.Dataset:
+  """The split as decoded dicts; files shuffled in training; sharded across pipelines."""
+  dataset, decode = encoded_dataset(name, split, data_dir, download, is_training,
+                                    input_context, seed)
+  return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=not is_training or seed is not None)

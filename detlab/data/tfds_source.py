@@ -10,10 +10,27 @@ name's stem), "objects/is_crowd" (else VOC's "objects/is_difficult", else none),
 
 Note: TFDS COCO labels are the 80 contiguous classes, not COCO's ids 1..90, so a TFDS COCO
 run wants NUM_CLASSES = 80 and evaluation against these ids, not instances_val2017.json.
+
+Reading (`encoded_split`, shared by the detection, segmentation and classification inputs):
+a prepared split stored as TFRecord files (TFDS' default format) is read by detlab itself,
+through record_files, as serialized examples: a truncated or corrupt shard is named, counted
+(record_files.SKIPPED) and skipped from its bad record on, like detlab's own records. (TFDS'
+own reader stops with DataLossError at the cut or corrupt record, or, where the record reader
+stops quietly at a cut, with FailedPreconditionError "Input dataset was expected to contain N
+elements but contained only M" at the split's end, every epoch: a crash loop on resume;
+`.ignore_errors()` on its dataset does not help, it spins on that error.)
+Examples stay encoded until after the training shuffle, so the shuffle buffer and every
+input checkpoint hold serialized examples, not decoded images; `decode` runs after it.
+Other storage (array_record or parquet files, tfds.testing.mock_data) goes through
+builder.as_dataset, decoded and without the guard (a warning says so).
 """
+from typing import Callable
+
+from absl import logging
 import tensorflow as tf
 
 from detlab.data import label_map as label_maps
+from detlab.data import record_files
 
 TFDS_HINT = ("The TFDS data set {name!r} (split {split!r}) is not prepared in data_dir "
              "{data_dir!r}. Prepare it with:\n  tfds build {name} --data_dir={data_dir}\n"
@@ -84,27 +101,75 @@ def to_decoded(example: dict) -> dict:
           "boxes": boxes, "classes": classes, "is_crowd": is_crowd, "areas": areas}
 
 
+def _tfrecord_instructions(builder, split: str):
+  """The split's TFDS file instructions where detlab can read them itself: TFRecord files
+  that exist; else None (another format, or nothing on disk)."""
+  file_format = getattr(builder.info, "file_format", None)
+  if str(getattr(file_format, "value", file_format or "tfrecord")) != "tfrecord":
+    return None
+  try:
+    instructions = builder.info.splits[split].file_instructions
+  except (KeyError, ValueError, AssertionError, TypeError, AttributeError):
+    return None
+  if not instructions or not all(tf.io.gfile.exists(i.filename) for i in instructions):
+    return None
+  return instructions
+
+
+def encoded_split(builder, split: str, is_training: bool = False,
+                  input_context: tf.distribute.InputContext | None = None,
+                  seed: int | None = None, not_prepared_hint: str = ""
+                  ) -> tuple[tf.data.Dataset, Callable]:
+  """(dataset, decode) of a TFDS split: `dataset` yields what a shuffle buffer should hold
+  (serialized examples where detlab reads the TFRecord files itself, see the module
+  docstring), `decode(element)` turns one into TFDS' decoded example dict. Files are
+  shuffled in training (by `seed`) and sharded across input pipelines. Raises
+  FileNotFoundError with `not_prepared_hint` when the split is not prepared."""
+  instructions = _tfrecord_instructions(builder, split)
+  if instructions is not None:
+    dataset = record_files.sharded_records(
+        [i.filename for i in instructions], input_context, shuffle=is_training, seed=seed,
+        deterministic=not is_training or seed is not None,
+        ranges=[(i.skip, i.take) for i in instructions])
+    return dataset, builder.info.features.deserialize_example
+  import tensorflow_datasets as tfds  # imported lazily: only TFDS runs need it
+  read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
+  try:
+    dataset = builder.as_dataset(split=split, shuffle_files=is_training,
+                                 read_config=read_config)
+  except (AssertionError, FileNotFoundError, ValueError) as error:
+    raise FileNotFoundError(f"{not_prepared_hint}\n({error})") from error
+  logging.warning("TFDS %s (split %s) is read by tfds.as_dataset (not TFRecord files on "
+                  "disk): no corrupt-record guard, and examples are decoded before any "
+                  "shuffle.", builder.name, split)
+  return dataset, lambda example: example
+
+
+def encoded_dataset(name: str, split: str, data_dir: str | None = None,
+                    download: bool = False, is_training: bool = False,
+                    input_context: tf.distribute.InputContext | None = None,
+                    seed: int | None = None) -> tuple[tf.data.Dataset, Callable]:
+  """(dataset, decode) of a detection builder's split: `decode` maps one element to the
+  decode_example dict (`to_decoded`). Shuffle `dataset`, then map `decode`."""
+  builder = load_builder(name, data_dir)
+  if download:
+    builder.download_and_prepare()
+  hint = TFDS_HINT.format(name=name, split=split, data_dir=data_dir or "~/tensorflow_datasets")
+  dataset, decode = encoded_split(builder, split, is_training, input_context, seed, hint)
+  return dataset, lambda element: to_decoded(decode(element))
+
+
 def decoded_dataset(name: str, split: str, data_dir: str | None = None,
                     download: bool = False, is_training: bool = False,
                     input_context: tf.distribute.InputContext | None = None,
                     seed: int | None = None) -> tf.data.Dataset:
   """The split's examples as decoded dicts (see `to_decoded`); files shuffled in training.
 
-  Sharding across input pipelines is tfds' (ReadConfig.input_context). Raises
-  FileNotFoundError with the `tfds build` command when the data is not prepared and
-  `download` is False.
+  Sharding across input pipelines: by file (record_files; tfds' ReadConfig where TFDS
+  reads). Raises FileNotFoundError with the `tfds build` command when the data is not
+  prepared and `download` is False.
   """
-  import tensorflow_datasets as tfds
-  builder = load_builder(name, data_dir)
-  if download:
-    builder.download_and_prepare()
-  read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
-  try:
-    dataset = builder.as_dataset(split=split, shuffle_files=is_training,
-                                 read_config=read_config,
-                                 decoders=None)
-  except (AssertionError, FileNotFoundError, ValueError) as error:
-    hint = TFDS_HINT.format(name=name, split=split, data_dir=data_dir or "~/tensorflow_datasets")
-    raise FileNotFoundError(f"{hint}\n({error})") from error
-  return dataset.map(to_decoded, num_parallel_calls=tf.data.AUTOTUNE,
+  dataset, decode = encoded_dataset(name, split, data_dir, download, is_training,
+                                    input_context, seed)
+  return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=not is_training or seed is not None)

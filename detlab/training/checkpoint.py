@@ -230,8 +230,9 @@ class CheckpointKeeper:
   def _restore(self, path: str) -> None:
     checkpoint = self.checkpoint
     self.input_restored = "iterator" in self._trackables
-    if self.input_restored and not any(
-        name.startswith("iterator/") for name, _ in tf.train.list_variables(path)):
+    # The reader itself: tf.train.list_variables takes a ram:// prefix for a directory.
+    if self.input_restored and not any(name.startswith("iterator/") for name in (
+        tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map())):
       # Written under a strategy whose iterator cannot be saved: all but the input position.
       checkpoint, self.input_restored = self._without_input, False
     try:

@@ -182,8 +182,9 @@ class DetectionParser:
 # The two random training transforms below are written here, not taken from tfm's
 # preprocess_ops (random_horizontal_flip, resize_and_crop_image), because those draw from
 # stateful random ops, whose state a tf.data iterator checkpoint cannot hold: a resumed run
-# would augment differently from an uninterrupted one. Stateless draws from a per-example
-# seed make resume exact. The resize/crop arithmetic and image_info layout are tfm's.
+# would augment differently from an uninterrupted one. Here they take their draws as
+# arguments (DetectionParser.draw_geometry: stateless, from a per-example seed), which makes
+# resume exact. The resize/crop arithmetic and image_info layout are tfm's.
 
 
 def horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
@@ -194,22 +195,6 @@ def horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
                            axis=-1)
   return (tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image),
           tf.cond(flip, lambda: flipped_boxes, lambda: boxes))
-
-
-def stateless_horizontal_flip(image: tf.Tensor, boxes: tf.Tensor,
-                              seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """`horizontal_flip` with probability 1/2, drawn from the stateless `seed`."""
-  return horizontal_flip(image, boxes, tf.random.stateless_uniform([], seed) < 0.5)
-
-
-def stateless_jitter_resize_and_crop(image: tf.Tensor, size: int, scale_min: float,
-                                     scale_max: float, scale_seed: tf.Tensor,
-                                     crop_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """`jitter_resize_and_crop` with scale U(scale_min, scale_max) and the crop's place drawn
-  from the stateless seeds."""
-  return jitter_resize_and_crop(
-      image, size, tf.random.stateless_uniform([], scale_seed, scale_min, scale_max),
-      tf.random.stateless_uniform([2], crop_seed))
 
 
 def jitter_resize_and_crop(image: tf.Tensor, size: int, scale: tf.Tensor,

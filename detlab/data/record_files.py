@@ -44,8 +44,8 @@ class SkippedFiles:
       writer = self._writer
     message = (f"Corrupt or truncated TFRecord: {path} is unreadable from byte {offset} of "
                f"{size}; the rest of that file is skipped{'' if first else ' (again)'} "
-               f"({count} time(s) a file was cut short in this run). Re-create it with the "
-               "converter (data_tools.create_coco_tfrecord).")
+               f"({count} time(s) a file was cut short in this run). Re-create it with its "
+               "converter (data_tools.create_*_tfrecord; `tfds build` for a TFDS split).")
     logging.warning(message)
     if writer is not None:
       with writer.as_default(step=count):  # x axis: the n-th time a file was cut short

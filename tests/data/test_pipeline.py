@@ -160,10 +160,10 @@ def test_training_keeps_the_largest_max_instances_boxes(capfd):
 
 def test_jitter_resize_and_crop_without_jitter_equals_tfm():
   from official.vision.ops import preprocess_ops
-  from detlab.data.detection_input import stateless_jitter_resize_and_crop
+  from detlab.data.detection_input import jitter_resize_and_crop
   image = tf.random.stateless_uniform([90, 150, 3], [1, 2]) * 255
-  ours, our_info = stateless_jitter_resize_and_crop(image, 128, 1.0, 1.0, tf.constant([1, 2]),
-                                                    tf.constant([3, 4]))
+  ours, our_info = jitter_resize_and_crop(image, 128, tf.constant(1.0),
+                                          tf.constant([0.3, 0.7]))
   theirs, their_info = preprocess_ops.resize_and_crop_image(image, [128, 128], [128, 128])
   np.testing.assert_allclose(ours, theirs, atol=1e-4)
   np.testing.assert_allclose(our_info, their_info, rtol=1e-6)

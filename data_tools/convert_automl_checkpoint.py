@@ -22,7 +22,6 @@ import sys
 import time
 
 from absl import app, flags, logging
-import gin
 import tensorflow as tf
 
 from detlab import api
@@ -64,7 +63,7 @@ def convert(checkpoint: str, gin_files, gin_bindings, model_dir: str,
   keeper = CheckpointKeeper(model_dir, model, max_to_keep=1, optimizer=optimizer,
                             ema=average.shadows)
   path = keeper.save(0)
-  write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+  write_text(os.path.join(model_dir, "config.gin"), api.detector_config(model))
   summary = {"source": ema["checkpoint"], "detlab_checkpoint": path,
              "model_weights": "ema" if use_ema else "raw", "ema_weights": "ema",
              "variables": ema["variables"], "variables_with_automl_ema": ema["from_ema"],

@@ -9,6 +9,7 @@ EfficientDet checkpoint. `detect` runs the model's own evaluation preprocessing 
 input pipeline's normalise -> aspect-preserving resize -> pad) and post-processing (top-k,
 decode, NMS), and maps boxes back to original pixels as evaluation does.
 """
+import contextlib
 import dataclasses
 import weakref
 from typing import Sequence
@@ -34,6 +35,40 @@ _INFERENCE = weakref.WeakKeyDictionary()
 _PREDICT = weakref.WeakKeyDictionary()
 
 
+_CONFIG_TEXT = weakref.WeakKeyDictionary()  # model -> its gin config (load_detector)
+
+
+@contextlib.contextmanager
+def isolated_gin_config():
+  """Inside: an empty gin configuration (bindings, macros, imports, singletons, operative
+  config); on exit, whatever happened inside, the configuration from before is back. gin
+  has no public save/restore, so its module-level state is copied and put back."""
+  # pylint: disable=protected-access
+  state = gin.config
+  saved = ({k: dict(v) for k, v in state._CONFIG.items()}, dict(state._SINGLETONS),
+           set(state._IMPORTS), dict(state._OPERATIVE_CONFIG), state.config_is_locked())
+  gin.clear_config()
+  try:
+    yield
+  finally:
+    bindings, singletons, imports, operative, locked = saved
+    gin.clear_config()
+    state._CONFIG.update(bindings)
+    state._SINGLETONS.update(singletons)
+    state._IMPORTS.update(imports)
+    with state._OPERATIVE_CONFIG_LOCK:
+      state._OPERATIVE_CONFIG.update(operative)
+    state._set_config_is_locked(locked)
+
+
+def detector_config(model) -> str:
+  """The gin configuration text (gin.config_str()) load_detector built `model` from: what a
+  model_dir's config.gin holds to rebuild it."""
+  if model not in _CONFIG_TEXT:
+    raise ValueError("detector_config: this model was not built by detlab.api.load_detector.")
+  return _CONFIG_TEXT[model]
+
+
 class CheckpointLoadError(ValueError):
   """A checkpoint cannot be loaded into the configured detector (says why and what to do)."""
 
@@ -43,7 +78,9 @@ def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   """Builds the detector that `train()` would train from gin files (names in gin_configs/
   or paths) and bindings (`train.task = @DetectionTask()`, as every efficientdet_*.gin).
 
-  The gin configuration is cleared first, so each call sees only its own files.
+  The files are parsed into a fresh gin configuration, so each call sees only its own files,
+  and the caller's configuration is restored afterwards (isolated_gin_config); the
+  detector's own configuration text is `detector_config(model)`.
   checkpoint: None (fresh initialisation); a detlab model_dir (its latest checkpoint) or
     checkpoint prefix; or a google/automl EfficientDet checkpoint (directory or prefix).
   use_ema: load the exponential-moving-average weights when the checkpoint holds them (the
@@ -51,17 +88,18 @@ def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   Returns the built EfficientDet; `model(images, training=False)` gives
   (class_outputs, box_outputs) per level, images ImageNet-normalised [B, S, S, 3].
   """
-  gin.clear_config()
-  config.parse_gin(list(gin_files), list(gin_bindings))
-  try:
-    task = configured_task()
-  except ValueError as error:
-    raise ValueError(f"The gin files {list(gin_files)} configure no detector: {error}") \
-        from error
-  if not isinstance(task, DetectionTask):
-    raise ValueError(f"The gin files {list(gin_files)} configure a {task.name} task, not a "
-                     "detector; include a detector file such as 'efficientdet_d0.gin'.")
-  model = task.build_model()
+  with isolated_gin_config():
+    config.parse_gin(list(gin_files), list(gin_bindings))
+    try:
+      task = configured_task()
+    except ValueError as error:
+      raise ValueError(f"The gin files {list(gin_files)} configure no detector: {error}") \
+          from error
+    if not isinstance(task, DetectionTask):
+      raise ValueError(f"The gin files {list(gin_files)} configure a {task.name} task, not "
+                       "a detector; include a detector file such as 'efficientdet_d0.gin'.")
+    model = task.build_model()
+    _CONFIG_TEXT[model] = gin.config_str()
   eval_input = dataclasses.replace(task.eval_input or InputConfig(), is_training=False)
   _INFERENCE[model] = (eval_input, task)
   if checkpoint:

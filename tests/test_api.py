@@ -1,5 +1,6 @@
 """detlab.api: load_detector builds the gin model and loads detlab checkpoints (EMA or raw);
 detect on raw uint8 images equals the evaluation pipeline's detections in original pixels."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,3 +130,25 @@ def test_preprocess_uses_the_backbone_input_convention(model):
   finally:
     del model.backbone.input_convention
   np.testing.assert_allclose(inputs[0], image / 127.5 - 1.0, atol=1e-5)
+
+
+def test_load_detector_keeps_the_callers_gin_config_and_sees_only_its_own():
+  """A caller's bindings survive load_detector (it cleared them before), also when it fails;
+  the detector is built from its own files only: the caller's PostprocessConfig.iou_threshold,
+  which the recipe does not bind, does not reach it."""
+  gin.clear_config()
+  gin.parse_config(["PostprocessConfig.iou_threshold = 0.3", "MY_MACRO = 7"])
+  try:
+    model = api.load_detector(["efficientdet_d0.gin"], BINDINGS)
+    assert api.inference_setup(model)[1].postprocess_config.iou_threshold == 0.5
+    assert "IMAGE_SIZE = 128" in api.detector_config(model)
+    assert "0.3" not in api.detector_config(model)
+    assert gin.query_parameter("PostprocessConfig.iou_threshold") == 0.3
+    assert gin.query_parameter("%MY_MACRO") == 7
+    with pytest.raises(ValueError, match="not a detector"):
+      api.load_detector(["classification_efficientnet_b0_demo.gin"])
+    assert gin.query_parameter("PostprocessConfig.iou_threshold") == 0.3
+    with pytest.raises(ValueError):  # the detector's bindings did not stay behind
+      gin.query_parameter("%IMAGE_SIZE")
+  finally:
+    gin.clear_config()

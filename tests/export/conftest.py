@@ -1,5 +1,4 @@
 """A model_dir as training leaves it (config.gin, ckpt-N with EMA shadows), D0 at 128 px."""
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -29,7 +28,7 @@ def model_dir(tmp_path_factory):
     shadow.assign(shadow * (1.0 + rng.normal(0.0, 0.05, shadow.shape)))
   tf.train.CheckpointManager(tf.train.Checkpoint(model=model, ema=average.shadows),
                              str(directory), max_to_keep=1).save(checkpoint_number=3)
-  (directory / "config.gin").write_text(gin.config_str())
+  (directory / "config.gin").write_text(api.detector_config(model))
   return directory
 
 

@@ -5,6 +5,11 @@ decoded, clipped to the image, per-class Gaussian soft-NMS (sigma 0.5 in the pap
 convention, exp(-iou^2/sigma)), score >= 0.001, the 100 best kept. Hard NMS at IoU 0.5 is
 the other mode.
 
+Clipping uses the image's window inside the model input where the caller knows it (`windows`:
+the resized image without the letterbox pad), else the whole input; a box the clipping leaves
+without area (wholly outside the window) is dropped before NMS, as the OD API's clip-to-window
+does: it would suppress nothing and still take one of the max_detections slots.
+
 Per-class NMS is done as one NMS call per image over class-offset boxes: boxes of different
 classes never overlap after the offset, so IoU (and the Gaussian decay) between classes is 0
 and the result equals a loop over classes, without 90 NMS calls per image. tfm's
@@ -37,7 +42,8 @@ class PostprocessConfig:
 def nms_one_image(boxes, scores, classes, image_size: int, config: PostprocessConfig):
   """The NMS stage for one image: candidates() of one image (boxes [k, 4] clipped to
   [0, image_size], scores [k], classes [k] int32) -> (boxes [D, 4], scores [D], classes [D],
-  num_detections []), zero-padded to D = max_detections."""
+  num_detections []), zero-padded to D = max_detections. candidates() scores a box without
+  area 0, which NMS never selects."""
   # The offset comes from the image, not from the boxes: one wild unclipped box would push
   # the offsets to ~1e9, where float32 spacing (~100 px) merges or flattens a class's boxes.
   extent = float(image_size) + 1.0
@@ -78,11 +84,37 @@ def top_k_pairs(class_outputs: tf.Tensor, k: int):
   return top_logits, anchor_index, top_index % num_classes
 
 
+def has_area(boxes: tf.Tensor) -> tf.Tensor:
+  """[..., 4] y1, x1, y2, x2 -> bool [...]: the box is not empty."""
+  return (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+
+
+def image_windows(image_info: tf.Tensor, image_size: int) -> tf.Tensor:
+  """The eval parser's image_info [B, 4, 2] -> each image's window in the model input [B, 4]
+  (y1, x1, y2, x2 pixels): where the resized original lies (its offset undone), within
+  [0, image_size]. Outside it lies the pad (or the crop's cut-off part)."""
+  info = tf.cast(image_info, tf.float32)
+  offset = info[:, 3]
+  low = tf.maximum(-offset, 0.0)
+  high = tf.minimum(info[:, 0] * info[:, 2] - offset, float(image_size))
+  return tf.concat([low, high], axis=-1)
+
+
+def clip_to_windows(boxes: tf.Tensor, windows: tf.Tensor) -> tf.Tensor:
+  """boxes [B, k, 4] and windows [B, 4] (both y1, x1, y2, x2) -> boxes clipped to them."""
+  low = tf.tile(windows[:, None, :2], [1, 1, 2])
+  high = tf.tile(windows[:, None, 2:], [1, 1, 2])
+  return tf.minimum(tf.maximum(boxes, low), high)
+
+
 def candidates(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Tensor,
-               image_size: int, config: PostprocessConfig = PostprocessConfig()):
+               image_size: int, config: PostprocessConfig = PostprocessConfig(),
+               windows: tf.Tensor | None = None, drop_empty: bool = True):
   """The stage before NMS: the top-k (anchor, class) pairs, decoded and clipped to the input.
 
-  class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels. Returns
+  class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels; windows
+  [B, 4] each image's clip window (image_windows), None for the whole input; drop_empty:
+  score 0 (never selected by NMS) a box the clipping leaves without area. Returns
   (boxes [B, k, 4] [y1, x1, y2, x2] clipped to [0, image_size], scores [B, k] sigmoid,
   classes [B, k] int32 0-based), k = min(pre_nms_top_k, N * K). Exported graphs run this
   stage and nms_one_image separately (LiteRT per image without map_fn, OpenVINO with NMS
@@ -93,21 +125,29 @@ def candidates(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Ten
   top_logits, anchor_index, classes = top_k_pairs(class_outputs, k)
   boxes = decode_boxes(tf.gather(box_outputs, anchor_index, batch_dims=1),
                        tf.gather(anchors, anchor_index))
-  return (tf.clip_by_value(boxes, 0.0, float(image_size)), tf.sigmoid(top_logits),
-          tf.cast(classes, tf.int32))
+  boxes = tf.clip_by_value(boxes, 0.0, float(image_size))
+  if windows is not None:
+    boxes = clip_to_windows(boxes, tf.cast(windows, tf.float32))
+  scores = tf.sigmoid(top_logits)
+  if drop_empty:  # score 0 is below any score_threshold >= 0: NMS keeps scores above it
+    scores = tf.where(has_area(boxes), scores, 0.0)
+  return boxes, scores, tf.cast(classes, tf.int32)
 
 
 def postprocess(class_outputs: tf.Tensor, box_outputs: tf.Tensor, anchors: tf.Tensor,
-                image_size: int, config: PostprocessConfig = PostprocessConfig()) -> dict:
-  """class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels.
+                image_size: int, config: PostprocessConfig = PostprocessConfig(),
+                windows: tf.Tensor | None = None) -> dict:
+  """class_outputs [B, N, K] logits; box_outputs [B, N, 4]; anchors [N, 4] pixels; windows
+  [B, 4] the images' clip windows in the input (image_windows; None: the whole input).
 
   candidates() then nms_one_image() per image. Returns {"boxes" [B, D, 4] [y1, x1, y2, x2]
-  model-input pixels clipped to the input, "scores" [B, D], "classes" [B, D] int32 (0-based),
+  model-input pixels clipped to the window, none without area, "scores" [B, D], "classes"
+  [B, D] int32 (0-based),
   "num_detections" [B]}, D = max_detections.
   """
   out_boxes, out_scores, out_classes, num = tf.map_fn(
       lambda args: nms_one_image(*args, image_size, config),
-      candidates(class_outputs, box_outputs, anchors, image_size, config),
+      candidates(class_outputs, box_outputs, anchors, image_size, config, windows),
       fn_output_signature=(tf.float32, tf.float32, tf.int32, tf.int32))
   return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes,
           "num_detections": num}

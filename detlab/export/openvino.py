@@ -14,9 +14,12 @@ TensorFlow in the process), and keeping NMS in TF keeps the detection protocol i
 the evaluated model's. The post-processing settings are stored beside the IR
 (postprocess.json), so `OpenVinoDetector` needs only the directory.
 """
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +31,7 @@ from detlab.io import write_json
 
 PRECISIONS = ("fp32", "int8")
 POSTPROCESS_FILE = "postprocess.json"
+IR_FILES = ("model.xml", "model.bin")
 INSTALL_HINT = "pip install 'detlab[openvino]' (or pip install openvino nncf)"
 
 
@@ -62,9 +66,14 @@ def network_function(serving, batch_size: int | None = None):
 
 
 def nms_function(config: PostprocessConfig, image_size: int):
-  """Candidates -> OD API outputs in input pixels (classes as float category ids)."""
+  """Candidates and the images' clip windows [B, 4] (postprocess.image_windows: the
+  letterbox's image without its pad) -> OD API outputs in input pixels (classes as float
+  category ids). Boxes wholly in the pad are dropped before NMS, as in the TF model."""
   @tf.function(reduce_retracing=True)
-  def nms(boxes, scores, classes):
+  def nms(boxes, scores, classes, windows):
+    # The IR clipped to its whole input; candidates() scores what the window empties 0 too.
+    boxes = postprocess_lib.clip_to_windows(boxes, windows)
+    scores = tf.where(postprocess_lib.has_area(boxes), scores, 0.0)
     out_boxes, out_scores, out_classes, num = tf.map_fn(
         lambda args: postprocess_lib.nms_one_image(*args, image_size, config),
         (boxes, scores, classes), fn_output_signature=(tf.float32, tf.float32, tf.int32,
@@ -90,7 +99,7 @@ def convert(serving, precision: str = "fp32", batch_size: int | None = None,
     except ImportError as error:
       raise ImportError(f"OpenVINO INT8 needs NNCF: {INSTALL_HINT}.") from error
     # The images LiteRT's INT8 calibration reads, letterboxed the same way.
-    images = [batch[0] for batch in representative_images(
+    images = [batch["images"] for batch in representative_images(
         calibration_files, serving.model.anchors.image_size, calibration_steps,
         serving.convention)]
     if not images:
@@ -101,24 +110,42 @@ def convert(serving, precision: str = "fp32", batch_size: int | None = None,
   return model
 
 
+def is_local(path: str) -> bool:
+  """A path OpenVINO can open itself: no `scheme://` (gs://, s3://, ram://, hdfs://, ...)."""
+  return "://" not in path
+
+
+@contextlib.contextmanager
+def local_directory():
+  """A fresh local temporary directory (detlab_openvino_*), removed on exit whatever happens:
+  where OpenVINO, which reads and writes local files only, meets a remote path."""
+  directory = tempfile.mkdtemp(prefix="detlab_openvino_")
+  try:
+    yield directory
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def export_openvino(serving, directory: str, precision: str = "fp32",
                     batch_size: int | None = None, calibration_files=None,
                     calibration_steps: int = 100) -> str:
-  """Writes directory/model.xml (+ .bin) and postprocess.json; returns the model.xml path."""
+  """Writes directory/model.xml (+ .bin) and postprocess.json on any tf.io.gfile file system
+  (a remote directory is written through a local temporary one, copied with tf.io.gfile);
+  returns the model.xml path."""
   ov = import_openvino()
   model = convert(serving, precision, batch_size, calibration_files, calibration_steps)
   tf.io.gfile.makedirs(directory)
-  local = not directory.startswith(("gs://", "s3://"))
-  target = directory if local else tf.io.gfile.join("/tmp", f"detlab_openvino_{os.getpid()}")
-  os.makedirs(target, exist_ok=True)
   # FP32 stays FP32: save_model would otherwise store the weights as FP16.
-  ov.save_model(model, os.path.join(target, "model.xml"), compress_to_fp16=False)
+  if is_local(directory):
+    ov.save_model(model, os.path.join(directory, "model.xml"), compress_to_fp16=False)
+  else:
+    with local_directory() as local:
+      ov.save_model(model, os.path.join(local, "model.xml"), compress_to_fp16=False)
+      for name in IR_FILES:
+        tf.io.gfile.copy(os.path.join(local, name), os.path.join(directory, name), True)
   write_json(os.path.join(directory, POSTPROCESS_FILE),
              {"image_size": serving.model.anchors.image_size,
               **dataclasses.asdict(serving.postprocess_config)}, indent=2)
-  if not local:  # OpenVINO writes local files only
-    for name in ("model.xml", "model.bin"):
-      tf.io.gfile.copy(os.path.join(target, name), os.path.join(directory, name), True)
   return os.path.join(directory, "model.xml")
 
 
@@ -141,14 +168,28 @@ class OpenVinoDetector:
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     if num_threads:
       config["INFERENCE_NUM_THREADS"] = num_threads
-    self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+    if is_local(path):
+      self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+    else:  # OpenVINO reads local files only; the compiled model needs them no longer
+      xml = os.path.basename(path)
+      with local_directory() as local:
+        for name in (xml, xml[:-len(".xml")] + ".bin"):  # the IR and its weights
+          tf.io.gfile.copy(os.path.join(directory, name), os.path.join(local, name))
+        self.compiled = core.compile_model(core.read_model(os.path.join(local, xml)), "CPU",
+                                           config)
     shape = self.compiled.inputs[0].get_partial_shape()
     self.batch_size = None if shape[0].is_dynamic else shape[0].get_length()
     self.request = self.compiled.create_infer_request()
     self.outputs = {name: self.compiled.output(name) for name in ("boxes", "scores", "classes")}
 
-  def __call__(self, images: np.ndarray) -> dict:
+  def __call__(self, images: np.ndarray, windows: np.ndarray | None = None) -> dict:
+    """images uint8 [B, S, S, 3]; windows float32 [B, 4]: where each image lies in its
+    letterboxed input (y1, x1, y2, x2; None: the whole input)."""
+    if windows is None:
+      windows = np.tile(np.float32([0, 0, self.image_size, self.image_size]),
+                        [len(images), 1])
     result = self.request.infer([np.ascontiguousarray(images, np.uint8)])
     found = self.nms(*(tf.constant(result[self.outputs[n]]) for n in ("boxes", "scores",
-                                                                        "classes")))
+                                                                        "classes")),
+                     tf.constant(windows, tf.float32))
     return {k: v.numpy() for k, v in found.items()}

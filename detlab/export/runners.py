@@ -168,14 +168,17 @@ def _letterbox_convention(export_dir: str):
 
 class _LetterboxRunner:
   """Shared by LiteRT and OpenVINO: letterbox in (tflite.letterbox_uint8, padded with the
-  export's input-convention mean), run a static [B, S, S, 3] uint8 model, map its boxes back
+  export's input-convention mean), run a static [B, S, S, 3] uint8 model with each image's
+  window in its input (boxes wholly in the pad are dropped before NMS), map its boxes back
   to original pixels (to_original_pixels)."""
   batch_size: int | None  # None: any batch
   image_size: int
   category_names: dict | None
   convention: object  # the InputConvention the model was exported with
 
-  def _run(self, batch: np.ndarray) -> dict:
+  def _run(self, batch: np.ndarray, windows: np.ndarray) -> dict:
+    """uint8 [B, S, S, 3] letterboxed, windows [B, 4] (where each image lies in its input)
+    -> OD API outputs in input pixels."""
     raise NotImplementedError
 
   def __call__(self, images) -> dict:
@@ -188,16 +191,35 @@ class _LetterboxRunner:
         pixels, scale = letterbox_uint8(tf.constant(image), self.image_size, self.convention)
         inputs.append(pixels.numpy())
         infos.append(letterbox_image_info(image.shape[:2], float(scale)))
-      outputs = self._run(_pad_batch(np.stack(inputs), self.batch_size))
+      infos = np.stack(infos)
+      windows = np.concatenate([np.zeros([len(chunk), 2], np.float32), infos[:, 1]], -1)
+      outputs = self._run(_pad_batch(np.stack(inputs), self.batch_size),
+                          _pad_batch(windows, self.batch_size))
       count = len(chunk)
       # to_original_pixels takes post-processing's class indices; these are category ids.
       found = {"boxes": tf.constant(outputs["detection_boxes"][:count], tf.float32),
                "scores": tf.constant(outputs["detection_scores"][:count], tf.float32),
                "classes": tf.cast(outputs["detection_classes"][:count], tf.int32) - 1,
                "num_detections": tf.cast(outputs["num_detections"][:count], tf.int32)}
-      mapped = to_original_pixels(found, tf.constant(np.stack(infos)))
-      results.append(_od_api_to_result({k: v.numpy() for k, v in mapped.items()}, count))
+      mapped = to_original_pixels(found, tf.constant(infos))
+      results.append(_drop_empty_boxes(
+          _od_api_to_result({k: v.numpy() for k, v in mapped.items()}, count)))
     return _concat(results)
+
+
+def _drop_empty_boxes(result: dict) -> dict:
+  """detect()'s dict without the rows whose box has no area, the rest moved up, the padding
+  zero. The LiteRT graph keeps boxes wholly in the letterbox's pad as zero-area rows (see
+  tflite's module doc); they changed no other row, so what remains is the SavedModel's top."""
+  out = {k: np.zeros_like(v) for k, v in result.items()}
+  boxes = result["boxes"]
+  area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+  for i, num in enumerate(result["num_detections"]):
+    keep = np.flatnonzero(area[i, :num] > 0)
+    for key in ("boxes", "scores", "classes"):
+      out[key][i, :len(keep)] = result[key][i, keep]
+    out["num_detections"][i] = len(keep)
+  return out
 
 
 def letterbox_image_info(shape, scale: float) -> np.ndarray:
@@ -224,8 +246,8 @@ class TfliteRunner(_LetterboxRunner):
     self.category_names = _read_category_names(os.path.dirname(path))
     self.convention = _letterbox_convention(os.path.dirname(path))
 
-  def _run(self, batch: np.ndarray) -> dict:
-    return self.runner(images=batch)
+  def _run(self, batch: np.ndarray, windows: np.ndarray) -> dict:
+    return self.runner(images=batch, windows=windows)
 
 
 class OpenVinoRunner(_LetterboxRunner):
@@ -243,8 +265,8 @@ class OpenVinoRunner(_LetterboxRunner):
     self.category_names = _read_category_names(export_dir)
     self.convention = _letterbox_convention(export_dir)
 
-  def _run(self, batch: np.ndarray) -> dict:
-    return self.detector(batch)
+  def _run(self, batch: np.ndarray, windows: np.ndarray) -> dict:
+    return self.detector(batch, windows)
 
 
 def _is_model_dir(path: str) -> bool:

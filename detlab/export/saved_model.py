@@ -21,7 +21,7 @@ import tensorflow as tf
 from detlab.backbones import IMAGENET_MEAN_STD, InputConvention, input_convention
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.data.tf_example import decode_example
-from detlab.detection.postprocess import PostprocessConfig, postprocess
+from detlab.detection.postprocess import PostprocessConfig, image_windows, postprocess
 
 INPUT_TYPES = ("image_tensor", "encoded_image", "tf_example")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -73,8 +73,9 @@ class DetectionServing:
     num_anchors = self.model.anchors.num_anchors  # static, for the top-k size (dynamic batch)
     cls.set_shape([None, num_anchors, self.model.num_classes])
     box.set_shape([None, num_anchors, 4])
-    found = postprocess(cls, box, self.anchor_boxes, self.model.anchors.image_size,
-                        self.postprocess_config)
+    size = self.model.anchors.image_size
+    found = postprocess(cls, box, self.anchor_boxes, size, self.postprocess_config,
+                        image_windows(image_info, size))  # the pad's boxes dropped
     return to_original_pixels(found, image_info)
 
   def serve(self, input_type: str):

@@ -6,7 +6,12 @@ convention (letterbox_uint8; export.json records the convention); it normalises 
 that convention and runs the folded model and post-processing with plain TF ops that LiteRT
 has builtin kernels for (top-k, gather, NonMaxSuppressionV5 with the same soft/hard NMS as
 the SavedModel, not the TFLite detection post-processing op, so detections follow the same
-protocol). Outputs, boxes in that S x S input's pixels:
+protocol). Its second input, `windows` float32 [B, 4], says where each image lies in its
+letterboxed input (0, 0, resized height, resized width; letterbox_window): boxes are clipped
+to it before NMS, as the SavedModel does ([0, 0, S, S] clips to the whole input). A box wholly
+in the pad comes out with zero area (IoU 0 with every box, so it changed no other row) where
+the SavedModel drops it before NMS: drop such rows (runners.load_runner does); the rest are
+the SavedModel's first rows. Outputs, boxes in that S x S input's pixels:
   detection_boxes [B, D, 4] ymin, xmin, ymax, xmax; detection_scores [B, D];
   detection_classes [B, D] category ids (float32, 0 in the padding); num_detections [B].
 INT8 quantises the network only; the post-processing stays float (network_only_int8).
@@ -47,12 +52,24 @@ def letterbox_uint8(image: tf.Tensor, size: int,
   return tf.cast(pixels, tf.uint8), scale
 
 
+def letterbox_window(shape, scale) -> np.ndarray:
+  """float32 [4]: where letterbox_uint8 puts an image of `shape` (h, w) resized by `scale`
+  in its input: (0, 0, resized h, resized w), the rest being the pad."""
+  resized = np.round(np.asarray(shape[:2], np.float32) * np.float32(scale))
+  return np.concatenate([np.zeros(2, np.float32), resized]).astype(np.float32)
+
+
 def static_batch_postprocess(class_outputs, box_outputs, anchors, image_size: int, config,
-                             batch_size: int) -> dict:
+                             batch_size: int, windows=None) -> dict:
   """postprocess() for a static batch: NMS per image in a Python loop instead of map_fn,
   whose TensorList ops LiteRT has no builtin kernels for. The same two stages."""
+  # No masking of empty boxes in the graph: a select on the scores made the INT8 converter
+  # round them through int8 (after the sigmoid) or broke the class head's calibrated range
+  # (before it). An empty box (wholly in the pad) has IoU 0 with every box, so it changes no
+  # other detection; it only takes a slot, and the runner drops such rows.
   boxes, scores, classes = postprocess_lib.candidates(class_outputs, box_outputs, anchors,
-                                                      image_size, config)
+                                                      image_size, config, windows,
+                                                      drop_empty=False)
   per_image = [postprocess_lib.nms_one_image(boxes[i], scores[i], classes[i], image_size,
                                              config) for i in range(batch_size)]
   out_boxes, out_scores, out_classes, num = (tf.stack(parts) for parts in zip(*per_image))
@@ -61,19 +78,21 @@ def static_batch_postprocess(class_outputs, box_outputs, anchors, image_size: in
 
 
 def lite_function(serving, batch_size: int):
-  """The LiteRT graph: uint8 [B, S, S, 3] letterboxed -> detections in input pixels."""
+  """The LiteRT graph: uint8 [B, S, S, 3] letterboxed and their windows [B, 4] ->
+  detections in input pixels."""
   model = serving.model
   size = model.anchors.image_size
 
-  @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.uint8,
-                                              name="images")])
-  def detect(images):
+  @tf.function(input_signature=[
+      tf.TensorSpec([batch_size, size, size, 3], tf.uint8, name="images"),
+      tf.TensorSpec([batch_size, 4], tf.float32, name="windows")])
+  def detect(images, windows):
     inputs = serving.convention.normalize(images)
     class_outputs, box_outputs = model(inputs, training=False)
     with tf.name_scope(POSTPROCESS_SCOPE):  # kept float in INT8 (see convert)
       cls, box = model.flatten_outputs(class_outputs, box_outputs)
       found = static_batch_postprocess(cls, box, serving.anchor_boxes, size,
-                                       serving.postprocess_config, batch_size)
+                                       serving.postprocess_config, batch_size, windows)
     num = found["num_detections"]
     valid = tf.range(tf.shape(found["classes"])[1])[None, :] < num[:, None]
     return {"detection_boxes": found["boxes"], "detection_scores": found["scores"],
@@ -84,10 +103,14 @@ def lite_function(serving, batch_size: int):
 
 def representative_images(files: list[str], size: int, steps: int,
                           convention: InputConvention = IMAGENET_MEAN_STD):
-  """Calibration inputs: the first `steps` eval images, letterboxed like serving inputs."""
+  """Calibration inputs: the first `steps` eval images, letterboxed like serving inputs
+  ({"images": [1, S, S, 3], "windows": [1, 4]}, by name: the flatbuffer orders its inputs
+  its own way)."""
   dataset = tf.data.TFRecordDataset(files).map(lambda s: decode_example(s)["image"])
   for image in itertools.islice(dataset, steps):
-    yield [letterbox_uint8(image, size, convention)[0][None].numpy()]
+    pixels, scale = letterbox_uint8(image, size, convention)
+    yield {"images": pixels[None].numpy(),
+           "windows": letterbox_window(image.shape, float(scale))[None]}
 
 
 def convert(serving, precision: str, batch_size: int = 1, calibration_files=None,
@@ -160,6 +183,14 @@ def signature_runner(path: str):
   return interpreter.get_signature_runner()
 
 
-def run_tflite(path: str, images: np.ndarray) -> dict:
-  """Runs a LiteRT file on uint8 [B, S, S, 3]; {output name: array}."""
-  return signature_runner(path)(images=images)
+def full_windows(images) -> np.ndarray:
+  """[B, 4] windows covering the whole [B, S, S, 3] inputs (no letterbox pad known)."""
+  size = np.shape(images)[1:3]
+  return np.tile(np.float32([0, 0, size[0], size[1]]), [np.shape(images)[0], 1])
+
+
+def run_tflite(path: str, images: np.ndarray, windows: np.ndarray | None = None) -> dict:
+  """Runs a LiteRT file on uint8 [B, S, S, 3] (windows [B, 4], default the whole input);
+  {output name: array}."""
+  return signature_runner(path)(images=images,
+                                windows=full_windows(images) if windows is None else windows)

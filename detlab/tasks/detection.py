@@ -17,7 +17,7 @@ from detlab.data.category_ids import check_category_ids
 from detlab.data.detection_input import InputConfig, make_dataset
 from detlab.data.label_map import category_names
 from detlab.detection.losses import DetectionLoss
-from detlab.detection.postprocess import PostprocessConfig, postprocess
+from detlab.detection.postprocess import PostprocessConfig, image_windows, postprocess
 from detlab.evaluation.coco_evaluator import format_metrics
 from detlab.evaluation.detection import DetectionEvaluator
 from detlab.tasks.base import Task, set_bn_momentum
@@ -107,21 +107,24 @@ class DetectionTask(Task):
     cls, box = model.flatten_outputs(class_outputs, box_outputs)
     return self.loss(cls, box, batch["cls_targets"], batch["box_targets"])
 
-  def detections(self, model, class_outputs, box_outputs) -> dict:
+  def detections(self, model, class_outputs, box_outputs, windows=None) -> dict:
     """Post-processed detections of the network's outputs, in model-input pixels
-    ([y1, x1, y2, x2]), classes 0-based."""
+    ([y1, x1, y2, x2]), classes 0-based; windows [B, 4]: each image's clip window
+    (postprocess.image_windows), None for the whole input."""
     cls, box = model.flatten_outputs(class_outputs, box_outputs)
     return postprocess(cls, box, model.anchors.boxes(), model.anchors.image_size,
-                       self.postprocess_config)
+                       self.postprocess_config, windows)
 
-  def detect(self, model, images: tf.Tensor) -> dict:
+  def detect(self, model, images: tf.Tensor, windows=None) -> dict:
     """`detections` of `model` on model-input images (pure TF; wrap in a tf.function)."""
     class_outputs, box_outputs = model(images, training=False)
-    return self.detections(model, class_outputs, box_outputs)
+    return self.detections(model, class_outputs, box_outputs, windows)
 
   def predict(self, model, features: dict) -> dict:
-    """Detections with boxes in each image's original pixels (÷ scale, clipped)."""
-    detections = self.detect(model, features["images"])
+    """Detections with boxes in each image's original pixels (÷ scale, clipped); boxes that
+    lie wholly in the pad (or outside the image) are dropped before NMS."""
+    windows = image_windows(features["image_info"], model.anchors.image_size)
+    detections = self.detect(model, features["images"], windows)
     detections["boxes"] = to_original_pixels(detections["boxes"], features["image_info"])
     return detections
 

@@ -17,7 +17,7 @@ from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.data.joint_input import JointParser, check_joint_config, make_joint_dataset
 from detlab.detection.losses import DetectionLoss
-from detlab.detection.postprocess import PostprocessConfig
+from detlab.detection.postprocess import PostprocessConfig, image_windows
 from detlab.segmentation.loss import SegmentationLoss
 from detlab.tasks.base import Task, set_bn_momentum
 from detlab.evaluation.base import CombinedEvaluator
@@ -109,7 +109,9 @@ class JointTask(Task):
     """Both heads from one forward pass: the detections (original pixels, as
     DetectionTask.predict) and the segmentation "logits"."""
     class_outputs, box_outputs, logits = model(features["images"], training=False)
-    outputs = self.detection.detections(model, class_outputs, box_outputs)
+    outputs = self.detection.detections(
+        model, class_outputs, box_outputs,
+        image_windows(features["image_info"], model.anchors.image_size))
     outputs["boxes"] = to_original_pixels(outputs["boxes"], features["image_info"])
     outputs["logits"] = logits
     return outputs

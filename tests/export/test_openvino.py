@@ -53,7 +53,8 @@ def test_fp32_ir_detects_as_tf_at_any_batch(serving, fp32_ir, batch):
   assert detector.batch_size is None and detector.image_size == 64  # dynamic batch
   images = letterboxed_batch(batch)
   got = detector(images)
-  want = {k: v.numpy() for k, v in tflite.lite_function(serving, batch)(images).items()}
+  lite = tflite.lite_function(serving, batch)
+  want = {k: v.numpy() for k, v in lite(images, tflite.full_windows(images)).items()}
   assert got["detection_boxes"].shape == (batch, 20, 4)
   np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
   np.testing.assert_array_equal(got["detection_classes"], want["detection_classes"])
@@ -88,7 +89,8 @@ def test_int8_ir_is_quantised_from_tfrecords_and_close(serving, tmp_path):
   assert ops.count("FakeQuantize") >= convs > 0
   images = letterboxed_batch(2)
   got = openvino.OpenVinoDetector(path)(images)
-  want = {k: v.numpy() for k, v in tflite.lite_function(serving, 2)(images).items()}
+  lite = tflite.lite_function(serving, 2)
+  want = {k: v.numpy() for k, v in lite(images, tflite.full_windows(images)).items()}
   # Each image's 5 best float detections: found by INT8 with their class, IoU >= 0.9 and a
   # close score (int8 moves the logits, not the top of the ranking wholesale; measured: IoU
   # >= 0.92, scores within 0.003).

@@ -85,7 +85,8 @@ def test_litert_detections_equal_tf_ones(serving, letterboxed, tmp_path, precisi
   _, pixels, _ = letterboxed
   path = tflite.export_tflite(serving, str(tmp_path / f"model_{precision}.tflite"), precision)
   got = tflite.run_tflite(path, pixels)
-  want = {k: v.numpy() for k, v in tflite.lite_function(serving, 1)(tf.constant(pixels)).items()}
+  lite = tflite.lite_function(serving, 1)
+  want = {k: v.numpy() for k, v in lite(tf.constant(pixels), tflite.full_windows(pixels)).items()}
   assert got["detection_boxes"].shape == (1, 20, 4)
   np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
   np.testing.assert_allclose(got["detection_scores"][0, :5], want["detection_scores"][0, :5],
@@ -133,7 +134,8 @@ def test_int8_is_calibrated_from_tfrecords_and_really_integer(serving, letterbox
   assert {v["dtype"] for v in outputs.values()} == {np.float32}
   _, pixels, _ = letterboxed
   got = tflite.run_tflite(path, pixels)
-  want = {k: v.numpy() for k, v in tflite.lite_function(serving, 1)(tf.constant(pixels)).items()}
+  lite = tflite.lite_function(serving, 1)
+  want = {k: v.numpy() for k, v in lite(tf.constant(pixels), tflite.full_windows(pixels)).items()}
   np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
   # The float model's 2 best detections: each found by INT8 with its class, IoU >= 0.9 and a
   # close score (measured: IoU >= 0.999, scores within 7e-4). Lower down, this random

@@ -22,6 +22,8 @@ import threading
 
 from absl import logging
 
+from detlab.training.signal_stack import run_on_thread_stack
+
 PREEMPTED_EXIT_CODE = 42
 
 
@@ -30,24 +32,35 @@ class PreemptionWatcher:
 
   def __init__(self, signals=(signal.SIGTERM,)):
     self.signals = signals
-    self._event = threading.Event()
+    self._signal = None  # the first signal received; written by the handler only
+    self._reported = False
     self._previous = {}
 
   @property
   def requested(self) -> bool:
-    return self._event.is_set()
+    """Polled from the main thread; logs the request the first time it sees it."""
+    if self._signal is not None and not self._reported:
+      self._reported = True
+      logging.warning("Received signal %d: stopping at the end of the current loop of steps "
+                      "or eval batch, saving a checkpoint, exiting with code %d.",
+                      self._signal, PREEMPTED_EXIT_CODE)
+    return self._signal is not None
 
   def _handle(self, signum, frame):
+    # Python runs this between any two bytecodes of the main thread -- inside a logging call,
+    # a lock's critical section, a checkpoint save -- and runs it again, nested, when another
+    # signal comes meanwhile (schedulers send SIGTERM to every process of a job, some twice).
+    # So it only stores the number: no logging (re-entering a stream write raises), no lock
+    # (threading.Event.set() nested in itself deadlocks), nothing that can raise.
     del frame
-    logging.warning("Received signal %d: stopping at the end of the current loop of steps or "
-                    "eval batch, saving a checkpoint, exiting with code %d.", signum,
-                    PREEMPTED_EXIT_CODE)
-    self._event.set()
+    if self._signal is None:
+      self._signal = signum
 
   def __enter__(self) -> "PreemptionWatcher":
     if threading.current_thread() is threading.main_thread():  # signals need the main thread
       for sig in self.signals:
         self._previous[sig] = signal.signal(sig, self._handle)
+        run_on_thread_stack(sig)  # not on an alternate stack a native library left dangling
     return self
 
   def __exit__(self, *exc) -> None:

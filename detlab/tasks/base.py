@@ -24,7 +24,9 @@ class Task(abc.ABC):
   methods; see WORKSPACE.md "How to add a task"."""
 
   name = "task"
-  primary_metric = "loss"     # BestCheckpoint keeps the checkpoint with its highest value
+  # The metric best/ keeps the checkpoint with the highest value of (higher is better); None:
+  # no best/ (a task must name a metric where higher is better, never a loss).
+  primary_metric = None
   summary_prefix = "eval"     # TensorBoard scalars: eval/<summary_prefix>/<metric>
   png_name = "eval.png"       # the evaluator's picture, in the evaluation's output folder
   summary_image = "eval"      # its TensorBoard image tag

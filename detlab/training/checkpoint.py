@@ -263,6 +263,10 @@ class BestCheckpoint:
   in `best/metrics.json` (read back on start, so a resumed run keeps the best so far)."""
 
   def __init__(self, model_dir: str, metric: str = "AP", **trackables):
+    if not metric or "loss" in metric.lower():
+      raise ValueError(f"BestCheckpoint keeps the highest value of its metric; {metric!r} is "
+                       "not one where higher is better. Name an accuracy-like metric (AP, "
+                       "top1, mIoU) as the task's primary_metric, or None for no best/.")
     self.directory, self.metric = os.path.join(model_dir, "best"), metric
     self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**trackables),
                                               self.directory, max_to_keep=1)

@@ -165,7 +165,8 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, clos
         average if ema.evaluate_average else None,
         BestCheckpoint(out_dir, task.primary_metric, model=model,
                        **({"ema": average.shadows} if average else {}))
-        if mode == "train_and_eval" else None, stop_requested=stop_requested,
+        if mode == "train_and_eval" and task.primary_metric else None,
+        stop_requested=stop_requested,
         strategy=distribution,
         summary_dir=out_dir if mode == "eval" else os.path.join(out_dir, "eval"))
     closing.callback(evaluator.close)

@@ -50,3 +50,16 @@ def test_an_unknown_train_argument_is_refused_by_name():
 def test_a_task_holds_no_model():
   with pytest.raises(TypeError, match="holds no model"):
     DetectionTask(object())
+
+
+def test_a_task_names_no_best_metric_by_default_and_a_loss_is_refused(tmp_path):
+  """The base Task once defaulted to primary_metric "loss" while best/ keeps the highest
+  value: the worst checkpoint would have been kept as the best."""
+  from detlab.tasks.base import Task  # pylint: disable=import-outside-toplevel
+  from detlab.training.checkpoint import BestCheckpoint  # pylint: disable=import-outside-toplevel
+  assert Task.primary_metric is None
+  assert (DetectionTask.primary_metric, ClassificationTask.primary_metric) == ("AP", "top1")
+  for metric in ("loss", "val_loss", None):
+    with pytest.raises(ValueError, match="higher is better"):
+      BestCheckpoint(str(tmp_path), metric)
+  assert BestCheckpoint(str(tmp_path), "mIoU").metric == "mIoU"

@@ -116,14 +116,16 @@ def test_tflite_runner_maps_boxes_back_to_original_pixels(tiny_export, pictures,
   # The LiteRT graph keeps boxes wholly in the letterbox pad as zero-area rows, which the
   # runner drops: its rows are the SavedModel's first ones (the SavedModel drops them before
   # NMS and fills the slots they took with lower-scored boxes).
+  # (On these mostly-pad inputs of a random model that leaves 1, 1 and 14 of 100 rows.)
   want = saved_model_detections
   assert (got["num_detections"] <= want["num_detections"]).all()
-  assert (got["num_detections"] >= 20).all()
-  boxes = got["boxes"]
   for i, num in enumerate(got["num_detections"]):
-    assert ((boxes[i, :num, 2] > boxes[i, :num, 0]) & (boxes[i, :num, 3] > boxes[i, :num, 1])).all()
-  _assert_agree(dict(got, num_detections=want["num_detections"]), want, box_atol=0.02,
-                score_atol=1e-4)
+    assert num >= 1
+    boxes = got["boxes"][i, :num]
+    assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+    np.testing.assert_array_equal(got["classes"][i, :num], want["classes"][i, :num])
+    np.testing.assert_allclose(got["scores"][i, :num], want["scores"][i, :num], atol=1e-4)
+    np.testing.assert_allclose(boxes, want["boxes"][i, :num], atol=0.02)
   assert got["boxes"][:2, :, 2].max() > 64  # beyond the 64-px model input: mapped back
   assert got["boxes"][2, :, 2].max() <= 50 and got["boxes"][2, :, 3].max() <= 40
 

@@ -55,9 +55,14 @@ def test_converted_model_dir_gives_the_reference_outputs(oracle, tmp_path, use_e
 def own_detections_as_annotations(model_dir: str, records: str, path: str) -> float:
   """Writes a COCO instances JSON whose boxes are the converted model's own detections on the
   records' images (detlab.api.detect, one image at a time): those at least 2 px high and wide
-  (the COCO model also puts confident zero-area boxes on the shapes images' borders) scoring
-  at least the (3 x images)-th best such score. Returns the AP of all of api.detect's
-  detections against it, computed here; --mode=eval must find the same AP."""
+  scoring at least a threshold at or below the (3 x images)-th best such score, placed in the
+  widest gap between consecutive scores down to the (6 x images)-th: --mode=eval runs the
+  images batched, whose float differences (~1e-5) reorder scores tied within them, and a
+  detection just below a threshold inside such a tie (a false positive here) could overtake
+  one just above it. Returns the AP of all of api.detect's detections against it, computed
+  here (1.0 by construction: every other detection scores below the threshold, and post-
+  processing drops the zero-area boxes this COCO model puts in the pad and beyond the
+  image); --mode=eval must find the same AP."""
   model = api.load_detector(["efficientdet_d0.gin"], D0_256, checkpoint=model_dir)
   files = sorted(tf.io.gfile.glob(records))
   examples = [decode_example(r) for r in tf.data.TFRecordDataset(files)]
@@ -66,7 +71,11 @@ def own_detections_as_annotations(model_dir: str, records: str, path: str) -> fl
            (f["boxes"][0, :, 3] - f["boxes"][0, :, 1] >= 2) & (f["classes"][0] > 0)
            for f in found]
   scores = np.sort(np.concatenate([f["scores"][0][k] for f, k in zip(found, sized)]))[::-1]
-  threshold = scores[min(3 * len(examples), len(scores)) - 1]
+  first, last = min(3 * len(examples), len(scores)) - 1, min(6 * len(examples), len(scores)) - 1
+  gaps = scores[first:last] - scores[first + 1:last + 1]
+  threshold = scores[first + int(np.argmax(gaps))]
+  print(f"pseudo ground truth threshold {threshold:.5f}, gap below it {gaps.max():.5f}")
+  assert gaps.max() > 1e-3  # far beyond batched-vs-single float differences
   images, annotations = [], []
   for example, detections, keep in zip(examples, found, sized):
     image_id = int(example["source_id"].numpy())
@@ -111,9 +120,12 @@ def test_eval_and_fine_tuning_start_from_it(oracle, tmp_path, shapes_dir):
   finally:
     gin.clear_config()
   print("--mode=eval:", results["metrics"])
-  # Measured: AR100 1.0 (every pseudo box found again); AP 0.383 against 0.385 here, AP well
-  # below 1 because the zero-area boxes, scored up to 1.0, rank first as false positives, and
-  # their score ties fall in another order batched than one image at a time.
+  # Measured before post-processing dropped zero-area boxes: AP 0.383 against 0.385 here,
+  # both far below 1 as those boxes, scored up to 1.0, ranked first as false positives (the
+  # old 0.01 bound was set on that). Now the AP here is 1.0 by construction, and both paths
+  # run the same detections, so 0.01 stays the bound. Measured: --mode=eval 0.974 with the
+  # threshold at the (3 x images)-th score, 0.979 with it in a 1.1e-3 score gap (AR100 1.0
+  # both times): not near-tied scores at the threshold; the cause is open (issue 23 item 7).
   assert results["metrics"]["AR100"] >= 0.95, results["metrics"]
   assert results["metrics"]["AP"] == pytest.approx(expected_ap, abs=0.01)
   # Fine-tuning to 4 classes, from the converted dir and from the automl bundle directly.

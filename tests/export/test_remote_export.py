@@ -51,7 +51,10 @@ def test_every_format_exports_to_ram_and_loads_back_without_leaving_temp_files(
       runner = runners.load_runner(path)
       results[name] = runner(image)
       assert runner.category_names == {1: "circle", 2: "square", 3: "triangle"}, name
-    assert sorted(p.name for p in temp.iterdir()) == []  # nothing left behind
+    # Nothing left behind but autograph's generated modules (TF keeps them while it runs).
+    left = [p.name for p in temp.iterdir()
+            if not p.name.startswith("__autograph_generated_file")]
+    assert left == []
   finally:
     tf.io.gfile.rmtree(root)
   # Each loaded model detects (the float formats as the SavedModel does; their agreement is
@@ -60,7 +63,8 @@ def test_every_format_exports_to_ram_and_loads_back_without_leaving_temp_files(
   assert want["num_detections"][0] > 0
   for name, got in results.items():
     assert got["num_detections"][0] > 0, name
-    if name in ("tflite_fp32", "openvino_fp32"):
-      np.testing.assert_array_equal(got["classes"][0, :3], want["classes"][0, :3], name)
-      np.testing.assert_allclose(got["scores"][0, :3], want["scores"][0, :3], atol=1e-4,
+    if name in ("tflite_fp32", "openvino_fp32"):  # LiteRT: the SavedModel's first rows
+      top = min(3, got["num_detections"][0])
+      np.testing.assert_array_equal(got["classes"][0, :top], want["classes"][0, :top], name)
+      np.testing.assert_allclose(got["scores"][0, :top], want["scores"][0, :top], atol=1e-4,
                                  err_msg=name)

@@ -8,10 +8,10 @@ has builtin kernels for (top-k, gather, NonMaxSuppressionV5 with the same soft/h
 the SavedModel, not the TFLite detection post-processing op, so detections follow the same
 protocol). Its second input, `windows` float32 [B, 4], says where each image lies in its
 letterboxed input (0, 0, resized height, resized width; letterbox_window): boxes are clipped
-to it before NMS, as the SavedModel does ([0, 0, S, S] clips to the whole input). A box wholly
-in the pad comes out with zero area (IoU 0 with every box, so it changed no other row) where
-the SavedModel drops it before NMS: drop such rows (runners.load_runner does); the rest are
-the SavedModel's first rows. Outputs, boxes in that S x S input's pixels:
+to it before NMS and those it leaves empty (wholly in the pad) are dropped, as the SavedModel
+does ([0, 0, S, S] clips to the whole input). INT8 only: a box wholly in the pad comes out
+with zero area (IoU 0 with every box, so it changed no other row): drop such rows
+(runners.load_runner does); the rest are the SavedModel's first rows. Outputs, boxes in that S x S input's pixels:
   detection_boxes [B, D, 4] ymin, xmin, ymax, xmax; detection_scores [B, D];
   detection_classes [B, D] category ids (float32, 0 in the padding); num_detections [B].
 INT8 quantises the network only; the post-processing stays float (network_only_int8).
@@ -60,16 +60,16 @@ def letterbox_window(shape, scale) -> np.ndarray:
 
 
 def static_batch_postprocess(class_outputs, box_outputs, anchors, image_size: int, config,
-                             batch_size: int, windows=None) -> dict:
+                             batch_size: int, windows=None, drop_empty: bool = True) -> dict:
   """postprocess() for a static batch: NMS per image in a Python loop instead of map_fn,
   whose TensorList ops LiteRT has no builtin kernels for. The same two stages."""
-  # No masking of empty boxes in the graph: a select on the scores made the INT8 converter
+  # INT8 (drop_empty=False) masks no empty box: a select on the scores made the converter
   # round them through int8 (after the sigmoid) or broke the class head's calibrated range
   # (before it). An empty box (wholly in the pad) has IoU 0 with every box, so it changes no
   # other detection; it only takes a slot, and the runner drops such rows.
   boxes, scores, classes = postprocess_lib.candidates(class_outputs, box_outputs, anchors,
                                                       image_size, config, windows,
-                                                      drop_empty=False)
+                                                      drop_empty=drop_empty)
   per_image = [postprocess_lib.nms_one_image(boxes[i], scores[i], classes[i], image_size,
                                              config) for i in range(batch_size)]
   out_boxes, out_scores, out_classes, num = (tf.stack(parts) for parts in zip(*per_image))
@@ -77,7 +77,7 @@ def static_batch_postprocess(class_outputs, box_outputs, anchors, image_size: in
           "num_detections": num}
 
 
-def lite_function(serving, batch_size: int):
+def lite_function(serving, batch_size: int, drop_empty: bool = True):
   """The LiteRT graph: uint8 [B, S, S, 3] letterboxed and their windows [B, 4] ->
   detections in input pixels."""
   model = serving.model
@@ -92,7 +92,8 @@ def lite_function(serving, batch_size: int):
     with tf.name_scope(POSTPROCESS_SCOPE):  # kept float in INT8 (see convert)
       cls, box = model.flatten_outputs(class_outputs, box_outputs)
       found = static_batch_postprocess(cls, box, serving.anchor_boxes, size,
-                                       serving.postprocess_config, batch_size, windows)
+                                       serving.postprocess_config, batch_size, windows,
+                                       drop_empty)
     num = found["num_detections"]
     valid = tf.range(tf.shape(found["classes"])[1])[None, :] < num[:, None]
     return {"detection_boxes": found["boxes"], "detection_scores": found["scores"],
@@ -118,7 +119,7 @@ def convert(serving, precision: str, batch_size: int = 1, calibration_files=None
   """The LiteRT flatbuffer of `serving` (a DetectionServing of a folded model)."""
   if precision not in PRECISIONS:
     raise ValueError(f"LiteRT precision must be one of {PRECISIONS}, got {precision!r}.")
-  function = lite_function(serving, batch_size)
+  function = lite_function(serving, batch_size, drop_empty=precision != "int8")
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [function.get_concrete_function()], serving.model)
   if precision == "fp16":

@@ -113,10 +113,9 @@ def test_tflite_runner_maps_boxes_back_to_original_pixels(tiny_export, pictures,
   runner = runners.load_runner(str(tiny_export / "model_fp32.tflite"))
   assert isinstance(runner, runners.TfliteRunner) and runner.category_names == NAMES
   got = runner(pictures)
-  # The LiteRT graph keeps boxes wholly in the letterbox pad as zero-area rows, which the
-  # runner drops: its rows are the SavedModel's first ones (the SavedModel drops them before
-  # NMS and fills the slots they took with lower-scored boxes).
-  # (On these mostly-pad inputs of a random model that leaves 1, 1 and 14 of 100 rows.)
+  # Its rows are the SavedModel's first ones (all of them for FP32, which drops boxes wholly
+  # in the letterbox pad before NMS as the SavedModel does; INT8 leaves them as zero-area rows
+  # that the runner drops, so fewer rows: 1, 1 and 14 of 100 on these mostly-pad inputs).
   want = saved_model_detections
   assert (got["num_detections"] <= want["num_detections"]).all()
   for i, num in enumerate(got["num_detections"]):

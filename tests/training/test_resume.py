@@ -8,6 +8,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism
 
 from detlab.training import experiment
+from tiny_backbone import StopAfter  # pylint: disable=import-error  (tests/training/)
 
 # 11 steps x 2 images after the stop: well past the elements the saved map/prefetch buffers
 # hold, so the resumed run must make fresh augmented examples.
@@ -15,24 +16,6 @@ STOP_AT, TOTAL = 3, 14
 # The paper's D0 transforms, on again (tiny_bindings turns them off for the other tests).
 BINDINGS = ("train/InputConfig.flip = True", "train/InputConfig.aug_scale_min = 0.1",
             "train/InputConfig.aug_scale_max = 2.0", f"Schedule.train_steps = {TOTAL}")
-
-
-class _StopAfter:
-  """Stands in for PreemptionWatcher: 'SIGTERM' arrives after `loops` loops of steps."""
-
-  def __init__(self, loops: int):
-    self.loops, self.calls = loops, 0
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return None
-
-  @property
-  def requested(self) -> bool:
-    self.calls += 1
-    return self.calls >= self.loops
 
 
 def _tensors(path: str) -> dict:
@@ -55,7 +38,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(run_train, tmp_path, monkey
   assert not whole["preempted"]
 
   # steps_per_loop = 1: the watcher is asked once per step, so it stops at step STOP_AT.
-  monkeypatch.setattr(experiment, "PreemptionWatcher", lambda: _StopAfter(STOP_AT))
+  monkeypatch.setattr(experiment, "PreemptionWatcher", lambda: StopAfter(STOP_AT))
   first = run_train(tmp_path / "split", "train", *BINDINGS)
   assert first["preempted"]
   assert tf.train.latest_checkpoint(str(tmp_path / "split")).endswith(f"ckpt-{STOP_AT}")

@@ -17,27 +17,9 @@ from detlab import config
 from detlab.data import record_files
 from detlab.training import experiment
 
-from tiny_backbone import tiny_bindings  # pylint: disable=import-error  (tests/training/)
+from tiny_backbone import StopAfter, tiny_bindings  # pylint: disable=import-error  (tests/training/)
 
 STOP_AT = 3  # steps_per_loop = 1: the stand-in watcher asks to stop after the 3rd loop
-
-
-class _StopAfter:
-  """Stands in for PreemptionWatcher: 'SIGTERM' arrives after `loops` loops of steps."""
-
-  def __init__(self, loops: int):
-    self.loops, self.calls = loops, 0
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return None
-
-  @property
-  def requested(self) -> bool:
-    self.calls += 1
-    return self.calls >= self.loops
 
 
 def _train(model_dir, mode, data, *bindings):
@@ -109,7 +91,7 @@ def stopped_run(tmp_path_factory, shapes_dir):
   model_dir = tmp_path_factory.mktemp("chief")
   writers = []
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(experiment, "PreemptionWatcher", lambda: _StopAfter(STOP_AT))
+    patch.setattr(experiment, "PreemptionWatcher", lambda: StopAfter(STOP_AT))
     _keep_training_writers(patch, writers)
     results = _train(model_dir, "train", data, "Schedule.log_every_steps = 1",
                      "Schedule.train_steps = 8")

@@ -35,3 +35,21 @@ def tiny_bindings(shapes_dir: str, *extra: str) -> list[str]:
       "train.seed = 1", "Schedule.batch_size = 2", "Schedule.train_steps = 6",
       "Schedule.steps_per_loop = 1", "Schedule.log_every_steps = 2",
       "Schedule.checkpoint_every_steps = 2", "train.num_eval_images = 8", *extra]
+
+
+class StopAfter:
+  """Stands in for PreemptionWatcher: 'SIGTERM' arrives after `loops` loops of steps."""
+
+  def __init__(self, loops: int):
+    self.loops, self.calls = loops, 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return None
+
+  @property
+  def requested(self) -> bool:
+    self.calls += 1
+    return self.calls >= self.loops

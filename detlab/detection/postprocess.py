@@ -78,8 +78,12 @@ def top_k_pairs(class_outputs: tf.Tensor, k: int):
   _, candidate_anchors = tf.math.top_k(tf.reduce_max(class_outputs, axis=-1),
                                        k=num_anchor_candidates, sorted=False)
   candidates = tf.gather(class_outputs, candidate_anchors, batch_dims=1)  # [B, k', K]
+  # Sorted, so that NMS (which takes tied scores in index order) ranks pairs whose sigmoid
+  # saturates to exactly 1.0 in float32 (logits above ~17, common for a confident model)
+  # by their logits. Unsorted, their order was the top_k kernel's and changed with float
+  # noise between a batch and a single image, and soft-NMS then decayed different boxes.
   top_logits, top_index = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k,
-                                        sorted=False)
+                                        sorted=True)
   anchor_index = tf.gather(candidate_anchors, top_index // num_classes, batch_dims=1)
   return top_logits, anchor_index, top_index % num_classes
 

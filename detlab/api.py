@@ -29,13 +29,25 @@ from detlab.training.ema import WeightAverage, averaged_variables
 from detlab.training.setup import configured_task
 from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_checkpoint
 
-# model -> (eval InputConfig, DetectionTask), filled by load_detector or on first detect;
-# model -> its own traced DetectionTask.predict (one per model, never shared).
-_INFERENCE = weakref.WeakKeyDictionary()
-_PREDICT = weakref.WeakKeyDictionary()
+@dataclasses.dataclass
+class _Inference:
+  """What detlab.api keeps for one model: the eval InputConfig and DetectionTask that detect()
+  uses, the gin configuration text load_detector built it from (None for a model built
+  elsewhere), and its own traced DetectionTask.predict (one per model, never shared)."""
+  eval_input: InputConfig
+  task: DetectionTask
+  config_text: str | None = None
+  predict: object = None
 
 
-_CONFIG_TEXT = weakref.WeakKeyDictionary()  # model -> its gin config (load_detector)
+# model -> _Inference, filled by load_detector or on a model's first detect.
+_MODELS = weakref.WeakKeyDictionary()
+
+
+def _inference(model) -> _Inference:
+  if model not in _MODELS:  # a model not made by load_detector: the recipe's defaults
+    _MODELS[model] = _Inference(InputConfig(), DetectionTask(DetectionLoss(), PostprocessConfig()))
+  return _MODELS[model]
 
 
 @contextlib.contextmanager
@@ -64,9 +76,10 @@ def isolated_gin_config():
 def detector_config(model) -> str:
   """The gin configuration text (gin.config_str()) load_detector built `model` from: what a
   model_dir's config.gin holds to rebuild it."""
-  if model not in _CONFIG_TEXT:
+  text = _MODELS[model].config_text if model in _MODELS else None
+  if text is None:
     raise ValueError("detector_config: this model was not built by detlab.api.load_detector.")
-  return _CONFIG_TEXT[model]
+  return text
 
 
 class CheckpointLoadError(ValueError):
@@ -99,9 +112,9 @@ def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
       raise ValueError(f"The gin files {list(gin_files)} configure a {task.name} task, not "
                        "a detector; include a detector file such as 'efficientdet_d0.gin'.")
     model = task.build_model()
-    _CONFIG_TEXT[model] = gin.config_str()
+    config_text = gin.config_str()
   eval_input = dataclasses.replace(task.eval_input or InputConfig(), is_training=False)
-  _INFERENCE[model] = (eval_input, task)
+  _MODELS[model] = _Inference(eval_input, task, config_text)
   if checkpoint:
     load_weights(model, checkpoint, use_ema)
   return model
@@ -193,9 +206,8 @@ def preprocess(model, images) -> tuple[tf.Tensor, tf.Tensor]:
 def inference_setup(model) -> tuple[InputConfig, DetectionTask]:
   """(eval InputConfig, DetectionTask) that `detect` uses for `model`: the gin config's when
   load_detector built it."""
-  if model not in _INFERENCE:  # a model not made by load_detector: the recipe's defaults
-    _INFERENCE[model] = (InputConfig(), DetectionTask(DetectionLoss(), PostprocessConfig()))
-  return _INFERENCE[model]
+  record = _inference(model)
+  return record.eval_input, record.task
 
 
 def detect(model, images) -> dict:
@@ -207,10 +219,13 @@ def detect(model, images) -> dict:
     + 1; 0 in the padding), "num_detections" [B] int32 (valid rows per image).
   """
   inputs, image_info = preprocess(model, images)
-  _, task = inference_setup(model)
-  if model not in _PREDICT:
-    _PREDICT[model] = tf.function(lambda features: task.predict(model, features))
-  detections = {k: v.numpy() for k, v in _PREDICT[model](
+  record = _inference(model)
+  if record.predict is None:
+    # A weak reference: a value that held the model would keep its WeakKeyDictionary key
+    # (and every model detect() ever saw) alive.
+    model_ref, task = weakref.ref(model), record.task
+    record.predict = tf.function(lambda features: task.predict(model_ref(), features))
+  detections = {k: v.numpy() for k, v in record.predict(
       {"images": inputs, "image_info": image_info}).items()}
   valid = np.arange(detections["classes"].shape[1])[None, :] < \
       detections["num_detections"][:, None]

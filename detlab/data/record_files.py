@@ -29,9 +29,13 @@ class SkippedFiles:
     self._writer = None
 
   def report_to(self, summary_dir: str | None) -> None:
-    """TensorBoard events for cut-short files go to `summary_dir` (None: log only)."""
+    """TensorBoard events for cut-short files go to `summary_dir` (None: log only); the
+    writer of the previous directory, if one was opened, is closed (a run calls
+    report_to(None) on exit)."""
     with self._lock:
-      self.summary_dir, self._writer = summary_dir, None
+      previous, self.summary_dir, self._writer = self._writer, summary_dir, None
+    if previous is not None:
+      previous.close()
 
   def record(self, path: str, offset: int, size: int) -> None:
     with self._lock:

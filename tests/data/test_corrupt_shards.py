@@ -105,3 +105,36 @@ def test_a_truncated_shard_is_named_counted_and_skipped(tmp_path, caplog, make_r
   assert record_files.SKIPPED.count == before + 1
   assert record_files.SKIPPED.files[cut] == stop
   assert f"{cut} is unreadable from byte {stop}" in caplog.text
+
+
+def test_the_summary_writer_of_cut_short_files_is_closed_when_the_run_moves_on(
+    tmp_path, monkeypatch):
+  """report_to(None) at a run's end (or report_to(another dir)) closes the writer the last
+  directory's events went to; the event is in the file."""
+  opened, create = [], tf.summary.create_file_writer
+
+  class Writer:
+    def __init__(self, directory):
+      self.inner, self.closed = create(directory), False
+      opened.append(self)
+
+    def as_default(self, step):
+      return self.inner.as_default(step=step)
+
+    def flush(self):
+      self.inner.flush()
+
+    def close(self):
+      self.inner.close()
+      self.closed = True
+
+  monkeypatch.setattr(record_files.tf.summary, "create_file_writer", Writer)
+  skipped = record_files.SkippedFiles()
+  skipped.report_to(str(tmp_path / "a"))
+  skipped.record("x.tfrecord", 10, 20)
+  skipped.report_to(str(tmp_path / "b"))
+  assert len(opened) == 1 and opened[0].closed
+  skipped.record("y.tfrecord", 5, 20)
+  skipped.report_to(None)
+  assert len(opened) == 2 and opened[1].closed
+  assert tf.io.gfile.glob(str(tmp_path / "a" / "events.out.tfevents.*"))

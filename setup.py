@@ -29,8 +29,11 @@ setuptools.setup(
     ],
     # test: tf-slim is a test-only oracle (its nets); ai-edge-litert, openvino and nncf so the
     # LiteRT and OpenVINO export tests run rather than skip (openvino: a 59 MB wheel).
+    # scikit-learn: the real digits and photographs data_tools.make_digits_sets builds its
+    # small real sets from (bundled in the wheel, no download).
     extras_require={"test": ["pytest", "pytest-xdist", "pytest-timeout", "tf-slim",
-                             "ai-edge-litert", "openvino", "nncf"],
+                             "ai-edge-litert", "openvino", "nncf", "scikit-learn"],
+                    "demo": ["scikit-learn"],
                     # LiteRT export (ai_edge_litert.interpreter; tf.lite.Interpreter is
                     # deprecated in TF 2.20)
                     "export": ["ai-edge-litert"],

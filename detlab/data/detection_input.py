@@ -27,7 +27,9 @@ from official.vision.ops import preprocess_ops
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data import augment  # noqa: F401  (registers AutoAugment, RandAugment for gin)
+from detlab.data import instance_masks as instance_mask_ops
 from detlab.data import record_files, tfds_source
+from detlab.data.instance_masks import InstanceMaskConfig
 from detlab.data.mosaic import Mosaic, mosaic_dataset
 from detlab.data.seeds import example_seeds, with_example_seeds, worker_seed
 from detlab.data.source_id import encode_source_id
@@ -67,9 +69,21 @@ class InputConfig:
   tfds_split: str = "train"
   tfds_data_dir: str | None = None
   tfds_download: bool = False
+  instance_masks: InstanceMaskConfig | None = None  # @InstanceMaskConfig(): masks too
 
   def __post_init__(self):
     object.__setattr__(self, "augmentations", tuple(self.augmentations or ()))
+    if self.instance_masks is not None:
+      if self.tfds_name:
+        raise ValueError(f"InputConfig.instance_masks reads masks from TFRecords "
+                         f"(image/object/mask); tfds_name={self.tfds_name!r} gives none. "
+                         "Convert the data with `python -m data_tools.create_coco_tfrecord "
+                         "--include_masks` and set file_pattern instead.")
+      if self.is_training and self.augmentations:
+        raise ValueError("InputConfig.augmentations (AutoAugment/RandAugment) move the image "
+                         "and boxes but not instance masks: with InputConfig.instance_masks "
+                         "set InputConfig.augmentations = [] (flip, scale jitter, crop and "
+                         "Mosaic move the masks too).")
 
 
 class GeometricDraws(NamedTuple):
@@ -96,7 +110,11 @@ class DetectionParser:
 
   def __call__(self, example, seed: tf.Tensor | None = None) -> dict:
     """A serialized Example (string tensor) or decode_example's dict -> train/eval dict."""
-    return self.parse(example if isinstance(example, dict) else decode_example(example), seed)
+    if isinstance(example, dict):
+      return self.parse(example, seed)
+    decode = (instance_mask_ops.decode_example_with_masks if self.config.instance_masks
+              else decode_example)
+    return self.parse(decode(example), seed)
 
   def draw_geometry(self, seed: tf.Tensor | None = None) -> GeometricDraws:
     """The flip, scale jitter and crop of one training example, from its stateless seed
@@ -118,6 +136,9 @@ class DetectionParser:
     (make_dataset draws one per example from a checkpointable tf.data.Dataset.random); None
     draws one from the stateful global generator. draws: the geometry itself
     (`draw_geometry(seed)`), for a caller that applies it to more than the image and boxes.
+    With `InputConfig.instance_masks`, `data` holds the mask keys
+    (instance_masks.decode_example_with_masks) and the outputs gain the mask keys
+    (train: instance_masks.training_mask_outputs; eval: "gt_masks").
     """
     image, boxes = data["image"], data["boxes"]
     classes = data["classes"] - 1
@@ -139,6 +160,7 @@ class DetectionParser:
       keep = tf.logical_not(data["is_crowd"])
     if c.is_training:
       draws = draws if draws is not None else self.draw_geometry(seed)
+      flip_width = tf.shape(image)[1]
       image, boxes = horizontal_flip(image, boxes, draws.flip)
       image, image_info = jitter_resize_and_crop(image, size, draws.scale,
                                                  draws.crop_fraction)
@@ -155,19 +177,28 @@ class DetectionParser:
     non_empty = tf.logical_and(boxes[:, 2] > boxes[:, 0], boxes[:, 3] > boxes[:, 1])
     keep = tf.logical_and(keep, non_empty)
     boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
-    boxes, classes = keep_largest_boxes(boxes, classes, c.max_instances, data["source_id"])
+    largest = largest_box_indices(boxes, c.max_instances, data["source_id"])
+    boxes, classes = tf.gather(boxes, largest), tf.gather(classes, largest)
     cls_targets, box_targets = self.assigner(boxes, classes)
     # int32 byte codes, not strings: training batches go to TPUs/GPUs (see source_id.py).
-    return {"images": image, "cls_targets": cls_targets, "box_targets": box_targets,
-            "source_ids": encode_source_id(data["source_id"])}
+    outputs = {"images": image, "cls_targets": cls_targets, "box_targets": box_targets,
+               "source_ids": encode_source_id(data["source_id"])}
+    if c.instance_masks is not None:
+      instances = tf.gather(tf.where(keep)[:, 0], largest)
+      outputs.update(instance_mask_ops.training_mask_outputs(
+          data, image_info, draws.flip, flip_width, instances, boxes, classes,
+          c.instance_masks, c.max_instances, size, seed))
+    return outputs
 
   def _eval_outputs(self, image, image_info, data, classes) -> dict:
     """Eval form: every ground-truth box, in original pixels, for COCO evaluation.
 
     Not cut at `max_instances` (that bounds training targets only): the gt_* tensors keep all
     M boxes here and `make_dataset` pads each eval batch to its own largest M (`gt_count`
-    says how many are real), so an image with 150 objects is evaluated against all 150."""
-    return {
+    says how many are real), so an image with 150 objects is evaluated against all 150.
+    With instance masks (and `eval_masks`): "gt_masks" uint8 [M, H, W] at the original
+    size (batches pad them with 0 to the batch's largest M, H, W)."""
+    outputs = {
         "images": image,
         "source_ids": data["source_id"],
         "image_info": image_info,  # [[orig h, w], [scaled h, w], [scale y, x], [offset y, x]]
@@ -177,6 +208,10 @@ class DetectionParser:
         "gt_areas": tf.cast(data["areas"], tf.float32),
         "gt_count": tf.shape(classes)[0],
     }
+    masks = self.config.instance_masks
+    if masks is not None and masks.eval_masks:
+      outputs["gt_masks"] = data["masks"]
+    return outputs
 
 
 # The two random training transforms below are written here, not taken from tfm's
@@ -227,6 +262,13 @@ def keep_largest_boxes(boxes: tf.Tensor, classes: tf.Tensor, max_instances: int,
   boxes [M, 4] [y1, x1, y2, x2] pixels, classes [M]. When boxes are dropped, tf.print writes
   "detlab input: image <id> has M boxes; kept the N largest, dropped M - N" to stderr.
   """
+  index = largest_box_indices(boxes, max_instances, source_id)
+  return tf.gather(boxes, index), tf.gather(classes, index)
+
+
+def largest_box_indices(boxes: tf.Tensor, max_instances: int,
+                        source_id: tf.Tensor | str = "") -> tf.Tensor:
+  """int32 [N]: the indices of keep_largest_boxes' boxes (ascending), with its report."""
   count = tf.shape(boxes)[0]
   kept = tf.minimum(count, max_instances)
   areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -239,7 +281,7 @@ def keep_largest_boxes(boxes: tf.Tensor, classes: tf.Tensor, max_instances: int,
 
   reported = tf.cond(count > max_instances, report, lambda: tf.constant(False))
   with tf.control_dependencies([reported]):
-    return tf.gather(boxes, index), tf.gather(classes, index)
+    return tf.identity(index)
 
 
 def list_files(file_pattern: str, hint_dir: str | None = None) -> list[str]:
@@ -275,7 +317,9 @@ def source_dataset(config: InputConfig, input_context: tf.distribute.InputContex
         config.tfds_name, config.tfds_split, config.tfds_data_dir, config.tfds_download,
         config.is_training, input_context, seed)
   else:
-    dataset, decode = _records(config, input_context, seed), decode_example
+    dataset = _records(config, input_context, seed)
+    decode = (instance_mask_ops.decode_example_with_masks if config.instance_masks
+              else decode_example)
   if config.cache:
     dataset = dataset.cache()
   if config.is_training:

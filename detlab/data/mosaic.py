@@ -13,6 +13,11 @@ clipped to the visible part and dropped when empty. Uncovered canvas is the back
 convention's mean colour (`InputConvention.mean_pixel`), which the parser's normalization,
 applied after the mosaic, takes to 0 (the padding convention of the pipeline) up to uint8
 rounding: within 0.5 / std (0.004 for the [-1, 1] convention, whose mean 127.5 is no uint8).
+
+Instance masks (examples holding instance_masks' "masks", "mask_affine", "mask_window") are
+not pasted into the canvas: each instance's map to canvas pixels is composed with its
+image's resize + shift and its window cut to the image's quadrant, and the source masks are
+padded to the largest of the four and stacked (instance_masks samples them at the end).
 """
 import dataclasses
 from typing import Callable
@@ -21,6 +26,7 @@ import gin
 import tensorflow as tf
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
+from detlab.data import instance_masks
 
 KEYS = ("boxes", "classes", "is_crowd", "areas")
 
@@ -68,7 +74,8 @@ def mosaic(examples: list[dict], size: int, centre: tuple | None = None,
     yc, xc = tf.constant(centre[0], tf.int32), tf.constant(centre[1], tf.int32)
   canvas = tf.zeros([canvas_size, canvas_size, 3], tf.int32)
   covered = tf.zeros([canvas_size, canvas_size, 1], tf.int32)
-  parts = {key: [] for key in KEYS}
+  with_masks = "masks" in examples[0]
+  parts = {key: [] for key in KEYS + (instance_masks.GEOMETRY_KEYS if with_masks else ())}
   for k, example in enumerate(examples):
     image = example["image"]
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -93,7 +100,18 @@ def mosaic(examples: list[dict], size: int, centre: tuple | None = None,
     parts["classes"].append(tf.boolean_mask(example["classes"], keep))
     parts["is_crowd"].append(tf.boolean_mask(example["is_crowd"], keep))
     parts["areas"].append(tf.boolean_mask(example["areas"] * factor[0] * factor[1], keep))
+    if with_masks:
+      affine, window = instance_masks.compose(
+          example["mask_affine"], example["mask_window"], factor, offset[:2],
+          tf.cast(tf.stack([y1, x1, y2, x2]), tf.float32))
+      parts["masks"].append(tf.boolean_mask(example["masks"], keep))
+      parts["mask_affine"].append(tf.boolean_mask(affine, keep))
+      parts["mask_window"].append(tf.boolean_mask(window, keep))
   canvas = tf.where(covered > 0, canvas, tf.constant(fill, tf.int32))
+  if with_masks:  # one stack: each image's masks padded to the largest height and width
+    largest = tf.reduce_max(tf.stack([tf.shape(m)[1:3] for m in parts["masks"]]), 0)
+    parts["masks"] = [tf.pad(m, [[0, 0], [0, largest[0] - tf.shape(m)[1]],
+                                 [0, largest[1] - tf.shape(m)[2]]]) for m in parts["masks"]]
   out = {key: tf.concat(values, 0) for key, values in parts.items()}
   out["boxes"] = tf.reshape(out["boxes"], [-1, 4])
   out.update(image=tf.cast(canvas, tf.uint8), source_id=examples[0]["source_id"],
@@ -105,13 +123,19 @@ def _unpad(batch: dict, i: int) -> dict:
   """Example i of a padded_batch of decoded dicts, cut back to its own size and boxes."""
   count = tf.reduce_sum(tf.cast(batch["classes"][i] > 0, tf.int32))  # ids >= 1; pad is 0
   example = {key: batch[key][i][:count] for key in KEYS}
+  if "masks" in batch:  # each mask is its image's size
+    example["masks"] = batch["masks"][i][:count, :batch["height"][i], :batch["width"][i]]
+    example["mask_affine"] = batch["mask_affine"][i][:count]
+    example["mask_window"] = batch["mask_window"][i][:count]
   example["image"] = batch["image"][i][:batch["height"][i], :batch["width"][i]]
   example["source_id"] = batch["source_id"][i]
   return example
 
 
 def _select(example: dict) -> dict:
-  return {key: example[key] for key in KEYS + ("image", "source_id", "height", "width")}
+  keys = KEYS + ("image", "source_id", "height", "width")
+  return {key: example[key] for key in keys + tuple(
+      k for k in instance_masks.GEOMETRY_KEYS if k in example)}
 
 
 def mosaic_dataset(make_decoded: Callable[[int | None], tf.data.Dataset], config: Mosaic,

@@ -1,4 +1,4 @@
-"""Runs COCO box evaluation with one of two implementations of the same protocol.
+"""Runs COCO box or mask evaluation with one of two implementations of the same protocol.
 
 'pycocotools' is the reference (COCOeval of the COCO API); 'faster' is faster-coco-eval's
 COCOeval_faster, a C++ port of the same matching and accumulation that gives the same 12
@@ -48,11 +48,14 @@ def _api(backend: str):
 
 
 def run_cocoeval(groundtruth: dict, detections: list[dict], image_ids: list[int],
-                 backend: str = "pycocotools") -> CocoEvalResult:
-  """groundtruth: a COCO instances dict; detections: COCO result rows ([x, y, w, h]); only
-  `image_ids` are evaluated (as the reference does: images outside the evaluated set would
-  count their ground truth as missed). `detections` must not be empty (COCO's loadRes
-  cannot take an empty list)."""
+                 backend: str = "pycocotools", iou_type: str = "bbox") -> CocoEvalResult:
+  """groundtruth: a COCO instances dict; detections: COCO result rows ([x, y, w, h] "bbox"
+  for iou_type 'bbox'; RLE "segmentation" only, for 'segm', so loadRes takes each row's
+  area from its mask as COCO's own results do); only `image_ids` are evaluated (as the
+  reference does: images outside the evaluated set would count their ground truth as
+  missed). `detections` must not be empty (COCO's loadRes cannot take an empty list)."""
+  if iou_type not in ("bbox", "segm"):
+    raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
   coco_cls, eval_cls = _api(backend)
   with contextlib.redirect_stdout(io.StringIO()) as log:
     gt = coco_cls()
@@ -60,7 +63,7 @@ def run_cocoeval(groundtruth: dict, detections: list[dict], image_ids: list[int]
     gt.createIndex()
     # loadRes adds fields to the rows it is given: give it copies.
     dt = gt.loadRes([dict(d) for d in detections])
-    coco_eval = eval_cls(gt, dt, iouType="bbox")
+    coco_eval = eval_cls(gt, dt, iouType=iou_type)
     coco_eval.params.imgIds = sorted(image_ids)
     coco_eval.evaluate()
     coco_eval.accumulate()

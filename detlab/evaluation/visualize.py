@@ -1,5 +1,5 @@
-"""The pictures a user opens, for every task: detection grids, classification grids,
-segmentation rows, and the joint task's stack of them.
+"""The pictures a user opens, for every task: detection grids (with masks for instance
+segmentation), classification grids, segmentation rows, and the joint task's stack of them.
 
 Every picture upscales small images so that their shorter side is at least `MIN_SIZE` pixels
 (never downscales a large one), writes in a font sized to the tile, says in a header what its
@@ -396,6 +396,64 @@ def _legend(shown, colours, name, width: int, short_side: int) -> Image.Image:
                    fill=tuple(int(v) for v in colours[c]), outline=TEXT)
     draw_line(draw, (x + height + 4, y), text, face, TEXT)
   return strip
+
+
+# ------------------------------------------------------------------ instance segmentation
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+  """The pixels of a 0/1 mask [H, W] with a 4-neighbour outside it (the image edge counts as
+  outside)."""
+  inside = np.pad(np.asarray(mask) > 0, 1)
+  core = (inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2]
+          & inside[1:-1, 2:])
+  return inside[1:-1, 1:-1] & ~core
+
+
+def mask_overlay(image: np.ndarray, gt_masks, pred_masks, pred_classes, alpha: float = 0.45
+                 ) -> np.ndarray:
+  """uint8 image [H, W, 3] with each predicted mask ([H, W] 0/1, in order: later on top)
+  blended (`alpha`) in its class's colour (VOC palette of id = class + 1) and each
+  ground-truth mask's outline drawn in GROUND_TRUTH green on top."""
+  picture = np.asarray(image, np.float32).copy()
+  colours = palette(256).astype(np.float32)
+  for mask, cls in zip(pred_masks, np.asarray(pred_classes).reshape(-1)):
+    inside = np.asarray(mask) > 0
+    colour = colours[(int(cls) + 1) % 256]
+    picture[inside] = (1.0 - alpha) * picture[inside] + alpha * colour
+  for mask in gt_masks:
+    picture[_outline(mask)] = GROUND_TRUTH
+  return np.clip(np.round(picture), 0, 255).astype(np.uint8)
+
+
+def instance_segmentation_grid(images, gt_boxes, gt_masks, detections, class_names: dict,
+                               score_threshold: float, path: str, columns: int = 4,
+                               min_size: int = MIN_SIZE) -> None:
+  """detection_grid with masks: the predictions scoring >= `score_threshold` fill their
+  masks in their class's colour, the ground-truth masks are outlined in green (mask_overlay),
+  then boxes and labels as `draw_panel` draws them.
+
+  images: uint8 [H, W, 3] each; gt_boxes: [N, 4] [y1, x1, y2, x2] image pixels each;
+  gt_masks: [N, H, W] 0/1 each (may be empty); detections: (boxes [M, 4], scores [M],
+  classes [M] 0-based, masks [M, H, W] 0/1 in image pixels) each; class_names: {id: name}.
+  """
+  if len(images) == 0:
+    raise ValueError("instance_segmentation_grid needs at least one image.")
+  panels = []
+  for image, boxes, truth, (pred_boxes, scores, classes, masks) in zip(
+      images, gt_boxes, gt_masks, detections):
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    shown = np.flatnonzero(scores >= score_threshold)
+    shown = shown[np.argsort(scores[shown], kind="stable")]  # the highest score on top
+    blended = mask_overlay(image, list(truth), [masks[i] for i in shown],
+                           np.asarray(classes).reshape(-1)[shown])
+    panels.append(draw_panel(blended, boxes, pred_boxes, scores, classes, class_names,
+                             score_threshold, min_size))
+  header = (f"green: ground truth (boxes, mask outlines) · red: predictions with score >= "
+            f"{score_threshold:.2f}, masks filled in their class colour")
+  dropped = sum(panel.info["labels_dropped"] for panel in panels)
+  if dropped:
+    header += f" · {dropped} label{'s' if dropped > 1 else ''} left out (no room)"
+  detlab_io.write_png(path, grid(panels, columns, [(header, TEXT)]))
 
 
 # ---------------------------------------------------------------------------------- joint

@@ -10,7 +10,6 @@ creation order, and CPython delivers its handlers on that stack. PreemptionWatch
 its handler on the thread's own stack (training/signal_stack.py); the periodic case below
 recreates OpenVINO's state first, so it fails here, in-process, if that protection goes."""
 import ctypes
-import gc
 import os
 import signal
 import threading
@@ -21,6 +20,7 @@ import tensorflow as tf
 
 from detlab.evaluation.detection import DetectionEvaluator
 from detlab.training.preemption import handler_installed
+from openvino_state import release_two_openvino_models  # pylint: disable=import-error
 
 # How long a case waits for train() to install its SIGTERM handler before it fails: train()
 # does that before it builds anything, so this only bounds a loaded machine's delay.
@@ -53,7 +53,7 @@ def dangling_signal_stack():
   saved, now = _Stack(), _Stack()
   libc.sigaltstack(None, ctypes.byref(saved))
   try:
-    _release_two_openvino_models()
+    release_two_openvino_models()
   except ImportError:
     pass
   libc.sigaltstack(None, ctypes.byref(now))
@@ -70,24 +70,6 @@ def dangling_signal_stack():
     libc.sigaltstack(ctypes.byref(saved), None)
     if by_hand:
       libc.munmap(ctypes.c_void_p(by_hand), ctypes.c_size_t(65536))
-
-
-def _release_two_openvino_models():
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import openvino as ov  # pylint: disable=import-outside-toplevel
-  import openvino.opset13 as ops  # pylint: disable=import-outside-toplevel
-
-  def compiled():
-    image = ops.parameter([1, 8], np.float32)
-    model = ov.Core().compile_model(ov.Model([ops.relu(image)], [image]), "CPU")
-    model(np.ones([1, 8], np.float32))
-    return model
-
-  first, second = compiled(), compiled()
-  del first
-  gc.collect()
-  del second
-  gc.collect()
 
 
 def _mapped(address: int) -> bool:

@@ -36,20 +36,10 @@ assert libc.mprotect(address, size, 0) == 0  # PROT_NONE
 
 # The same state through OpenVINO itself: two compiled models released in creation order.
 DANGLING_BY_OPENVINO = """
-import gc
-import numpy as np
-import openvino as ov
-import openvino.opset13 as ops
-def compiled():
-  image = ops.parameter([1, 8], np.float32)
-  model = ov.Core().compile_model(ov.Model([ops.relu(image)], [image]), "CPU")
-  model(np.ones([1, 8], np.float32))
-  return model
-first, second = compiled(), compiled()
-del first
-gc.collect()
-del second
-gc.collect()
+import sys
+sys.path.insert(0, "tests/training")
+from openvino_state import release_two_openvino_models
+release_two_openvino_models()
 """
 
 SIGTERM_TO_PLAIN = """

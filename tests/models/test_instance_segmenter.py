@@ -1,0 +1,100 @@
+"""The instance-mask branch (heads/mask.py) and EfficientDet with it
+(models/instance_segmentation.py): parameter counts from the layer shapes, the Mask R-CNN /
+FPN level assignment (a box reads only its own level, only inside itself), and a detection
+half that is EfficientDet's variable for variable."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.heads.mask import MaskHead
+from detlab.models.efficientdet import efficientdet
+from detlab.models.instance_segmentation import instance_segmenter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "training"))
+from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
+SIZE, CHANNELS = 128, 16
+
+
+def _features(seed=0):
+  rng = np.random.default_rng(seed)
+  return {str(l): tf.constant(rng.normal(size=(1, SIZE >> l, SIZE >> l, CHANNELS)), tf.float32)
+          for l in range(3, 6)}
+
+
+@pytest.mark.parametrize("class_agnostic", [True, False])
+def test_mask_head_parameters_follow_the_layer_shapes(class_agnostic):
+  keras.utils.set_random_seed(0)
+  width, repeats, classes = 24, 3, 5
+  head = MaskHead(classes, width, repeats, mask_size=28, class_agnostic=class_agnostic)
+  logits = head(_features(), tf.constant([[[8.0, 8.0, 72.0, 56.0]]]), tf.constant([[2]]))
+  assert logits.shape == (1, 1, 28, 28) and logits.dtype == tf.float32
+  separable = 9 * CHANNELS + CHANNELS * width + (repeats - 1) * (9 * width + width * width)
+  bn = 4 * width * (repeats + 1)  # gamma, beta, moving mean and variance
+  upsample = 2 * 2 * width * width
+  outputs = 1 if class_agnostic else classes
+  assert head.count_params() == separable + bn + upsample + width * outputs + outputs
+
+
+def test_a_box_reads_only_its_fpn_level_and_only_inside_itself():
+  """Level k = floor(4 + log2(sqrt(wh) / 224)) clipped to the pyramid (FPN, eq. 1): a
+  128 x 112 box (k = 3.2 -> 3) reads P3; a 16 x 16 box (k < 3) reads P3 too. Features of
+  P3 outside the box (with RoIAlign's one-cell bilinear margin) and of other levels change
+  nothing."""
+  keras.utils.set_random_seed(0)
+  head = MaskHead(3, 16, 2, mask_size=14)
+  boxes = tf.constant([[[0.0, 0.0, 128.0, 112.0], [16.0, 16.0, 32.0, 32.0]]])
+  classes = tf.zeros([1, 2], tf.int32)
+  base = _features()
+  before = head(base, boxes, classes).numpy()
+  other_levels = dict(base, **{"4": base["4"] * 3.0, "5": -base["5"]})
+  np.testing.assert_array_equal(head(other_levels, boxes, classes).numpy(), before)
+  outside = base["3"].numpy()
+  outside[0, 8:, :, :] += 5.0  # P3 rows 8.. = input rows 64.. : outside the small box only
+  after = head(dict(base, **{"3": tf.constant(outside)}), boxes, classes).numpy()
+  np.testing.assert_array_equal(after[0, 1], before[0, 1])
+  assert np.abs(after[0, 0] - before[0, 0]).max() > 1e-3
+
+
+def test_class_specific_masks_are_gathered_at_each_boxs_class():
+  keras.utils.set_random_seed(0)
+  box = tf.constant([[[8.0, 8.0, 72.0, 56.0], [8.0, 8.0, 72.0, 56.0]]])
+  agnostic = MaskHead(4, 16, 1, mask_size=14, class_agnostic=True)
+  out = agnostic(_features(), box, tf.constant([[0, 3]])).numpy()
+  np.testing.assert_array_equal(out[0, 0], out[0, 1])
+  specific = MaskHead(4, 16, 1, mask_size=14, class_agnostic=False)
+  out = specific(_features(), box, tf.constant([[0, 3]])).numpy()
+  assert np.abs(out[0, 0] - out[0, 1]).max() > 1e-4
+  swapped = specific(_features(), box, tf.constant([[3, 0]])).numpy()
+  np.testing.assert_array_equal(swapped[0, ::-1], out[0])
+
+
+def test_the_detection_half_is_efficientdet_variable_for_variable():
+  """Every EfficientDet variable exists in the instance model under the same name and shape
+  (a detector checkpoint initialises it), and with the same values it gives the same class
+  and box outputs; the mask branch adds only mask_head/ variables."""
+  args = dict(backbone_fn=tiny_test_backbone, num_classes=3, image_size=64, fpn_width=16,
+              fpn_cells=1, head_repeats=1, max_level=5)
+  keras.utils.set_random_seed(1)
+  detector = efficientdet(**args)
+  keras.utils.set_random_seed(2)
+  model = instance_segmenter(**args, mask_repeats=1)
+  plain = {v.name: v for v in detector.variables}
+  extra = [v.name for v in model.variables if v.name not in plain]
+  assert extra and all("mask_head/" in name for name in extra), extra
+  by_name = {v.name: v for v in model.variables}
+  for name, variable in plain.items():
+    by_name[name].assign(variable)
+  images = tf.random.stateless_normal([2, 64, 64, 3], seed=[3, 4])
+  want_class, want_box = detector(images, training=False)
+  got_class, got_box, features = model(images, training=False)
+  for level in want_class:
+    np.testing.assert_allclose(got_class[level], want_class[level], atol=1e-5)
+    np.testing.assert_allclose(got_box[level], want_box[level], atol=1e-5)
+  masks = model.mask_logits(features, tf.constant([[[0.0, 0.0, 32.0, 32.0]]] * 2),
+                            tf.zeros([2, 1], tf.int32))
+  assert masks.shape == (2, 1, 28, 28)

@@ -1,4 +1,5 @@
-"""The COCO annotation fields evaluation and the converters rely on: iscrowd, area, name.
+"""The COCO annotation fields evaluation and the converters rely on: iscrowd, area, name,
+segmentation.
 
 Real COCO-format files write `iscrowd` as a string ("0"), leave `area` or `iscrowd` out, or
 give a category no `name`. pycocotools reads `iscrowd` by truth value (so "0" is a crowd box,
@@ -85,6 +86,57 @@ def category_name_problem(category: dict) -> str | None:
   if not name.strip():
     return f"category {cid!r} has an empty 'name'"
   return None
+
+
+def _polygon_area(polygon: list) -> float:
+  xs, ys = polygon[0::2], polygon[1::2]
+  return 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
+
+
+def segmentation_problem(segmentation, height: int, width: int) -> str | None:
+  """Why a COCO segmentation (polygons, compressed or uncompressed RLE) cannot be the mask of
+  an object in a height x width image, else None.
+
+  Named: an empty polygon list, a polygon of fewer than 3 points, non-finite coordinates,
+  polygons wholly outside the image or enclosing no area (pycocotools would rasterise an
+  empty mask; a polygon only partly outside is cut at the image edge, as its box is by
+  --clip_boxes), an RLE whose size is not [height, width], uncompressed RLE counts that
+  are not run lengths or do not cover height x width pixels, compressed counts that are not
+  a non-empty string.
+  """
+  if isinstance(segmentation, list):
+    if not segmentation:
+      return "empty polygon list"
+    for polygon in segmentation:
+      if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+        return "a polygon needs an even number (>= 6) of coordinates"
+      if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 for v in polygon):
+        return "polygon coordinates must be finite numbers"
+    xs = [x for polygon in segmentation for x in polygon[0::2]]
+    ys = [y for polygon in segmentation for y in polygon[1::2]]
+    if max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height:
+      return (f"the polygons (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}) lie "
+              f"outside the image (w x h = {width} x {height}): an empty mask")
+    if sum(_polygon_area(polygon) for polygon in segmentation) <= 0:
+      return "the polygons enclose no area (an empty mask)"
+    return None
+  if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+    size = segmentation["size"]
+    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
+      return f"RLE size {size} != image [height, width] {[height, width]}"
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+      if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return "uncompressed RLE counts must be run lengths (integers >= 0)"
+      if sum(counts) != height * width:
+        return (f"uncompressed RLE counts cover {sum(counts)} pixels; the {height} x {width} "
+                f"image has {height * width}")
+      return None
+    if not isinstance(counts, (str, bytes)) or not counts:
+      return "compressed RLE counts must be a non-empty string"
+    return None
+  return "not a polygon list or an RLE dict"
 
 
 def normalise_groundtruth(coco: dict, source: str) -> dict:

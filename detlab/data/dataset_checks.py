@@ -18,7 +18,8 @@ import math
 import os
 from typing import Callable
 
-from detlab.data.coco_fields import category_name_problem, normalise_annotation
+from detlab.data.coco_fields import (  # noqa: F401 (segmentation_problem: re-exported)
+    category_name_problem, normalise_annotation, segmentation_problem)
 # Re-exported: the converters and the validator CLI read images through these names.
 from detlab.data.image_files import (  # noqa: F401 pylint: disable=unused-import
     DecodedImage, ImageError, decode_image, image_path, read_bytes)
@@ -58,8 +59,9 @@ KINDS: dict[str, Kind] = {  # the table lists them in this order; the repair swi
     "degenerate_box": Kind(ERROR, _ANNS, "bbox must be 4 finite numbers, w > 0, h > 0"),
     "box_outside_image": Kind(ERROR, _CLIP, "fix the box (--clip_boxes clips it to the "
                               "image and drops it if nothing is left)"),
-    "bad_segmentation": Kind(ERROR, _ANNS, "polygons need >= 3 points, an RLE's size must "
-                             "be [height, width]"),
+    "bad_segmentation": Kind(ERROR, _ANNS, "polygons need >= 3 points and some area inside "
+                             "the image; an RLE's size must be [height, width] and its counts "
+                             "cover that many pixels"),
     "box_slightly_outside": Kind(WARNING, _CLIP, "none needed: within --box_tolerance, the "
                                  "input pipeline clips it"),
     # Normalised, in the dataset the report returns (so in what the converter writes):
@@ -202,24 +204,6 @@ def _box(value) -> list[float] | None:
   except (TypeError, ValueError):
     return None
   return box if len(box) == 4 and all(math.isfinite(v) for v in box) else None
-
-
-def segmentation_problem(segmentation, height: int, width: int) -> str | None:
-  """Why a COCO segmentation (polygons or RLE) cannot be turned into a mask, else None."""
-  if isinstance(segmentation, list):
-    if not segmentation:
-      return "empty polygon list"
-    for polygon in segmentation:
-      if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
-        return "a polygon needs an even number (>= 6) of coordinates"
-      if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in polygon):
-        return "polygon coordinates must be finite numbers"
-    return None
-  if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-    if list(segmentation["size"]) != [height, width]:
-      return f"RLE size {segmentation['size']} != image [height, width] {[height, width]}"
-    return None
-  return "not a polygon list or an RLE dict"
 
 
 def validate_coco(coco: dict, image_dir: str, max_instances: int = 100,

@@ -11,4 +11,5 @@ from detlab.training import optimizer  # noqa: F401
 from detlab.tasks import classification as classification_task  # noqa: F401
 from detlab.tasks import segmentation as segmentation_task  # noqa: F401
 from detlab.tasks import joint as joint_task  # noqa: F401
+from detlab.tasks import instance_segmentation as instance_segmentation_task  # noqa: F401
 from detlab.training import experiment  # noqa: F401

@@ -1,7 +1,7 @@
 """The instance-mask branch (heads/mask.py) and EfficientDet with it
 (models/instance_segmentation.py): parameter counts from the layer shapes, the Mask R-CNN /
 FPN level assignment (a box reads only its own level, only inside itself), and a detection
-half that is EfficientDet's variable for variable."""
+half that a detector's checkpoint restores."""
 import os
 import sys
 
@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from detlab.heads.mask import MaskHead
 from detlab.models.efficientdet import efficientdet
-from detlab.models.instance_segmentation import instance_segmenter
+from detlab.models.instance_segmentation import with_mask_head
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "training"))
 from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=wrong-import-position,import-error
@@ -73,28 +73,28 @@ def test_class_specific_masks_are_gathered_at_each_boxs_class():
   np.testing.assert_array_equal(swapped[0, ::-1], out[0])
 
 
-def test_the_detection_half_is_efficientdet_variable_for_variable():
-  """Every EfficientDet variable exists in the instance model under the same name and shape
-  (a detector checkpoint initialises it), and with the same values it gives the same class
-  and box outputs; the mask branch adds only mask_head/ variables."""
+def test_a_detectors_checkpoint_restores_the_detection_half(tmp_path):
+  """with_mask_head keeps the detector's layers under their attribute names: a detector's
+  checkpoint restores into the instance model (only mask_head/ variables left new), which
+  then gives that detector's class and box outputs; the branch crops its own features."""
   args = dict(backbone_fn=tiny_test_backbone, num_classes=3, image_size=64, fpn_width=16,
               fpn_cells=1, head_repeats=1, max_level=5)
   keras.utils.set_random_seed(1)
-  detector = efficientdet(**args)
+  trained = efficientdet(**args)
+  path = tf.train.Checkpoint(model=trained).save(str(tmp_path / "ckpt"))
   keras.utils.set_random_seed(2)
-  model = instance_segmenter(**args, mask_repeats=1)
-  plain = {v.name: v for v in detector.variables}
+  model = with_mask_head(efficientdet(**args), mask_size=28, repeats=1)
+  plain = {v.name for v in trained.variables}
   extra = [v.name for v in model.variables if v.name not in plain]
-  assert extra and all("mask_head/" in name for name in extra), extra
-  by_name = {v.name: v for v in model.variables}
-  for name, variable in plain.items():
-    by_name[name].assign(variable)
+  assert extra and all(name.startswith("mask_head/") for name in extra), extra
+  status = tf.train.Checkpoint(model=model).restore(path)
+  status.expect_partial()  # the mask_head variables are new
   images = tf.random.stateless_normal([2, 64, 64, 3], seed=[3, 4])
-  want_class, want_box = detector(images, training=False)
+  want_class, want_box = trained(images, training=False)
   got_class, got_box, features = model(images, training=False)
   for level in want_class:
-    np.testing.assert_allclose(got_class[level], want_class[level], atol=1e-5)
-    np.testing.assert_allclose(got_box[level], want_box[level], atol=1e-5)
+    np.testing.assert_allclose(got_class[level], want_class[level], atol=1e-6)
+    np.testing.assert_allclose(got_box[level], want_box[level], atol=1e-6)
   masks = model.mask_logits(features, tf.constant([[[0.0, 0.0, 32.0, 32.0]]] * 2),
                             tf.zeros([2, 1], tf.int32))
   assert masks.shape == (2, 1, 28, 28)

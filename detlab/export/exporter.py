@@ -4,17 +4,21 @@ Checks come first and fail fast with the fix (unknown format, no checkpoint, no 
 non-empty output directory, missing calibration data), before any model is built.
 """
 import importlib.util
+import json
 import os
 
 from absl import logging
 import tensorflow as tf
 
-from detlab import api
+from detlab import api, config
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data import label_map
 from detlab.export.fold import count_batch_norms, fold_batch_norms
 from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
 from detlab.io import write_json
+from detlab.training import bn_reestimation
+from detlab.training.run_seed import SEED_FILE
+from detlab.training.setup import Schedule, train_argument
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
            "openvino_int8")
@@ -126,6 +130,41 @@ def category_names(task) -> dict | None:
   return label_map.category_names(task.label_map_file, None, 0)
 
 
+def reestimate_batch_norms(model, task, model_dir: str, gin_files, gin_bindings) -> dict | None:
+  """Precise BN before export, as the model_dir's evaluations ran it (when its gin config
+  binds train.bn_reestimation; training/bn_reestimation.py): num_batches
+  training batches of its Schedule.batch_size from the task's training input, seeded by
+  the run's seed.json, so the exported statistics are those metrics.json was measured with
+  (the same batches; training/experiment.py). `model` is the exporter's own copy: its
+  statistics stay re-estimated, the checkpoint is not touched. Skipped with a warning (the
+  trained statistics are exported) when the training records cannot be read here. Returns
+  the summary (None: not run)."""
+  with api.isolated_gin_config():
+    config.parse_gin(list(gin_files), list(gin_bindings))
+    settings = train_argument("bn_reestimation")
+    schedule = train_argument("schedule", Schedule())
+  if settings is None or not settings.num_batches:
+    return None
+  seed = 0
+  seed_path = os.path.join(model_dir, SEED_FILE)
+  if tf.io.gfile.exists(seed_path):
+    with tf.io.gfile.GFile(seed_path) as f:
+      seed = int(json.load(f)["seed"])
+  try:
+    batches = task.train_dataset(model, None, schedule.batch_size, seed, 0)
+  except (ValueError, tf.errors.OpError) as error:
+    logging.warning("BN re-estimation skipped: the training batches cannot be read (%s); "
+                    "exporting the trained statistics, not those metrics.json was measured "
+                    "with.", error)
+    return None
+  reestimator = bn_reestimation.BatchNormReestimator(model)
+  summary = reestimator.estimate(batches, settings.num_batches)
+  reestimator.assign(summary["statistics"])
+  summary.update(layers=len(summary["statistics"]), of=len(reestimator.layers))
+  bn_reestimation.log_summary(summary)
+  return summary
+
+
 def export(model_dir: str, output_dir: str, formats=("saved_model",),
            input_type: str = "image_tensor", batch_size: int | None = None,
            use_ema: bool = True, calibration_steps: int = 100,
@@ -143,6 +182,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   check_output_dir(output_dir, overwrite)
   model = api.load_detector(files, gin_bindings, checkpoint=checkpoint, use_ema=use_ema)
   eval_input, task = api.inference_setup(model)
+  reestimated = reestimate_batch_norms(model, task, model_dir, files, gin_bindings)
   calibration = None
   if any(f in INT8_FORMATS for f in formats):
     calibration = calibration_files(calibration_file_pattern or eval_input.file_pattern)
@@ -180,6 +220,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
           "image_size": model.anchors.image_size, "num_classes": model.num_classes,
           "batch_norms_folded": bool(fold), "category_names": category_names(task),
           # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
-          "input_mean": list(convention.mean), "input_std": list(convention.std)}
+          "input_mean": list(convention.mean), "input_std": list(convention.std),
+          **bn_reestimation.record(reestimated)}
   write_json(os.path.join(output_dir, "export.json"), info, indent=2)
   return written

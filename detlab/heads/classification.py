@@ -7,7 +7,17 @@ the same layer names, so a classifier built here has the paper's (and keras apps
 count and imports the same weights:
   * EfficientNet V1/V2: 1x1 `top_conv` (1280 channels, width-scaled) -> BN -> swish -> global
     average pool -> dropout -> FC (uniform fan-out init with scale 1/3, as the reference code).
-  * Inception family, Xception: global average pool -> dropout -> FC.
+  * Inception family, Xception: global average pool -> dropout -> FC (Glorot uniform).
+`head_init` picks the FC's initialisation (bias zero in all three):
+  * "reference": the above, the papers' recipes. Made for 1000 classes: on a 10-class
+    EfficientNet it starts the logits at std ~3-5 and the loss at ~4-8 instead of
+    ln 10 = 2.3, and a short run spends its first hundreds of steps undoing that.
+  * "fan_in": U(+-1/sqrt(fan_in)) (PyTorch's nn.Linear default): logit variance E[x^2]/3
+    of the pooled features, so the loss starts near ln K and the backbone gets gradient
+    from step 1. The demo recipes' choice (README, classification).
+  * "zeros": BiT's / big_vision's fine-tuning head: loss exactly ln K at step 0, but no
+    gradient reaches the backbone until the FC has moved (dL/dx = W^T (p - y) = 0), which
+    cost the learning gate's small net up to 0.14 top-1 against "fan_in" at 600 steps.
 Aux heads (GoogLeNet on 4a and 4d, weight 0.3; Inception v3/v4/ResNet-v2 on the 17x17 grid,
 weight 0.4) are the layers of `detlab.layers.aux_head`.
 """
@@ -76,9 +86,15 @@ HEAD_SPECS = {
 }
 
 
+HEAD_INITS = ("reference", "zeros", "fan_in")
+
+
 def classification_logits(features, spec: HeadSpec, num_classes: int, dropout: float,
-                          sync_bn: bool = False):
-  """The top on the last level's features [B, h, w, C] -> logits [B, num_classes]."""
+                          sync_bn: bool = False, head_init: str = "reference"):
+  """The top on the last level's features [B, h, w, C] -> logits [B, num_classes].
+  head_init: the FC's initialisation, one of HEAD_INITS (module docstring)."""
+  if head_init not in HEAD_INITS:
+    raise ValueError(f"classifier.head_init must be one of {HEAD_INITS}, got {head_init!r}.")
   x = features
   if spec.top_filters:
     x = keras.layers.Conv2D(spec.top_filters, 1, padding="same", use_bias=False,
@@ -91,11 +107,16 @@ def classification_logits(features, spec: HeadSpec, num_classes: int, dropout: f
   elif dropout > 0:
     x = keras.layers.Dropout(dropout, name="top_dropout")(x)
   initializer = "glorot_uniform"
-  if spec.efficientnet_init:
+  if head_init == "zeros":
+    initializer = "zeros"
+  elif head_init == "fan_in":  # U(+-1/sqrt(fan_in)): logit variance E[x^2] / 3
+    initializer = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in",
+                                                     distribution="uniform")
+  elif spec.efficientnet_init:
     initializer = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_out",
                                                      distribution="uniform")
   return keras.layers.Dense(num_classes, kernel_initializer=initializer,
-                            name="predictions")(x)
+                            bias_initializer="zeros", name="predictions")(x)
 
 
 def aux_logits(backbone: keras.Model, sites, num_classes: int, sync_bn: bool = False) -> dict:

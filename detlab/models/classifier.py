@@ -52,7 +52,8 @@ def backbone_name(backbone_fn: str | Callable) -> str:
 def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
                dropout_rate: float | None = None, aux_heads: bool = True,
                image_size: int | None = None, sync_bn: bool = False,
-               scheduled_dropout: bool = False, **backbone_kwargs) -> Classifier:
+               scheduled_dropout: bool = False, head_init: str = "reference",
+               **backbone_kwargs) -> Classifier:
   """A classifier on a registered backbone.
 
   Args:
@@ -66,6 +67,9 @@ def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
     sync_bn: synchronized BN across replicas (the head's BNs too).
     scheduled_dropout: the dropout is a ScheduledDropout (its rate set per training step by
       progressive learning, detlab.data.progressive; `dropout_rate` is its final rate).
+    head_init: the final FC's initialisation: "reference" (the papers' recipes), "fan_in"
+      or "zeros" (few-class / fine-tuning runs: the loss starts near, or at, ln
+      num_classes); see detlab/heads/classification.py. Aux heads keep their own.
     **backbone_kwargs: passed to the backbone builder (e.g. drop_connect_rate).
   Input: preprocessed float32 images [B, S, S, 3] (the backbone's input convention).
   """
@@ -84,7 +88,7 @@ def classifier(backbone_fn: str | Callable, num_classes: int = 1000,
   if scheduled_dropout:
     dropout = ScheduledDropout(dropout, name="top_dropout")
   features = backbone.output[str(backbone.max_level)]
-  logits = classification_logits(features, spec, num_classes, dropout, sync_bn)
+  logits = classification_logits(features, spec, num_classes, dropout, sync_bn, head_init)
   inference = functional_model(backbone.input, logits, name=f"{name}_classifier")
   aux = aux_logits(backbone, sites, num_classes, sync_bn)
   training = functional_model(backbone.input, {"logits": logits, **aux},

@@ -33,6 +33,9 @@ class Task(abc.ABC):
   loss_parts = ()             # compute_loss keys besides "total" that the loop logs
   predict_features = ("images",)  # the eval batch's keys that predict() reads
   settings = ()               # run settings train() may hand over (see `use_settings`)
+  # Every task takes `bn_momentum` (gin: <Task>.bn_momentum) and applies it in build_model
+  # with `set_bn_momentum` below; None keeps the model's own momenta.
+  bn_momentum = None
   example_gin = ""            # a gin file that binds this task (named in errors)
 
   @abc.abstractmethod
@@ -119,13 +122,15 @@ def scalar_metrics(metrics: dict) -> dict:
 
 def set_bn_momentum(model, momentum: float | None) -> None:
   """Sets every BatchNormalization layer's moving-statistics momentum (None: leave the
-  model's). A training-recipe knob, not part of the model: the papers' 0.99 lags behind
-  weights that still move fast in a few-hundred-step from-scratch run (the shapes demos),
-  so inference-mode BN then sees stale statistics; 0.9 (EfficientNetV2's) keeps up."""
+  model's): every task's `bn_momentum` (Detection, Classification, Segmentation, Joint).
+  A training-recipe knob, not part of the model: the papers' 0.99 lags behind weights
+  that still move fast in a few-hundred-step from-scratch run (the shapes demos), so
+  inference-mode BN then sees stale statistics; 0.9 (EfficientNetV2's) keeps up."""
   if momentum is None:
     return
   if not 0.0 <= momentum < 1.0:
     raise ValueError(f"bn_momentum must be in [0, 1), got {momentum}.")
-  for layer in model.submodules:
-    if isinstance(layer, keras.layers.BatchNormalization):
+  for layer in model.submodules:  # detlab's BN subclass and stock tf_keras BN layers
+    if isinstance(layer, (keras.layers.BatchNormalization,
+                          keras.layers.experimental.SyncBatchNormalization)):
       layer.momentum = momentum

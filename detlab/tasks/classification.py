@@ -28,7 +28,7 @@ from detlab.data.progressive import (ProgressiveConfig, progressive_dataset,
 from detlab.evaluation.classification import ClassificationTaskEvaluator
 from detlab.models.classifier import classifier
 from detlab.layers.scheduled_dropout import scheduled_dropout_layers, scheduled_dropout_rate
-from detlab.tasks.base import Task
+from detlab.tasks.base import Task, set_bn_momentum
 
 
 def smoothed_cross_entropy(logits: tf.Tensor, labels: tf.Tensor,
@@ -59,7 +59,8 @@ class ClassificationTask(Task):
                model_fn: Callable = classifier, label_smoothing: float = 0.1,
                class_names: list[str] | None = None, label_map_file: str | None = None,
                eval_image_size: int | None = None,
-               progressive: ProgressiveConfig | None = None):
+               progressive: ProgressiveConfig | None = None,
+               bn_momentum: float | None = None):
     """train_input / eval_input: ClassificationInputConfig (file_pattern or tfds_name);
     their image_size and is_training are set here. model_fn: the classifier builder,
     called with num_classes and image_size (bind backbone_fn etc. on it); image_size None
@@ -67,7 +68,9 @@ class ClassificationTask(Task):
     passes scheduled_dropout=True.
     label_map_file: class names by label (else class_names, else the label numbers).
     eval_image_size: the evaluation size (None: image_size, the training size).
-    progressive: EfficientNetV2 progressive learning (None: every step at the final values)."""
+    progressive: EfficientNetV2 progressive learning (None: every step at the final values).
+    bn_momentum: every BN layer's momentum for training, the backbone's, the head's and
+    the aux heads' alike (tasks.base.set_bn_momentum; None: the model's)."""
     if class_names is None and label_map_file:
       class_names = read_class_names(label_map_file)
     if class_names is not None and len(class_names) > num_classes:
@@ -80,6 +83,7 @@ class ClassificationTask(Task):
     self.convention = None  # the backbone's input convention, known once the model is built
     self.eval_image_size = eval_image_size or image_size
     self.progressive = progressive
+    self.bn_momentum = bn_momentum
 
   def build_model(self):
     """Call inside `strategy.scope()`; build it before the inputs (they normalise by its
@@ -88,6 +92,7 @@ class ClassificationTask(Task):
     extra = {"scheduled_dropout": True} if self.progressive is not None else {}
     model = self.model_fn(num_classes=self.num_classes,
                           image_size=None if dynamic else self.image_size, **extra)
+    set_bn_momentum(model, self.bn_momentum)
     try:
       self.convention = input_convention(model)
     except ValueError:  # a backbone without a registered convention: ImageNet's

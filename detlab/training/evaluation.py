@@ -5,11 +5,14 @@ continuously.
 batch, inside `strategy.run`), brings the outputs to the host and feeds them, with the batch,
 to `task.evaluator(model)` (evaluation/base.py); the evaluator gives the metrics and draws the
 PNG. `PeriodicEvaluator` adds what training needs around it: the EMA weights swapped in for
-the evaluation (EmaConfig.evaluate_average) and back afterwards, `num_eval_images`,
+the evaluation (EmaConfig.evaluate_average) and back afterwards, the BN statistics of those
+weights re-estimated on training batches for the evaluation and put back afterwards
+(`BatchNormReestimation`, training/bn_reestimation.py; precise BN), `num_eval_images`,
 metrics.json, TensorBoard and the best checkpoint. `stop_requested()` (SIGTERM) is checked
 before every batch: an evaluation stopped that way writes nothing and returns None, so a
 preempted job stops within one batch's time.
 """
+import contextlib
 import os
 import time
 
@@ -19,6 +22,8 @@ import tensorflow as tf
 from detlab import io
 from detlab.progress import Progress
 from detlab.tasks.base import scalar_metrics
+from detlab.training.bn_reestimation import (BatchNormReestimation, BatchNormReestimator,
+                                             record as reestimation_record)
 from detlab.training.checkpoint import BestCheckpoint
 
 
@@ -105,18 +110,32 @@ class PeriodicEvaluator:
   def __init__(self, model_dir: str, task, model, make_dataset, num_images: int | None = None,
                average=None, best: BestCheckpoint | None = None, output_dir: str | None = None,
                stop_requested=lambda: False, strategy: tf.distribute.Strategy | None = None,
-               summary_dir: str | None = None):
+               summary_dir: str | None = None,
+               bn_reestimation: BatchNormReestimation | None = None,
+               make_train_batches=None):
     """num_images: evaluate only the first N images (None: all). output_dir: where
     metrics.json and the PNG go (default model_dir). summary_dir: where the TensorBoard
     events go (default model_dir/eval; an eval sidecar, whose model_dir is already
     model_dir/eval, passes that). strategy: the model's (the network runs per replica, see
-    `replica_predict`). `close()` flushes and closes the summary writer."""
+    `replica_predict`). `close()` flushes and closes the summary writer.
+    bn_reestimation, make_train_batches(step): with a BatchNormReestimation whose
+    num_batches > 0 (None: off), every evaluation first
+    re-estimates the BN statistics of the weights it evaluates (EMA ones included) on the
+    first num_batches global training batches of `make_train_batches(step)` (an iterable of
+    batch dicts); metrics.json then says so ("bn_reestimation"). The model's statistics
+    (and so checkpoints, EMA shadows, best/) are back to their trained values afterwards."""
     self.model_dir, self.task, self.model = model_dir, task, model
     self.make_dataset, self.num_images = make_dataset, num_images
     self.average, self.best = average, best
     self.output_dir, self.stop_requested = output_dir or model_dir, stop_requested
     self.strategy = strategy or tf.distribute.get_strategy()
     self.predict = predictor(task, model, self.strategy)  # traced once for this model
+    self.bn_batches = bn_reestimation.num_batches if bn_reestimation else 0
+    if self.bn_batches and make_train_batches is None:
+      raise ValueError("BN re-estimation needs training batches (make_train_batches).")
+    self.make_train_batches = make_train_batches
+    self.reestimator = BatchNormReestimator(model, self.strategy) if self.bn_batches else None
+    self.last_reestimation = None  # the summary of the latest evaluation's re-estimation
     self.writer = tf.summary.create_file_writer(summary_dir or os.path.join(model_dir, "eval"))
 
   def close(self) -> None:
@@ -138,7 +157,8 @@ class PeriodicEvaluator:
       return None
     print(f"Step {step} ({weights} weights):\n" + self.task.format_metrics(metrics, extra),
           flush=True)
-    record = {**self.task.metrics_record(metrics, extra), "step": step, "weights": weights}
+    record = {**self.task.metrics_record(metrics, extra), "step": step, "weights": weights,
+              **reestimation_record(self.last_reestimation)}
     io.write_json(os.path.join(self.output_dir, "metrics.json"), record)
     png = os.path.join(self.output_dir, self.task.png_name)
     with self.writer.as_default(step=step):
@@ -153,11 +173,24 @@ class PeriodicEvaluator:
     return metrics, extra
 
   def _evaluate(self, step: int) -> tuple[dict, dict]:
-    del step
     tf.io.gfile.makedirs(self.output_dir)
-    return evaluate(self.task, self.model, self.make_dataset(), self.strategy,
-                    os.path.join(self.output_dir, self.task.png_name), self.num_images,
-                    self.stop_requested, self.predict)
+    self.last_reestimation = None
+    reestimate = contextlib.nullcontext()
+    if self.reestimator is not None:
+      try:
+        batches = self.make_train_batches(step)
+      except (ValueError, tf.errors.OpError) as error:  # e.g. an eval job without train data
+        logging.warning("BN re-estimation skipped (the training batches cannot be read: "
+                        "%s); evaluating the trained statistics. Bind "
+                        "train.bn_reestimation = None to turn it off.", error)
+      else:
+        reestimate = self.reestimator.reestimated(batches, self.bn_batches,
+                                                  self.stop_requested)
+    with reestimate as summary:
+      self.last_reestimation = summary
+      return evaluate(self.task, self.model, self.make_dataset(), self.strategy,
+                      os.path.join(self.output_dir, self.task.png_name), self.num_images,
+                      self.stop_requested, self.predict)
 
 
 class Stopped(Exception):

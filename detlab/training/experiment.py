@@ -19,6 +19,7 @@ import tf_keras as keras
 from detlab import io
 from detlab.data import record_files
 from detlab.tasks.base import Task
+from detlab.training.bn_reestimation import BatchNormReestimation, statistics_batch_size
 from detlab.training.checkpoint import BestCheckpoint, CheckpointKeeper
 from detlab.training.ema import EmaConfig, WeightAverage
 from detlab.training.evaluation import PeriodicEvaluator, evaluate_continuously
@@ -39,7 +40,9 @@ MODES = ("train", "eval", "train_and_eval")
 @gin.configurable(denylist=["model_dir", "mode", "continuous", "eval_timeout_s"])
 def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = None,
           schedule: Schedule = Schedule(), optimizer: OptimizerConfig = OptimizerConfig(),
-          ema: EmaConfig = EmaConfig(), strategy: str = "off", tpu: str | None = None,
+          ema: EmaConfig = EmaConfig(),
+          bn_reestimation: BatchNormReestimation | None = None,
+          strategy: str = "off", tpu: str | None = None,
           seed: int | None = None, num_eval_images: int | None = None,
           checkpoint_input: bool = True, nan_trials: int = 3,
           init_checkpoint: str | None = None, init_mode: str = "detector",
@@ -60,6 +63,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
     when model_dir has no checkpoint yet). precision: keras dtype policy ('mixed_float16'
     adds loss scaling); losses, box decoding and NMS stay float32. continuous (eval mode):
     evaluate each new checkpoint until the last step or `eval_timeout_s` without one.
+  bn_reestimation: `@BatchNormReestimation()`: BN statistics re-estimated on training
+    batches before every evaluation (training/bn_reestimation.py); None (default): off.
   seed: None -> the seed saved in model_dir (seed.json), else a fresh one, logged and saved.
   num_eval_images: evaluate only the first N images of the eval set (None: all).
   Writers: a training run holds model_dir/writer.lock (a second one is refused); in a
@@ -100,7 +105,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
         os.path.join(out_dir, "train") if training else out_dir)
     stack.callback(record_files.SKIPPED.report_to, None)
     return _run(model_dir, out_dir, mode, distribution, preemption, stack, task=task,
-                schedule=schedule, optimizer=optimizer, ema=ema, strategy=strategy, seed=seed,
+                schedule=schedule, optimizer=optimizer, ema=ema,
+                bn_reestimation=bn_reestimation, strategy=strategy, seed=seed,
                 num_eval_images=num_eval_images,
                 checkpoint_input=checkpoint_input, nan_trials=nan_trials,
                 init_checkpoint=init_checkpoint, init_mode=init_mode, precision=precision,
@@ -109,7 +115,8 @@ def train(model_dir: str, mode: str = "train_and_eval", *, task: Task | None = N
 
 def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, closing, *,
          task: Task,
-         schedule, optimizer, ema, strategy, seed, num_eval_images, checkpoint_input, nan_trials,
+         schedule, optimizer, ema, bn_reestimation, strategy, seed, num_eval_images,
+         checkpoint_input, nan_trials,
          init_checkpoint, init_mode, precision, jit_compile, continuous,
          eval_timeout_s) -> dict:
   """train()'s work once the writer is settled: reads model_dir, writes only out_dir.
@@ -168,7 +175,11 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, clos
         if mode == "train_and_eval" and task.primary_metric else None,
         stop_requested=stop_requested,
         strategy=distribution,
-        summary_dir=out_dir if mode == "eval" else os.path.join(out_dir, "eval"))
+        summary_dir=out_dir if mode == "eval" else os.path.join(out_dir, "eval"),
+        bn_reestimation=bn_reestimation,
+        # The run's own stream from the evaluated step's place (its progressive stage).
+        make_train_batches=lambda at: task.train_dataset(
+            model, None, statistics_batch_size(distribution, schedule.batch_size), seed, at))
     closing.callback(evaluator.close)
 
   if training:

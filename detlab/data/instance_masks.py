@@ -81,7 +81,10 @@ def decode_masks(serialized: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
                               message="an instance mask's size differs from the image size")
     return tf.minimum(mask, 1)  # 0/1 (a 0/255 PNG reads as 1 too)
 
-  masks = tf.map_fn(one, pngs, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+  masks = tf.cond(  # map_fn over no element gives a shape-(0,) tensor: an image of no object
+      tf.size(pngs) > 0,
+      lambda: tf.map_fn(one, pngs, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
+      lambda: tf.zeros(tf.stack([0, height, width]), tf.uint8))
   return tf.reshape(masks, tf.stack([count, height, width]))
 
 

@@ -219,6 +219,10 @@ def test_batched_training_and_eval_datasets_with_masks(tmp_path):
     writer.write(_record([_l_shape(40, 48, 4, 4, 20, 20)], source_id="1"))
     writer.write(_record([_l_shape(32, 40, 4, 4, 20, 20), _l_shape(32, 40, 2, 20, 20, 18)],
                          source_id="2"))
+    writer.write(build_example(  # an image of no object: no mask either
+        encoded_image=encode_png(np.zeros([24, 30, 3], np.uint8)), image_format="png",
+        source_id="3", height=24, width=30, boxes_yxyx=np.zeros([0, 4]), category_ids=[],
+        category_names=[], masks=np.zeros([0, 24, 30], np.uint8)).SerializeToString())
   # Every training example a Mosaic: masks through mosaic_dataset's grouping and padding.
   train = make_dataset(_config(file_pattern=path, max_instances=3, aug_scale_min=0.8,
                                aug_scale_max=1.2, shuffle_buffer=2, mosaic=Mosaic(prob=1.0)),
@@ -230,9 +234,10 @@ def test_batched_training_and_eval_datasets_with_masks(tmp_path):
   assert valid.sum() >= 2 and (batch["mask_targets"].numpy()[valid].max(axis=(1, 2)) > 0.5).all()
   evaluation = make_dataset(InputConfig(file_pattern=path, instance_masks=InstanceMaskConfig()),
                             ANCHORS, 4, 2)
-  batch = next(iter(evaluation))
+  batch, last = list(evaluation)
   assert batch["gt_masks"].shape == (2, 2, 40, 48)
   assert batch["gt_masks"].numpy()[1, :, :32, :40].sum() > 0
+  assert last["gt_masks"].shape == (1, 0, 24, 30) and last["gt_count"].numpy().tolist() == [0]
 
 
 def test_broken_settings_and_records_are_named():

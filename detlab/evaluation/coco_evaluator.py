@@ -56,15 +56,60 @@ def encode_mask(mask: np.ndarray) -> dict:
   return rle
 
 
-def paste_mask(mask: np.ndarray, box_yxyx: np.ndarray, height: int, width: int) -> np.ndarray:
-  """A box-relative mask probability [M, M] -> uint8 [height, width] 0/1 in image pixels
-  (box [y1, x1, y2, x2] pixels of that image)."""
+def _paste_in_box(mask: np.ndarray, box_yxyx, height: int, width: int
+                  ) -> tuple[np.ndarray, int, int]:
+  """(the pasted mask on the box's pixels only, uint8 [h, w] 0/1, its top, its left)."""
   # Imported here: mask_ops pulls in OpenCV, which only mask evaluation needs.
   from official.vision.ops import mask_ops  # pylint: disable=import-outside-toplevel
-  box = _yxyx_to_xywh(np.asarray(box_yxyx, np.float64).reshape(1, 4))
-  pasted = mask_ops.paste_instance_masks_v2(np.asarray(mask, np.float32)[None], box,
-                                            int(height), int(width))
-  return pasted[0].astype(np.uint8)
+  y1, x1, y2, x2 = (float(v) for v in np.asarray(box_yxyx).reshape(4))
+  # tfm's paste on the box's own pixels only: on the whole image it allocates a float64
+  # canvas per detection (3.6 ms at 640 x 480; 100 detections x 5000 COCO images = 30 min).
+  top, left = max(int(np.floor(y1)), 0), max(int(np.floor(x1)), 0)
+  bottom, right = min(int(np.ceil(y2)), int(height)), min(int(np.ceil(x2)), int(width))
+  if bottom <= top or right <= left:
+    return np.zeros([0, 0], np.uint8), 0, 0
+  box = np.array([[x1 - left, y1 - top, x2 - x1, y2 - y1]], np.float64)
+  region = mask_ops.paste_instance_masks_v2(np.asarray(mask, np.float32)[None], box,
+                                            bottom - top, right - left)
+  return region[0].astype(np.uint8), top, left
+
+
+def paste_mask(mask: np.ndarray, box_yxyx: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A box-relative mask probability [M, M] -> uint8 [height, width] 0/1 in image pixels
+  (box [y1, x1, y2, x2] pixels of that image; tfm `paste_instance_masks_v2`: cell centres
+  on the box, bilinear, > 0.5)."""
+  region, top, left = _paste_in_box(mask, box_yxyx, height, width)
+  pasted = np.zeros([int(height), int(width)], np.uint8)
+  pasted[top:top + region.shape[0], left:left + region.shape[1]] = region
+  return pasted
+
+
+def region_rle(region: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+  """COCO compressed RLE (str counts) of a height x width mask that is 0 outside `region`
+  (0/1 [h, w] placed at top, left), without building the whole image (encoding the whole
+  image costs ~1 ms at 640 x 480; this, the box's pixels)."""
+  columns = np.pad(np.asarray(region) > 0, ((1, 1), (0, 0))).T.astype(np.int8)
+  steps = np.diff(columns, axis=1)  # [w, h + 1]: +1 where a run starts, -1 after it ends
+  start_col, start_row = np.nonzero(steps == 1)
+  end_col, end_row = np.nonzero(steps == -1)
+  # Column-major pixel indices; np.nonzero's order (column, then row) is ascending in them.
+  starts = (left + start_col) * height + top + start_row
+  ends = (left + end_col) * height + top + end_row
+  if len(starts) > 1:  # a run at a column's bottom goes on at the next column's top
+    joined = starts[1:] == ends[:-1]
+    starts = np.concatenate([starts[:1], starts[1:][~joined]])
+    ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
+  bounds = np.stack([starts, ends], 1).reshape(-1)
+  counts = np.diff(np.concatenate([[0], bounds, [height * width]])).tolist()
+  if len(counts) > 1 and counts[-1] == 0:  # ends on the last pixel: no trailing zeros run
+    counts.pop()
+  rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+  return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_rle(mask: np.ndarray, box_yxyx: np.ndarray, height: int, width: int) -> dict:
+  """encode_mask(paste_mask(...)) without the whole-image arrays."""
+  return region_rle(*_paste_in_box(mask, box_yxyx, height, width), int(height), int(width))
 
 
 def load_annotation_file(path: str) -> dict:
@@ -126,7 +171,7 @@ class CocoEvaluator:
                                          detections["classes"][i, :n]):
           self.mask_results.append({
               "image_id": image_id, "category_id": int(cls) + 1, "score": float(score),
-              "segmentation": encode_mask(paste_mask(mask, box, height, width))})
+              "segmentation": mask_rle(mask, box, height, width)})
       if self.annotation_file:
         continue
       self._gt_images.append({"id": image_id, "height": height, "width": width})

@@ -27,7 +27,8 @@ from detlab.data.tf_example import build_example, encode_png
 from detlab.detection.anchors import AnchorConfig
 from detlab.evaluation import visualize
 from detlab.evaluation.coco_backends import BACKENDS, default_backend
-from detlab.evaluation.coco_evaluator import METRIC_NAMES, paste_mask
+from detlab.evaluation.coco_evaluator import (METRIC_NAMES, encode_mask, mask_rle,
+                                              paste_mask)
 from detlab.evaluation.instance_segmentation import (MASK_METRIC_NAMES,
                                                      InstanceSegmentationEvaluator)
 
@@ -157,6 +158,20 @@ def test_paste_puts_cells_where_the_box_says():
   expected = np.zeros([40, 60], np.uint8)
   expected[10:30, 20:34] = 1
   np.testing.assert_array_equal(pasted, expected)
+
+
+def test_the_rle_of_the_box_region_equals_pycocotools_encode_of_the_whole_mask():
+  rng = np.random.RandomState(5)
+  cases = [(np.array([0.0, 0.0, 20.0, 30.0]), 20, 30),   # the whole image: runs join columns
+           (np.array([-5.0, 25.0, 20.0, 40.0]), 20, 30),  # cut at the top and the right
+           (np.array([3.2, 4.7, 3.9, 5.1]), 20, 30),      # under a pixel
+           (np.array([25.0, 2.0, 30.0, 9.0]), 20, 30)]    # wholly below the image
+  cases += [(np.sort(rng.uniform(-10, 50, 4).reshape(2, 2), 0).T.reshape(4)[[0, 2, 1, 3]],
+             40, 45) for _ in range(40)]
+  for box, height, width in cases:
+    mask = (rng.uniform(size=(MASK_SIZE, MASK_SIZE)) > rng.uniform(0.2, 0.8)).astype(np.float32)
+    assert mask_rle(mask, box, height, width) == encode_mask(
+        paste_mask(mask, box, height, width)), box
 
 
 def test_without_masks_in_batch_or_file_the_fix_is_named():

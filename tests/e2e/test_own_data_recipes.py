@@ -7,6 +7,8 @@ import gin
 import pytest
 
 from data_tools import make_digits_sets
+from detlab import config
+from detlab.training.setup import train_argument
 from tests.e2e.test_readme_bindings import check_bindings, resolve
 
 
@@ -47,3 +49,19 @@ RECIPES = ["classification_own_data.gin", "efficientdet_d0_own_data.gin",
 def test_own_data_recipe_takes_new_data_by_bindings_alone(name, digits):
   check_bindings([name], documented_bindings(name, digits))
 
+
+
+def test_short_run_knobs_are_bound_where_the_recipes_say():
+  """Few-class head init, BN momentum 0.9 and BN re-estimation in the classifier recipe; the
+  detector keeps its stored statistics (infer and the API serve them)."""
+  config.parse_gin(["classification_own_data.gin"], [])
+  assert gin.query_parameter("classifier.head_init") == "fan_in"
+  assert gin.query_parameter("ClassificationTask.bn_momentum") == 0.9
+  assert train_argument("bn_reestimation").num_batches > 0
+  for name, task in (("segmentation_own_data.gin", "SegmentationTask"),
+                     ("efficientdet_d0_own_data.gin", "DetectionTask")):
+    gin.clear_config()
+    config.parse_gin([name], [])
+    assert gin.query_parameter(f"{task}.bn_momentum") == 0.9
+    reestimation = train_argument("bn_reestimation")
+    assert (reestimation is not None) == (task == "SegmentationTask")

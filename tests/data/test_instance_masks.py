@@ -20,9 +20,9 @@ from pycocotools.coco import COCO
 
 from detlab.backbones.conventions import IMAGENET_MEAN_STD
 from detlab.data.detection_input import (DetectionParser, GeometricDraws, InputConfig,
-                                         make_dataset)
+                                         make_dataset, source_dataset)
 from detlab.data.instance_masks import InstanceMaskConfig, decode_example_with_masks
-from detlab.data.mosaic import Mosaic, mosaic
+from detlab.data.mosaic import Mosaic, mosaic, mosaic_dataset
 from detlab.data.tf_example import build_example, decode_example, encode_png
 from detlab.detection.anchors import AnchorConfig
 
@@ -223,15 +223,17 @@ def test_batched_training_and_eval_datasets_with_masks(tmp_path):
         encoded_image=encode_png(np.zeros([24, 30, 3], np.uint8)), image_format="png",
         source_id="3", height=24, width=30, boxes_yxyx=np.zeros([0, 4]), category_ids=[],
         category_names=[], masks=np.zeros([0, 24, 30], np.uint8)).SerializeToString())
-  # Every training example a Mosaic: masks through mosaic_dataset's grouping and padding.
-  train = make_dataset(_config(file_pattern=path, max_instances=3, aug_scale_min=0.8,
-                               aug_scale_max=1.2, shuffle_buffer=2, mosaic=Mosaic(prob=1.0)),
-                       ANCHORS, 4, 2, seed=1)
-  batch = next(iter(train))
-  assert batch["mask_targets"].shape == (2, 3, 16, 16)
-  assert batch["mask_boxes"].shape == (2, 3, 4)
-  valid = batch["mask_classes"].numpy() >= 0
-  assert valid.sum() >= 2 and (batch["mask_targets"].numpy()[valid].max(axis=(1, 2)) > 0.5).all()
+  # Training's Mosaic stream: masks of differently sized images (one without objects)
+  # through mosaic_dataset's padded groups of 4, then the parser.
+  config = _config(file_pattern=path, max_instances=3, shuffle_buffer=2, mosaic=Mosaic(1.0))
+  stream = mosaic_dataset(lambda s: source_dataset(config, seed=s, decoded=True),
+                          config.mosaic, SIZE // 2, seed=1)
+  canvas = next(iter(stream))
+  assert canvas["masks"].shape[0] == canvas["boxes"].shape[0] == canvas["mask_window"].shape[0]
+  out = DetectionParser(config, ANCHORS, 4).parse(canvas, tf.constant([1, 2], tf.int64))
+  assert out["mask_targets"].shape == (3, 16, 16) and out["mask_boxes"].shape == (3, 4)
+  valid = out["mask_classes"].numpy() >= 0
+  assert valid.sum() >= 1 and (out["mask_targets"].numpy()[valid].max(axis=(1, 2)) > 0.5).all()
   evaluation = make_dataset(InputConfig(file_pattern=path, instance_masks=InstanceMaskConfig()),
                             ANCHORS, 4, 2)
   batch, last = list(evaluation)

@@ -22,6 +22,13 @@ samples crop_and_resize's corner grid: up to half a pixel off). A full-size mask
 instance at the model's resolution (tfm `preprocess_ops.resize_and_crop_masks`) is never
 built: 100 instances at 1024^2 would be 400 MB per example in float32.
 
+Not used from the Model Garden, and why: `modeling.layers.mask_sampler` picks foreground RPN
+proposals matched to ground truth (two-stage Mask R-CNN) and crops with
+`spatial_transform_ops.crop_mask_in_target_box`, which needs every ground-truth mask already at
+the model's resolution inside the batch; here the RoIs are the ground-truth boxes themselves
+(one stage: the mask branch trains from step 1), so there is nothing to sample, and the
+targets are cut here, in the input pipeline, leaving the batch with [K, M, M] only.
+
 Box jitter is stateless (a per-example seed) so resume stays exact; tfm's
 `box_ops.jitter_boxes` draws from the stateful tf.random.normal, hence not reused (same
 formula: centre += N(0, s) x size, size x= exp(N(0, s))).

@@ -22,8 +22,10 @@ What runs here (`BatchNormReestimator`):
   * Replicas: each replica runs its share of the global batch inside `strategy.run` and the
     BN layers all-reduce their sums, so every layer sees the moments of the whole global
     batch: N replicas give what one device gives on the same global batches. A
-    multi-worker job's workers each run alone on their own batches (no collective that a
-    single worker's SIGTERM could leave hanging), as its evaluation does.
+    multi-worker job's workers each run alone (no collective that a single worker's
+    SIGTERM could leave hanging), as its evaluation does, on one replica's share of the
+    batch; the stream (training/experiment.py) is the same unsharded one on every worker,
+    so they agree.
   * Per layer, batch b gives the mean mu_b and the variance s2_b of its input over every
     axis but the channel's (over all the layer's calls in that forward pass). The new
     moving_mean = mean_b(mu_b) and moving_variance = mean_b(s2_b + mu_b^2) - moving_mean^2,

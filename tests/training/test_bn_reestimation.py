@@ -7,6 +7,7 @@
   bit-identical to before; num_batches 0 leaves the statistics alone;
 - 2 replicas == 1 replica on the same global batches (bn_reestimation_mirrored_check.py,
   in a fresh process with two logical CPUs);
+- the joint model's BN layers (a subclassed model: BiFPN, both heads) are all reached;
 - a real train_and_eval run (tiny detector) records it in metrics.json and leaves the
   checkpoint's statistics as trained."""
 import json
@@ -17,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from detlab import api
 from detlab.export.exporter import reestimate_batch_norms
@@ -80,6 +82,27 @@ def test_statistics_match_numpy_over_the_same_batches():
       assert np.abs(got - old).max() > 0.1, name  # they did change
     for got, old in zip(moving(model, name), before[name]):
       np.testing.assert_array_equal(got, old)  # and are back
+
+
+def test_the_joint_model_has_every_inference_bn_layer_reestimated():
+  """The joint model (subclassed over BiFPN P2-P7, detection heads and the segmentation
+  head; the detector alone is the train_and_eval test's): every BN layer of its inference
+  pass gets new statistics (none has training-only branches)."""
+  from detlab.models.joint import joint_detector_segmenter  # pylint: disable=import-outside-toplevel
+  from tiny_backbone import tiny_test_backbone  # pylint: disable=import-outside-toplevel,import-error
+  keras.utils.set_random_seed(4)
+  model = joint_detector_segmenter(tiny_test_backbone, num_classes=3, num_seg_classes=4,
+                                   image_size=64, fpn_width=16, fpn_cells=1, max_level=5,
+                                   head_repeats=1, seg_head_width=16, seg_head_repeats=1)
+  rng = np.random.RandomState(4)
+  batches = [{"images": tf.constant(rng.normal(1.0, 2.0, [2, 64, 64, 3]), tf.float32)}]
+  reestimator = BatchNormReestimator(model)
+  before = [layer.moving_mean.numpy() for layer in reestimator.layers]
+  with reestimator.reestimated(batches, 1) as summary:
+    moved = [not np.allclose(layer.moving_mean.numpy(), old)
+             for layer, old in zip(reestimator.layers, before)]
+  assert summary["layers"] == summary["of"] == len(reestimator.layers) >= 10
+  assert all(moved)
 
 
 def periodic_evaluator(tmp_path, model, average, num_batches, batches, eval_seen):

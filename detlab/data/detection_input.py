@@ -326,7 +326,8 @@ def source_dataset(config: InputConfig, input_context: tf.distribute.InputContex
     # Encoded examples in the buffer (and so in every input checkpoint), decoded after.
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
   if decoded or config.tfds_name:
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+    dataset = dataset.map(tf.autograph.experimental.do_not_convert(decode),
+                          num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=not config.is_training or seed is not None)
   return dataset
 
@@ -366,7 +367,10 @@ def make_dataset(config: InputConfig, anchors: AnchorConfig, num_classes: int,
     # One stateless seed per example, from a dataset whose position the iterator checkpoint
     # holds (unlike the state of random ops inside map functions).
     dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
-  dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  # Not through autograph: the parser is written in TF ops (tf.cond where it branches), and
+  # converting it and everything it calls took ~30 s of every run's and test's start-up.
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(parse),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   if config.is_training:
     dataset = dataset.batch(batch_size, drop_remainder=True)
   else:

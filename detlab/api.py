@@ -7,7 +7,9 @@
 detlab checkpoint (a model_dir or a ckpt prefix; EMA weights by default) or a google/automl
 EfficientDet checkpoint. `detect` runs the model's own evaluation preprocessing (the eval
 input pipeline's normalise -> aspect-preserving resize -> pad) and post-processing (top-k,
-decode, NMS), and maps boxes back to original pixels as evaluation does.
+decode, NMS), and maps boxes back to original pixels as evaluation does. An instance-
+segmentation config (instance_segmentation_*.gin) builds the detector with its mask branch,
+and `detect` also returns each detection's mask in its image's pixels.
 """
 import contextlib
 import dataclasses
@@ -24,7 +26,9 @@ from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
+from detlab.evaluation.coco_evaluator import paste_mask
 from detlab.tasks.detection import DetectionTask
+from detlab.tasks.instance_segmentation import InstanceSegmentationTask
 from detlab.training.ema import WeightAverage, averaged_variables
 from detlab.training.setup import configured_task
 from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_checkpoint
@@ -33,11 +37,16 @@ from detlab.weights.automl_checkpoint import is_automl_checkpoint, load_automl_c
 class _Inference:
   """What detlab.api keeps for one model: the eval InputConfig and DetectionTask that detect()
   uses, the gin configuration text load_detector built it from (None for a model built
-  elsewhere), and its own traced DetectionTask.predict (one per model, never shared)."""
+  elsewhere), its own traced predict (one per model, never shared) and the task whose predict
+  that is: the DetectionTask, or the InstanceSegmentationTask wrapping it (mask models)."""
   eval_input: InputConfig
   task: DetectionTask
   config_text: str | None = None
   predict: object = None
+  predict_task: object = None
+
+  def __post_init__(self):
+    self.predict_task = self.predict_task or self.task
 
 
 # model -> _Inference, filled by load_detector or on a model's first detect.
@@ -46,7 +55,9 @@ _MODELS = weakref.WeakKeyDictionary()
 
 def _inference(model) -> _Inference:
   if model not in _MODELS:  # a model not made by load_detector: the recipe's defaults
-    _MODELS[model] = _Inference(InputConfig(), DetectionTask(DetectionLoss(), PostprocessConfig()))
+    task = DetectionTask(DetectionLoss(), PostprocessConfig())
+    _MODELS[model] = _Inference(InputConfig(), task, predict_task=InstanceSegmentationTask(
+        task) if has_mask_branch(model) else task)
   return _MODELS[model]
 
 
@@ -82,6 +93,11 @@ def detector_config(model) -> str:
   return text
 
 
+def has_mask_branch(model) -> bool:
+  """Whether `model` is an instance-segmentation model (models/instance_segmentation.py)."""
+  return hasattr(model, "mask_logits")
+
+
 class CheckpointLoadError(ValueError):
   """A checkpoint cannot be loaded into the configured detector (says why and what to do)."""
 
@@ -89,7 +105,9 @@ class CheckpointLoadError(ValueError):
 def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                   checkpoint: str | None = None, use_ema: bool = True):
   """Builds the detector that `train()` would train from gin files (names in gin_configs/
-  or paths) and bindings (`train.task = @DetectionTask()`, as every efficientdet_*.gin).
+  or paths) and bindings (`train.task = @DetectionTask()`, as every efficientdet_*.gin, or
+  `@InstanceSegmentationTask()`, as every instance_segmentation_*.gin: the detector with its
+  mask branch, an InstanceSegmenter).
 
   The files are parsed into a fresh gin configuration, so each call sees only its own files,
   and the caller's configuration is restored afterwards (isolated_gin_config); the
@@ -108,13 +126,17 @@ def load_detector(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
     except ValueError as error:
       raise ValueError(f"The gin files {list(gin_files)} configure no detector: {error}") \
           from error
-    if not isinstance(task, DetectionTask):
+    if not isinstance(task, (DetectionTask, InstanceSegmentationTask)):
       raise ValueError(f"The gin files {list(gin_files)} configure a {task.name} task, not "
-                       "a detector; include a detector file such as 'efficientdet_d0.gin'.")
+                       "a detector; include a detector file such as 'efficientdet_d0.gin' "
+                       "(or 'instance_segmentation_d0.gin' for one with masks).")
     model = task.build_model()
     config_text = gin.config_str()
-  eval_input = dataclasses.replace(task.eval_input or InputConfig(), is_training=False)
-  _MODELS[model] = _Inference(eval_input, task, config_text)
+  detection = task.detection if isinstance(task, InstanceSegmentationTask) else task
+  # Raw images have no ground-truth masks to decode (the serving parser is the eval one).
+  eval_input = dataclasses.replace(detection.eval_input or InputConfig(), is_training=False,
+                                   instance_masks=None)
+  _MODELS[model] = _Inference(eval_input, detection, config_text, predict_task=task)
   if checkpoint:
     load_weights(model, checkpoint, use_ema)
   return model
@@ -205,7 +227,8 @@ def preprocess(model, images) -> tuple[tf.Tensor, tf.Tensor]:
 
 def inference_setup(model) -> tuple[InputConfig, DetectionTask]:
   """(eval InputConfig, DetectionTask) that `detect` uses for `model`: the gin config's when
-  load_detector built it."""
+  load_detector built it (for an instance-segmentation model, the DetectionTask its
+  InstanceSegmentationTask wraps: post-processing, label map)."""
   record = _inference(model)
   return record.eval_input, record.task
 
@@ -217,13 +240,20 @@ def detect(model, images) -> dict:
     "boxes" [B, D, 4] ymin, xmin, ymax, xmax in each image's original pixels,
     "scores" [B, D] (sorted, descending), "classes" [B, D] int32 category ids (class index
     + 1; 0 in the padding), "num_detections" [B] int32 (valid rows per image).
+  A model with a mask branch (has_mask_branch) also gives
+    "masks": uint8 0/1 [D, H, W] per image, in that image's own pixels (the predicted
+    box-relative M x M probabilities pasted into the box at > 0.5 by
+    coco_evaluator.paste_mask, as COCO mask evaluation pastes them; zeros in the padding
+    rows): a numpy array [B, D, H, W] when `images` is one array (an image or a batch), a
+    list of B arrays [D, H_i, W_i] when it is a list (images may differ in size). Memory:
+    D x H x W bytes per image (100 x 640 x 480: 31 MB).
   """
   inputs, image_info = preprocess(model, images)
   record = _inference(model)
   if record.predict is None:
     # A weak reference: a value that held the model would keep its WeakKeyDictionary key
     # (and every model detect() ever saw) alive.
-    model_ref, task = weakref.ref(model), record.task
+    model_ref, task = weakref.ref(model), record.predict_task
     record.predict = tf.function(lambda features: task.predict(model_ref(), features))
   detections = {k: v.numpy() for k, v in record.predict(
       {"images": inputs, "image_info": image_info}).items()}
@@ -231,4 +261,23 @@ def detect(model, images) -> dict:
       detections["num_detections"][:, None]
   detections["classes"] = np.where(valid, detections["classes"] + 1, 0).astype(np.int32)
   detections["boxes"] = np.where(valid[..., None], detections["boxes"], 0.0)
+  if "masks" in detections:
+    sizes = image_info[:, 0].numpy().astype(np.int64)  # each image's original (h, w)
+    pasted = paste_masks(detections["masks"], detections["boxes"],
+                         detections["num_detections"], sizes)
+    detections["masks"] = pasted if isinstance(images, (list, tuple)) else np.stack(pasted)
   return detections
+
+
+def paste_masks(box_masks, boxes, num_detections, sizes) -> list[np.ndarray]:
+  """Box-relative mask probabilities [B, D, M, M] (predict's "masks", the SavedModel's
+  detection_masks) at boxes [B, D, 4] y1 x1 y2 x2 in original pixels -> a list of B uint8
+  0/1 arrays [D, h, w] ((h, w) = sizes[i]), each valid row pasted by
+  coco_evaluator.paste_mask (> 0.5), the rows past num_detections 0."""
+  pasted = []
+  for i, (height, width) in enumerate(np.asarray(sizes).reshape(-1, 2)):
+    masks = np.zeros([box_masks.shape[1], int(height), int(width)], np.uint8)
+    for k in range(int(num_detections[i])):
+      masks[k] = paste_mask(box_masks[i, k], boxes[i, k], int(height), int(width))
+    pasted.append(masks)
+  return pasted

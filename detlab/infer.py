@@ -7,10 +7,13 @@ r"""Detect objects in image files with any exported model or a model_dir.
 export OUT directory (its saved_model/), OUT/saved_model, a .tflite file or an OpenVINO
 model.xml. Writes to --output_dir:
   detections.json  COCO results format: [{"image_id", "category_id", "bbox": [x, y, w, h]
-                   in original pixels, "score"}], the detections with score >= threshold
+                   in original pixels, "score"}], the detections with score >= threshold;
+                   an instance-segmentation model's rows add "segmentation": the mask's
+                   COCO compressed RLE {"size": [h, w], "counts": str} in original pixels
   images.json      {"images": [{"id", "file_name", "height", "width", "output_file"}],
                    "skipped": [{"file_name", "error"}]}: which file each image_id is
-  <stem>.png       each image at its own size with its boxes, class names and scores
+  <stem>.png       each image at its own size with its boxes, class names and scores (and
+                   the masks, filled in their class colour, for a mask model)
 image_id is the file's stem when every stem is a distinct integer (COCO's 000000139.jpg ->
 139), else the file's 1-based position in the sorted file list. Images are read upright
 (EXIF orientation applied) as 8-bit RGB: grey and palette expanded, alpha dropped, 16-bit
@@ -27,6 +30,7 @@ from PIL import Image
 import tensorflow as tf
 
 from detlab.data import image_files
+from detlab.evaluation.coco_evaluator import encode_mask
 from detlab.data.label_map import read_label_map
 from detlab.io import write_json, write_png
 
@@ -96,7 +100,9 @@ def load_label_map(path: str) -> dict[int, str]:
 
 
 def coco_results(image_id: int, detections: dict, index: int, score_threshold: float) -> list:
-  """Row `index` of a runner's output -> COCO result dicts (bbox [x, y, w, h])."""
+  """Row `index` of a runner's output -> COCO result dicts (bbox [x, y, w, h]; with the
+  runner's "masks" (each image's [D, H, W] 0/1), "segmentation" RLE too)."""
+  masks = detections["masks"][index] if "masks" in detections else None
   rows = []
   for i in range(int(detections["num_detections"][index])):
     score = float(detections["scores"][index, i])
@@ -106,6 +112,8 @@ def coco_results(image_id: int, detections: dict, index: int, score_threshold: f
     rows.append({"image_id": image_id, "category_id": int(detections["classes"][index, i]),
                  "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                  "score": round(score, 5)})
+    if masks is not None:
+      rows[-1]["segmentation"] = encode_mask(masks[i])
   return rows
 
 
@@ -129,7 +137,7 @@ class InferResult:
 def run_inference(model: str, images: str, output_dir: str, score_threshold: float = 0.3,
                   label_map_file: str | None = None, runner=None) -> InferResult:
   """What the CLI does; `runner` (a load_runner result) may be passed to skip loading."""
-  from detlab.evaluation.visualize import draw_panel  # pylint: disable=import-outside-toplevel
+  from detlab.evaluation.visualize import draw_panel, mask_overlay  # pylint: disable=import-outside-toplevel
   from detlab.export.runners import load_runner  # pylint: disable=import-outside-toplevel
   from detlab.progress import Progress  # pylint: disable=import-outside-toplevel
   files = list_images(images)
@@ -151,8 +159,13 @@ def run_inference(model: str, images: str, output_dir: str, score_threshold: flo
     found = runner(image)
     result.detections += coco_results(image_id, found, 0, score_threshold)
     count = int(found["num_detections"][0])
+    picture = image
+    if "masks" in found:  # filled under the boxes, the highest score drawn last (on top)
+      shown = np.flatnonzero(found["scores"][0, :count] >= score_threshold)[::-1]
+      picture = mask_overlay(image, [], found["masks"][0][shown],
+                             found["classes"][0, shown] - 1)
     # At the image's own size (min_size=0: not upscaled), so its pixels are detections.json's.
-    panel = draw_panel(image, [], found["boxes"][0, :count], found["scores"][0, :count],
+    panel = draw_panel(picture, [], found["boxes"][0, :count], found["scores"][0, :count],
                        found["classes"][0, :count] - 1, names, score_threshold,  # class index
                        min_size=0)
     png = _png_name(path, used)

@@ -14,7 +14,8 @@ from detlab import api, config
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data import label_map
 from detlab.export.fold import count_batch_norms, fold_batch_norms
-from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
+from detlab.export.saved_model import (INPUT_TYPES, DetectionServing, export_saved_model,
+                                       has_masks)
 from detlab.io import write_json
 from detlab.training import bn_reestimation
 from detlab.training.run_seed import SEED_FILE
@@ -25,6 +26,7 @@ FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino
 # Formats this version writes (all of FORMATS; kept apart so a planned one can be refused).
 IMPLEMENTED_FORMATS = FORMATS
 INT8_FORMATS = ("tflite_int8", "openvino_int8")  # the ones that read calibration images
+MASK_FORMATS = ("saved_model",)  # the formats that carry an instance model's mask branch
 CONFIG_FILES = ("operative_config.gin", "config.gin")  # preferred first
 
 
@@ -109,6 +111,16 @@ def clear_outputs(output_dir: str, paths: dict) -> None:
   tf.io.gfile.makedirs(output_dir)
 
 
+def check_mask_formats(model, formats) -> None:
+  """Refuses, for a model with a mask branch, the formats that would drop its masks."""
+  boxes_only = [f for f in formats if f not in MASK_FORMATS]
+  if has_masks(model) and boxes_only:
+    raise ExportError(
+        f"This is an instance-segmentation model: {', '.join(boxes_only)} do not carry its "
+        f"mask branch in this version of detlab (only {', '.join(MASK_FORMATS)} serves "
+        "detection_masks). Export --formats=saved_model.")
+
+
 def calibration_files(file_pattern: str | None) -> list[str]:
   """The eval TFRecords INT8 calibration reads, or an error naming the flag that sets them."""
   files = []
@@ -181,7 +193,8 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   paths = output_paths(output_dir, formats)
   check_output_dir(output_dir, overwrite)
   model = api.load_detector(files, gin_bindings, checkpoint=checkpoint, use_ema=use_ema)
-  eval_input, task = api.inference_setup(model)
+  check_mask_formats(model, formats)
+  eval_input, task = api.inference_setup(model)  # task: the (instance model's) DetectionTask
   reestimated = reestimate_batch_norms(model, task, model_dir, files, gin_bindings)
   calibration = None
   if any(f in INT8_FORMATS for f in formats):
@@ -219,6 +232,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
           "input_type": input_type, "batch_size": batch_size,
           "image_size": model.anchors.image_size, "num_classes": model.num_classes,
           "batch_norms_folded": bool(fold), "category_names": category_names(task),
+          "mask_size": model.mask_size if has_masks(model) else None,  # detection_masks' M
           # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
           "input_mean": list(convention.mean), "input_std": list(convention.std),
           **bn_reestimation.record(reestimated)}

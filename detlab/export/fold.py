@@ -4,20 +4,24 @@ conv before it.
 With s = gamma / sqrt(moving_variance + epsilon): W' = W * s per output channel and
 b' = beta + (b - moving_mean) * s. A DepthwiseConv2D kernel [kh, kw, in, mult] scales by s
 reshaped to [in, mult]; a SeparableConv2D folds into its pointwise kernel (the depthwise part
-is unchanged). The folded conv always has a bias; the BN becomes an Identity.
+is unchanged); a Conv2DTranspose kernel [kh, kw, out, in] scales along its third axis. The
+folded conv always has a bias; the BN becomes an Identity.
 
 `fold_batch_norms(model)` returns a new model computing the same inference function without
 BN layers; the input model is left as it was. It handles a functional tf_keras model (cloned
 with the folded layers) and detlab's EfficientDet (functional backbone, subclassed BiFPN and
-heads). Folded models are for inference only: the BN statistics are baked into the kernels.
+heads), and the InstanceSegmenter (that EfficientDet plus its mask head's tower and
+transposed conv). Folded models are for inference only: the BN statistics are baked into the kernels.
 """
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from detlab.heads.detection import SharedConvHead
+from detlab.heads.mask import MaskHead
 from detlab.layers.functional import deep_graph_recursion
 from detlab.models.efficientdet import EfficientDet
+from detlab.models.instance_segmentation import InstanceSegmenter
 from detlab.necks.bifpn import FusionNode, ResampleToLevel
 
 FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
@@ -38,6 +42,8 @@ def batch_norm_affine(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, 
 
 def can_fold(conv: keras.layers.Layer, bn: keras.layers.Layer) -> bool:
   """A linear channels-last conv followed by a BN over the last axis."""
+  if isinstance(conv, keras.layers.Conv2DTranspose):  # a Conv2D whose kernel is [.., out, in]
+    return False
   return (isinstance(conv, FOLDABLE_CONVS) and isinstance(bn, keras.layers.BatchNormalization)
           and conv.data_format == "channels_last" and conv.activation is keras.activations.linear
           and len(bn.axis) == 1 and bn.axis[0] in (-1, 3) and not bn.renorm
@@ -168,8 +174,47 @@ def fold_efficientdet(model: EfficientDet) -> EfficientDet:
   return folded
 
 
+def folded_transposed_conv(conv: keras.layers.Conv2DTranspose,
+                           bn: keras.layers.BatchNormalization) -> keras.layers.Layer:
+  """A new, built Conv2DTranspose (with bias) equal to bn(conv(x)) at inference: its
+  kernel [kh, kw, out, in] scales per output channel along the third axis."""
+  scale, offset = batch_norm_affine(bn)
+  kernel = conv.kernel.numpy()
+  bias = conv.bias.numpy() if conv.use_bias else np.zeros(scale.shape[0])
+  layer = conv.__class__.from_config(dict(conv.get_config(), use_bias=True))
+  layer.build(tf.TensorShape([None, None, None, int(kernel.shape[3])]))
+  dtype = conv.kernel.dtype.as_numpy_dtype
+  layer.set_weights([(kernel * scale[None, None, :, None]).astype(dtype),
+                     (offset + bias * scale).astype(dtype)])
+  return layer
+
+
+def fold_instance_segmenter(model: InstanceSegmenter) -> InstanceSegmenter:
+  """A new InstanceSegmenter: fold_efficientdet's detector plus a copy of the mask head with
+  each tower conv -> BN pair and the transposed conv -> BN folded (lists replaced whole)."""
+  head = model.mask_head
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(model.dtype_policy)
+  try:
+    copy = MaskHead(head.num_classes, head.width, head.repeats, head.mask_size,
+                    class_agnostic=head.class_agnostic, name=head.name)
+    folded = InstanceSegmenter(fold_efficientdet(model), copy, name=model.name)
+    folded.build_for_size()
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+  copy.set_weights(head.get_weights())
+  copy.convs = [folded_conv(conv, bn) for conv, bn in zip(copy.convs, copy.bns)]
+  copy.bns = [keras.layers.Identity(name=bn.name) for bn in copy.bns]
+  copy.upsample = folded_transposed_conv(copy.upsample, copy.upsample_bn)
+  copy.upsample_bn = keras.layers.Identity(name=copy.upsample_bn.name)
+  return folded
+
+
 def fold_batch_norms(model: keras.Model) -> keras.Model:
-  """A BN-free copy of an EfficientDet or a functional tf_keras model (inference only)."""
+  """A BN-free copy of an EfficientDet (an InstanceSegmenter too) or a functional tf_keras
+  model (inference only)."""
+  if isinstance(model, InstanceSegmenter):
+    return fold_instance_segmenter(model)
   if isinstance(model, EfficientDet):
     return fold_efficientdet(model)
   if getattr(model, "_is_graph_network", False):

@@ -7,6 +7,10 @@ Each runner returns what `detlab.api.detect` returns, numpy arrays in each image
 pixels: "boxes" [B, D, 4] ymin, xmin, ymax, xmax; "scores" [B, D] descending; "classes"
 [B, D] int32 category ids (0 in the padding); "num_detections" [B] int32. `category_names`
 is the model's {category id: name} where the export or the model_dir records it, else None.
+An instance-segmentation model (a model_dir, or a SavedModel serving detection_masks) also
+gives "masks": a list of B uint8 0/1 arrays [D, H, W], each detection's mask in its image's
+own pixels (api.paste_masks). The LiteRT and OpenVINO exports carry no masks (the exporter
+refuses them for a mask model).
 
 The path picks the format (see ACCEPTED): a training model_dir (detlab.api), a SavedModel
 directory or an export OUT directory (tf.saved_model.load: the SavedModel needs no detlab),
@@ -76,15 +80,28 @@ def _pad_batch(batch: np.ndarray, batch_size: int | None) -> np.ndarray:
 
 
 def _od_api_to_result(outputs: dict, count: int) -> dict:
-  """OD API outputs (float classes/counts) of a possibly padded batch -> detect()'s dict."""
-  return {"boxes": np.asarray(outputs["detection_boxes"], np.float32)[:count],
-          "scores": np.asarray(outputs["detection_scores"], np.float32)[:count],
-          "classes": np.asarray(outputs["detection_classes"])[:count].astype(np.int32),
-          "num_detections": np.asarray(outputs["num_detections"])[:count].astype(np.int32)}
+  """OD API outputs (float classes/counts) of a possibly padded batch -> detect()'s dict
+  ("box_masks": detection_masks, box-relative, where the model serves them)."""
+  result = {"boxes": np.asarray(outputs["detection_boxes"], np.float32)[:count],
+            "scores": np.asarray(outputs["detection_scores"], np.float32)[:count],
+            "classes": np.asarray(outputs["detection_classes"])[:count].astype(np.int32),
+            "num_detections": np.asarray(outputs["num_detections"])[:count].astype(np.int32)}
+  if "detection_masks" in outputs:
+    result["box_masks"] = np.asarray(outputs["detection_masks"], np.float32)[:count]
+  return result
 
 
 def _concat(results: list[dict]) -> dict:
   return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+
+def _paste_box_masks(result: dict, images: list) -> dict:
+  """"box_masks" -> "masks" in each image's pixels (api.paste_masks), as detect gives them."""
+  if "box_masks" in result:
+    from detlab.api import paste_masks  # pylint: disable=import-outside-toplevel
+    result["masks"] = paste_masks(result.pop("box_masks"), result["boxes"],
+                                  result["num_detections"], [i.shape[:2] for i in images])
+  return result
 
 
 def read_export_info(export_dir: str) -> dict:
@@ -151,7 +168,7 @@ class SavedModelRunner:
       outputs = self.signature(input_tensor=tf.constant(_pad_batch(batch, self.batch_size)))
       results.append(_od_api_to_result({k: v.numpy() for k, v in outputs.items()},
                                        len(chunk)))
-    return _concat(results)
+    return _paste_box_masks(_concat(results), images)
 
 
 def _letterbox_convention(export_dir: str):

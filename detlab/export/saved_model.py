@@ -9,6 +9,11 @@ under the input name `input_tensor`, and returns
   detection_scores  float32 [B, D], descending
   detection_classes float32 [B, D] category ids (class index + 1; 0 in the padding)
   num_detections    float32 [B] valid rows per image
+and, for an instance-segmentation model (an InstanceSegmenter: a mask branch),
+  detection_masks   float32 [B, D, M, M] each detection's mask probabilities relative to its
+                    box (the OD API's convention: the box's extent maps onto the M x M grid;
+                    paste into the image at > 0.5 with coco_evaluator.paste_mask), 0 in the
+                    padding
 (float32 classes and counts as the OD API's exporter writes them). Inside: the evaluation
 parser's normalise -> aspect-preserving resize -> pad, the model, the model's post-processing
 (top-k, decode, NMS) and the mapping back to original pixels, all as TF ops: loading and
@@ -25,6 +30,12 @@ from detlab.detection.postprocess import PostprocessConfig, image_windows, postp
 
 INPUT_TYPES = ("image_tensor", "encoded_image", "tf_example")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+MASK_OUTPUT = "detection_masks"  # added for a model with a mask branch
+
+
+def has_masks(model) -> bool:
+  """Whether `model` has an instance-mask branch (models/instance_segmentation.py)."""
+  return hasattr(model, "mask_logits")
 
 
 def input_signature(input_type: str, batch_size: int | None = None) -> tf.TensorSpec:
@@ -50,6 +61,7 @@ class DetectionServing:
     self.parser = DetectionParser(dataclasses.replace(input_config, is_training=False),
                                   model.anchors, model.num_classes, self.convention)
     self.anchor_boxes = model.anchors.boxes()
+    self.masks = has_masks(model)
 
   def preprocess_one(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """uint8 [H, W, 3] -> (model input [S, S, 3] float32, image_info [4, 2] float32)."""
@@ -68,7 +80,8 @@ class DetectionServing:
 
   def detect(self, inputs: tf.Tensor, image_info: tf.Tensor) -> dict:
     """Model inputs [B, S, S, 3] and image_info -> the OD API outputs (see module doc)."""
-    class_outputs, box_outputs = self.model(inputs, training=False)
+    outputs = self.model(inputs, training=False)
+    class_outputs, box_outputs = outputs[:2]
     cls, box = self.model.flatten_outputs(class_outputs, box_outputs)
     num_anchors = self.model.anchors.num_anchors  # static, for the top-k size (dynamic batch)
     cls.set_shape([None, num_anchors, self.model.num_classes])
@@ -76,7 +89,10 @@ class DetectionServing:
     size = self.model.anchors.image_size
     found = postprocess(cls, box, self.anchor_boxes, size, self.postprocess_config,
                         image_windows(image_info, size))  # the pad's boxes dropped
-    return to_original_pixels(found, image_info)
+    detections = to_original_pixels(found, image_info)
+    if self.masks:  # InstanceSegmentationTask.predict's masks: at the boxes in input pixels
+      detections[MASK_OUTPUT] = detection_masks(self.model, outputs[2], found)
+    return detections
 
   def serve(self, input_type: str):
     """A function of the raw `input_type` input -> the OD API outputs."""
@@ -92,6 +108,14 @@ def decode_encoded_image(data: tf.Tensor) -> tf.Tensor:
   image = tf.io.decode_image(data, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
   return image
+
+
+def detection_masks(model, features: dict, found: dict) -> tf.Tensor:
+  """float32 [B, D, M, M] box-relative mask probabilities of postprocess() output `found`
+  (boxes in model-input pixels), 0 in the rows past num_detections."""
+  logits = model.mask_logits(features, found["boxes"], found["classes"], training=False)
+  valid = tf.range(tf.shape(found["classes"])[1])[None, :] < found["num_detections"][:, None]
+  return tf.where(valid[..., None, None], tf.sigmoid(tf.cast(logits, tf.float32)), 0.0)
 
 
 def to_original_pixels(found: dict, image_info: tf.Tensor) -> dict:

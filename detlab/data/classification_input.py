@@ -205,12 +205,12 @@ def make_classification_dataset(config: ClassificationInputConfig, batch_size: i
   parser = ClassificationParser(config, convention)
   if config.is_training:  # encoded examples in the buffer (and input checkpoints)
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(decode), num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   if config.is_training:
     seed = worker_seed(seed, input_context)
     dataset = with_example_seeds(dataset, seed)  # exact resume (see module doc)
-  dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(parser), num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   dataset = dataset.batch(batch_size, drop_remainder=config.is_training)
   if config.is_training and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):

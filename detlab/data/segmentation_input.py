@@ -143,7 +143,7 @@ def make_dataset(config: SegmentationInputConfig, batch_size: int,
     dataset = dataset.cache()
   if config.is_training:  # encoded examples in the buffer, decoded after it
     dataset = dataset.repeat().shuffle(config.shuffle_buffer, seed=seed)
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(decode), num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   dataset = parse_and_batch(dataset, SegmentationParser(config, convention),
                             config.is_training, batch_size, seed, input_context)
@@ -160,7 +160,7 @@ def parse_and_batch(dataset: tf.data.Dataset, parser, is_training: bool, batch_s
   deterministic = not is_training or seed is not None
   if is_training:
     dataset = with_example_seeds(dataset, worker_seed(seed, input_context))
-  dataset = dataset.map(parser, num_parallel_calls=tf.data.AUTOTUNE,
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(parser), num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   if is_training:
     dataset = dataset.batch(batch_size, drop_remainder=True)

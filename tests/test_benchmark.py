@@ -38,10 +38,16 @@ def test_full_measurement_reports_every_required_key():
       "efficientdet.fpn_width = 16", "efficientdet.fpn_cells = 1",
       "efficientdet.head_repeats = 1"])
   try:
-    out = benchmark.measure(set(benchmark.ALL), min_seconds=0.05, train_batch=8)
+    out = benchmark.measure(set(benchmark.ALL), min_seconds=0.05, train_batch=8, profile=True)
   finally:
     gin.clear_config()
   assert REQUIRED_KEYS <= set(out)
+  # --profile: op-level kernel time of inference at batch 8 and 1 and of the training step
+  profiles = out.pop("op_profiles")
+  assert [t.split(",")[0] for t in profiles] == ["network inference"] * 2 + ["training step"]
+  for rows in profiles.values():
+    assert any("Conv2D" in row.name for row in rows[:10])
+    assert sum(row.share for row in rows) == pytest.approx(1.0)
   assert all(out[k] > 0 for k in REQUIRED_KEYS)
   # The achieved fraction of the measured fp32 matmul peak is derived from the same run.
   assert out["fraction_of_matmul_peak_bs8"] == pytest.approx(
@@ -49,6 +55,23 @@ def test_full_measurement_reports_every_required_key():
   # Timings name the machine they came from (cores as this process sees them).
   assert f"{len(os.sched_getaffinity(0))} cores" in out["machine"]
   assert "TF_ENABLE_ONEDNN_OPTS=" in out["machine"]
+
+
+def test_profile_ops_sums_kernel_time_by_op_type_and_by_node():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from detlab.benchmark.profile import format_profile, profile_ops
+  x = tf.random.stateless_normal([2, 32, 32, 8], seed=[1, 2])
+  kernel = tf.random.stateless_normal([3, 3, 8, 8], seed=[3, 4])
+  fn = tf.function(lambda t: tf.nn.relu(tf.nn.conv2d(tf.sigmoid(t), kernel, 1, "SAME")))
+  rows = profile_ops(lambda: fn(x).numpy(), calls=2)
+  names = [row.name for row in rows]
+  assert any("Conv2D" in name for name in names) and "Sigmoid" in names
+  assert all(row.ms >= 0 and row.count >= 1 for row in rows)
+  assert [row.ms for row in rows] == sorted((row.ms for row in rows), reverse=True)
+  by_node = profile_ops(lambda: fn(x).numpy(), calls=1, by="node")
+  assert any(name.endswith("(Sigmoid)") for name in (row.name for row in by_node))
+  table = format_profile("title", rows, top=2)
+  assert table.splitlines()[0] == "title" and len(table.splitlines()) == 5
 
 
 def test_backbone_mode_measures_the_classifier_at_its_native_size():

@@ -14,6 +14,7 @@ import tf_keras as keras
 from detlab.backbones.contract import features_model
 from detlab.backbones.registration import registered_builder
 from detlab.layers import batch_norm, fused_mbconv_block, mbconv_block
+from detlab.layers.activations import activation_layer
 from detlab.layers.functional import functional_model
 from detlab.layers.mbconv import conv_init
 from detlab.layers.normalization import BN_MOMENTUM
@@ -134,7 +135,7 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
                           use_bias=False, kernel_initializer=conv_init(),
                           name="stem_conv")(inputs)
   x = bn("stem_bn")(x)
-  x = keras.layers.Activation(activation, name="stem_activation")(x)
+  x = activation_layer(activation, name="stem_activation")(x)
 
   specs = scale_blocks(blocks, width, depth, filters_fn)
   rates = drop_rates(sum(s.repeats for s in specs), drop_connect_rate)
@@ -164,7 +165,7 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
   x = keras.layers.Conv2D(filters_fn(top_filters), 1, padding="same", use_bias=False,
                           kernel_initializer=conv_init(), name="top_conv")(x)
   x = bn("top_bn")(x)
-  x = keras.layers.Activation(activation, name="top_activation")(x)
+  x = activation_layer(activation, name="top_activation")(x)
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
   if dropout > 0:
     x = keras.layers.Dropout(dropout, name="top_dropout")(x)

@@ -1,4 +1,5 @@
 """`python -m detlab.benchmark`: flags and main (see the package docstring)."""
+import dataclasses
 import json
 
 from absl import app, flags
@@ -6,6 +7,7 @@ from absl import app, flags
 from detlab import config
 from detlab.benchmark import detection, tasks
 from detlab.benchmark.backbone import measure_backbone
+from detlab.benchmark.profile import format_profile
 from detlab.benchmark.report import format_table
 
 FLAGS = flags.FLAGS
@@ -25,6 +27,9 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_f
                   "Keras dtype policy of the measured model (train.precision's choices).")
 flags.DEFINE_integer("image_size", 0, "Classifier image size for --backbone (0: the variant's "
                      "native resolution).")
+flags.DEFINE_bool("profile", False, "Detection gin files: after the measurements, the op-level "
+                  "top 10 (kernel ms per call, share, runs) of network inference at batch 8 and "
+                  "1 and of the training step, from a TF profiler trace (benchmark/profile.py).")
 flags.DEFINE_string("exported", None, "An export directory (python -m detlab.export "
                     "--output_dir): end-to-end img/s of each format in it and of the in-process "
                     "TF model at batch 1 and 8 (detlab/benchmark/exported.py).")
@@ -53,7 +58,10 @@ def run_benchmark() -> dict:
                      {tasks.TRAIN: "train_img_s_bs8"})
     if FLAGS.input_pipeline:
       wanted |= {detection.INPUT, "train_img_s_bs8"}
-    return detection.measure(wanted, FLAGS.seconds, FLAGS.train_batch or 8, FLAGS.precision)
+    return detection.measure(wanted, FLAGS.seconds, FLAGS.train_batch or 8, FLAGS.precision,
+                             profile=FLAGS.profile)
+  if FLAGS.profile:
+    raise app.UsageError("--profile profiles detection gin files only.")
   if task.name not in tasks.MEASUREMENTS:
     raise app.UsageError(f"No benchmark for the {task.name!r} task; tasks with one: "
                          f"{sorted(tasks.MEASUREMENTS)} and detection.")
@@ -74,7 +82,16 @@ def main(argv):
     print(json.dumps(result) if FLAGS.json else exported.format_speed_table(result), flush=True)
     return
   result = run_benchmark()
-  print(json.dumps(result) if FLAGS.json else format_table(result), flush=True)
+  profiles = result.pop("op_profiles", {})
+  if FLAGS.json:  # one JSON object: the profiles' top 10 under "op_profiles"
+    if profiles:
+      result["op_profiles"] = {title: [dataclasses.asdict(row) for row in rows[:10]]
+                               for title, rows in profiles.items()}
+    print(json.dumps(result), flush=True)
+    return
+  print(format_table(result), flush=True)
+  for title, rows in profiles.items():
+    print(format_profile(title, rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import numpy as np
 import tensorflow as tf
 
 from detlab.benchmark.report import with_derived_keys
-from detlab.benchmark.timing import measure_network, time_call, time_train_step
+from detlab.benchmark.profile import profile_ops
+from detlab.benchmark.timing import (measure_network, time_call, time_train_step,
+                                     train_step_call)
 
 ALL = ("params", "gmacs", "matmul_gflops", "infer_img_s_bs1", "infer_img_s_bs8",
        "postprocess_ms", "e2e_img_s_bs1", "train_img_s_bs8")
@@ -61,10 +63,12 @@ def _detector_and_task(precision: str):
 
 
 def measure(wanted, min_seconds: float, train_batch: int = 8,
-            precision: str = "float32") -> dict:
+            precision: str = "float32", profile: bool = False) -> dict:
   """The measurements in `wanted` (ALL and INPUT) of the parsed gin config's detector. The
   training step: detlab's Trainer with the EfficientDet defaults (SGD, weight decay 4e-5,
-  clip 10, no EMA), whatever the gin's train.optimizer."""
+  clip 10, no EMA), whatever the gin's train.optimizer. `profile`: also "op_profiles",
+  {title: [OpTime]} of network inference at batch 8 and 1 and of the training step (when
+  measured), the kernel time by op type from a profiler trace (benchmark/profile.py)."""
   from detlab.detection.postprocess import postprocess
   from detlab.training.setup import task_trainer, with_loss_scaling
   from detlab.training.optimizer import OptimizerConfig, build_optimizer
@@ -73,6 +77,12 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
   out = {"model": model.name, "image_size": size, "precision": precision}
   out.update(measure_network(model, size, wanted, min_seconds))
   network = tf.function(lambda x: model(x, training=False))
+  profiles = {}
+  if profile:
+    for batch in (8, 1):
+      images = tf.random.normal([batch, size, size, 3])
+      profiles[f"network inference, batch {batch} (op type: kernel ms per call)"] = (
+          profile_ops(lambda: tf.nest.map_structure(lambda t: t.numpy(), network(images))))
   if "postprocess_ms" in wanted:
     cls, box = model.flatten_outputs(*network(tf.random.normal([1, size, size, 3])))
     anchor_boxes = model.anchors.boxes()
@@ -89,11 +99,18 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
     optimizer, _ = build_optimizer(defaults, train_batch, 10_000, 0)
     trainer = task_trainer(tf.distribute.get_strategy(), task, model,
                            with_loss_scaling(optimizer, precision), defaults, None, False)
-    seconds = time_train_step(trainer, synthetic_train_batch(model, train_batch), min_seconds)
+    batch = synthetic_train_batch(model, train_batch)
+    seconds = time_train_step(trainer, batch, min_seconds)
     out[f"train_img_s_bs{train_batch}"] = train_batch / seconds
+    if profile:
+      profiles[f"training step, batch {train_batch} (op type: kernel ms per call)"] = (
+          profile_ops(train_step_call(trainer, batch), calls=2, warmup=1))
   if INPUT in wanted:
     out[INPUT] = measure_input_pipeline(task, model, train_batch, min_seconds)
     train_key = f"train_img_s_bs{train_batch}"
     if train_key in out:  # the input pipeline should outrun the step several times over
       out["input_over_train"] = out[INPUT] / out[train_key]
-  return with_derived_keys(out)
+  out = with_derived_keys(out)
+  if profile:
+    out["op_profiles"] = profiles
+  return out

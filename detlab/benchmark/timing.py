@@ -6,12 +6,22 @@ import time
 import tensorflow as tf
 
 
-def time_call(fn, min_seconds: float, warmup: int = 2) -> float:
-  """Median seconds per call over repeated timed runs (after warm-up calls)."""
+def time_call(fn, min_seconds: float, warmup: int = 3, min_samples: int = 5) -> float:
+  """Median seconds per call over at least `min_samples` timed calls and `min_seconds`, after
+  `warmup` untimed calls (the first traces and optimises the graph and creates the oneDNN
+  primitives; the others let the allocator and thread pools settle).
+
+  A median of at least five per-call times, not a mean, so that a call slowed by another
+  process cannot move the figure much. What remains is the machine: D0 at batch 8 is bound by
+  memory traffic (activations of 100-200 MB per op), and with other processes on the machine
+  its per-call CPU time varied 1.03-1.52 s with no trend after the first call (batch 1:
+  151-171 ms), so compare figures from alternating runs, never one run against another
+  machine's or another hour's.
+  """
   for _ in range(warmup):
     fn()
   samples, start = [], time.perf_counter()
-  while time.perf_counter() - start < min_seconds or len(samples) < 3:
+  while time.perf_counter() - start < min_seconds or len(samples) < min_samples:
     t0 = time.perf_counter()
     fn()
     samples.append(time.perf_counter() - t0)
@@ -68,10 +78,14 @@ def measure_network(model, size: int, wanted, min_seconds: float) -> dict:
   return out
 
 
-def time_train_step(trainer, batch: dict, min_seconds: float) -> float:
-  """Median seconds of one `Trainer.train_steps` call of one step on `batch` (repeated from
-  memory), synchronised by reading the loss metric, as the training loop's log line does."""
+def train_step_call(trainer, batch: dict):
+  """A no-argument callable: one `Trainer.train_steps` call of one step on `batch` (repeated
+  from memory), synchronised by reading the loss metric, as the training loop's log line does."""
   iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
   one = tf.constant(1)
-  return time_call(lambda: (trainer.train_steps(iterator, one),
-                            trainer.metrics["total"].result().numpy()), min_seconds)
+  return lambda: (trainer.train_steps(iterator, one), trainer.metrics["total"].result().numpy())
+
+
+def time_train_step(trainer, batch: dict, min_seconds: float) -> float:
+  """Median seconds of one training step on `batch` (`train_step_call`)."""
+  return time_call(train_step_call(trainer, batch), min_seconds)

@@ -12,6 +12,7 @@ import tf_keras as keras
 import tensorflow as tf
 
 from detlab.layers import batch_norm
+from detlab.layers.activations import swish
 
 PRIOR_PROBABILITY = 0.01
 
@@ -43,7 +44,7 @@ class SharedConvHead(keras.layers.Layer):
     for index, level in enumerate(range(self.min_level, self.max_level + 1)):
       x = features[str(level)]
       for conv, bns in zip(self.convs, self.bns):
-        x = tf.nn.swish(bns[index](conv(x), training=training))
+        x = swish(bns[index](conv(x), training=training))
       outputs[str(level)] = self.predictor(x)
     return outputs
 

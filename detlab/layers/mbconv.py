@@ -5,6 +5,7 @@ copied across by name.
 """
 import tf_keras as keras
 
+from detlab.layers.activations import activation_layer
 from detlab.layers.normalization import BN_MOMENTUM, batch_norm
 
 
@@ -39,7 +40,7 @@ def _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate
                           name=prefix + "project_conv")(x)
   x = batch_norm(prefix + "project_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
   if activation:
-    x = keras.layers.Activation(activation, name=prefix + "project_activation")(x)
+    x = activation_layer(activation, name=prefix + "project_activation")(x)
   if strides == 1 and filters_in == filters_out:
     if drop_rate > 0:
       # Stochastic depth: drop the whole residual branch per sample.
@@ -62,11 +63,11 @@ def mbconv_block(inputs, *, filters_in: int, filters_out: int, kernel_size: int,
     x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
                             kernel_initializer=conv_init(), name=prefix + "expand_conv")(x)
     x = batch_norm(prefix + "expand_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
-    x = keras.layers.Activation(activation, name=prefix + "expand_activation")(x)
+    x = activation_layer(activation, name=prefix + "expand_activation")(x)
   x = keras.layers.DepthwiseConv2D(kernel_size, strides=strides, padding="same", use_bias=False,
                                    depthwise_initializer=conv_init(), name=prefix + dwconv_name)(x)
   x = batch_norm(prefix + "bn", momentum=bn_momentum, synchronized=sync_bn)(x)
-  x = keras.layers.Activation(activation, name=prefix + "activation")(x)
+  x = activation_layer(activation, name=prefix + "activation")(x)
   if 0 < se_ratio <= 1:
     x = _squeeze_excite(x, filters_in, filters, se_ratio, activation, prefix)
   return _project_and_residual(x, inputs, filters_in, filters_out, strides, drop_rate, prefix,
@@ -88,7 +89,7 @@ def fused_mbconv_block(inputs, *, filters_in: int, filters_out: int, kernel_size
                             use_bias=False, kernel_initializer=conv_init(),
                             name=prefix + "expand_conv")(x)
     x = batch_norm(prefix + "expand_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
-    x = keras.layers.Activation(activation, name=prefix + "expand_activation")(x)
+    x = activation_layer(activation, name=prefix + "expand_activation")(x)
   if 0 < se_ratio <= 1:
     x = _squeeze_excite(x, filters_in, filters, se_ratio, activation, prefix)
   if expand_ratio == 1:

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.layers import batch_norm
+from detlab.layers.activations import swish
 
 FUSION_MODES = ("fast", "softmax", "sum")
 
@@ -104,7 +105,7 @@ class FusionNode(keras.layers.Layer):
       else:
         weights = tf.nn.softmax(weights)
       fused = tf.add_n([weights[i] * x for i, x in enumerate(xs)])
-    x = tf.nn.swish(fused)
+    x = swish(fused)
     return self.bn(self.conv(x), training=training)
 
 

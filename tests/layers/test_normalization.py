@@ -1,5 +1,7 @@
-"""detlab's BatchNormalization: the batch-1 multiply-add form equals tf_keras' fused op, and
-is taken only where it pays (oneDNN on, static batch 1, inference, not while counting FLOPs)."""
+"""detlab's BatchNormalization: its inference forms (folded into a depthwise conv, a conv's bias
+moved into the mean, the batch-1 multiply-add form) equal tf_keras' fused op, and are taken
+only where they pay (oneDNN on, inference in a traced function, not while counting FLOPs; the
+multiply-add form only at a static batch of 1 on a CPU without AVX-512)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,8 +13,9 @@ from detlab.layers.normalization import BatchNormalization, batch_norm, stock_in
 
 @pytest.fixture(name="onednn")
 def _onednn(monkeypatch):
-  """Pretend oneDNN is on, whatever this process runs with."""
+  """Pretend oneDNN is on, on a CPU without AVX-512, whatever this process runs with."""
   monkeypatch.setattr(normalization, "onednn_enabled", lambda: True)
+  monkeypatch.setattr(normalization, "cpu_has_avx512", lambda: False)
 
 
 def _op_types(layer, shape, training=False):
@@ -52,7 +55,7 @@ def test_inference_equals_stock_layer(onednn, scale, center):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_multiply_add_form_only_at_batch_1_with_onednn_in_inference(onednn):
+def test_multiply_add_form_only_at_batch_1_with_onednn_in_inference(onednn, monkeypatch):
   del onednn
   layer = batch_norm("bn")
   assert {"Mul", "AddV2"} <= _op_types(layer, [1, 4, 4, 3])
@@ -62,6 +65,63 @@ def test_multiply_add_form_only_at_batch_1_with_onednn_in_inference(onednn):
   assert _fused(_op_types(layer, [1, 4, 4, 3], training=True))
   with stock_inference_form():                          # FLOP counting
     assert _fused(_op_types(layer, [1, 4, 4, 3]))
+  monkeypatch.setattr(normalization, "cpu_has_avx512", lambda: True)
+  assert _fused(_op_types(layer, [1, 4, 4, 3]))        # AVX-512: oneDNN is fast fused
+
+
+def _conv_then_bn(conv: keras.layers.Layer, seed: int):
+  """A functional conv -> detlab BN model with random weights and non-trivial statistics."""
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((8, 8, 4))
+  model = keras.Model(inputs, BatchNormalization(name="bn")(conv(inputs)))
+  rng = np.random.default_rng(seed)
+  for weight in model.weights:
+    value = rng.normal(size=weight.shape)
+    weight.assign(np.abs(value) + 0.5 if "variance" in weight.name else value)
+  return model
+
+
+def _traced(model, x, stock: bool = False):
+  function = tf.function(lambda t: model(t, training=False))
+  if stock:
+    with stock_inference_form():
+      concrete = function.get_concrete_function(x)
+  else:
+    concrete = function.get_concrete_function(x)
+  return concrete(x), concrete.graph
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bn_after_a_depthwise_conv_folds_into_it(onednn, batch):
+  del onednn
+  model = _conv_then_bn(keras.layers.DepthwiseConv2D(3, strides=2, padding="same",
+                                                     depth_multiplier=2, use_bias=False), 1)
+  x = tf.random.stateless_normal([batch, 8, 8, 4], seed=[5, 6])
+  expected, stock_graph = _traced(model, x, stock=True)
+  folded, graph = _traced(model, x)
+  np.testing.assert_allclose(folded, expected, rtol=1e-5, atol=1e-5)
+  assert _fused({op.type for op in stock_graph.get_operations()})
+  ops = [op for op in graph.get_operations() if op.type in ("DepthwiseConv2dNative", "BiasAdd")]
+  assert not _fused({op.type for op in graph.get_operations()})
+  # the output is the folded conv's BiasAdd (the unfolded conv is left unused)
+  assert ops[-1].type == "BiasAdd" and ops[-1].inputs[0].op.type == "DepthwiseConv2dNative"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bn_after_a_separable_conv_with_bias_takes_the_conv_output(onednn, monkeypatch, batch):
+  del onednn
+  monkeypatch.setattr(normalization, "cpu_has_avx512", lambda: True)
+  model = _conv_then_bn(keras.layers.SeparableConv2D(5, 3, padding="same", use_bias=True), 2)
+  x = tf.random.stateless_normal([batch, 8, 8, 4], seed=[7, 8])
+  expected, _ = _traced(model, x, stock=True)
+  shifted, graph = _traced(model, x)
+  np.testing.assert_allclose(shifted, expected, rtol=1e-5, atol=1e-5)
+  # the FusedBatchNorm reads the pointwise Conv2D directly, so grappler can fuse the two
+  (bn,) = [op for op in graph.get_operations() if op.type.startswith("FusedBatchNorm")]
+  assert bn.inputs[0].op.type == "Conv2D"
+  monkeypatch.setattr(normalization, "cpu_has_avx512", lambda: False)  # multiply-add at bs 1
+  shifted, _ = _traced(model, x)
+  np.testing.assert_allclose(shifted, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_without_onednn_the_stock_op_is_kept(monkeypatch):

@@ -62,7 +62,11 @@ class InstanceSegmentationTask(Task):
     self.bn_momentum = bn_momentum
     self.mask_loss = MaskrcnnLoss()
 
-  # The inputs are the detection task's.
+  # The detector builder and the inputs are the detection task's.
+  @property
+  def model_fn(self):
+    return self.detection.model_fn
+
   @property
   def train_input(self):
     return self.detection.train_input

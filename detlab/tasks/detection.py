@@ -32,6 +32,12 @@ def to_original_pixels(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value((boxes + offset) / scale, 0.0, limit)
 
 
+def per_class_line(title: str, values: dict) -> str:
+  """'<title>: name 0.123, other n/a, ...' for {class name: AP or None}."""
+  return f"{title}: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a"
+                                  for k, v in values.items())
+
+
 @gin.register(module="detlab.tasks")
 class DetectionTask(Task):
   """Glue between an EfficientDet-style model, its loss and post-processing."""
@@ -128,18 +134,17 @@ class DetectionTask(Task):
     detections["boxes"] = to_original_pixels(detections["boxes"], features["image_info"])
     return detections
 
-  def evaluator(self, model):
-    return DetectionEvaluator(
+  def evaluator(self, model, kind=DetectionEvaluator):
+    """A `kind` (DetectionEvaluator or a subclass taking its arguments) for `model`."""
+    return kind(
         category_names(self.label_map_file, self.annotation_file, model.num_classes),
         self.annotation_file, self.coco_backend,
         input_convention(model, default=IMAGENET_MEAN_STD),
         score_threshold=self.score_threshold)
 
   def format_metrics(self, metrics, extra):
-    per_class = extra.get("per_class_AP", {})
-    return (format_metrics(metrics, self.postprocess_config.nms_mode) + "\nPer-class AP: " +
-            ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a"
-                      for k, v in per_class.items()))
+    return (format_metrics(metrics, self.postprocess_config.nms_mode) + "\n" +
+            per_class_line("Per-class AP", extra.get("per_class_AP", {})))
 
   def metrics_record(self, metrics, extra):
     return {"metrics": metrics, **extra, "nms": self.postprocess_config.nms_mode}

@@ -13,14 +13,12 @@ import gin
 import tensorflow as tf
 from official.vision.losses.maskrcnn_losses import MaskrcnnLoss
 
-from detlab.backbones import IMAGENET_MEAN_STD, input_convention
-from detlab.data.label_map import category_names
 from detlab.detection.postprocess import image_windows
 from detlab.evaluation.instance_segmentation import (InstanceSegmentationEvaluator,
                                                      format_metrics)
 from detlab.models.instance_segmentation import with_mask_head
 from detlab.tasks.base import Task, set_bn_momentum
-from detlab.tasks.detection import DetectionTask, to_original_pixels
+from detlab.tasks.detection import DetectionTask, per_class_line, to_original_pixels
 
 
 @gin.register(module="detlab.tasks")
@@ -146,21 +144,13 @@ class InstanceSegmentationTask(Task):
     return detections
 
   def evaluator(self, model):
-    detection = self.detection
-    return InstanceSegmentationEvaluator(
-        category_names(detection.label_map_file, detection.annotation_file, model.num_classes),
-        detection.annotation_file, detection.coco_backend,
-        input_convention(model, default=IMAGENET_MEAN_STD),
-        score_threshold=detection.score_threshold)
+    return self.detection.evaluator(model, InstanceSegmentationEvaluator)
 
   def format_metrics(self, metrics, extra):
-    lines = [format_metrics(metrics, self.detection.postprocess_config.nms_mode)]
-    for key, title in (("per_class_AP", "Per-class box AP"),
-                       ("per_class_mask_AP", "Per-class mask AP")):
-      lines.append(f"{title}: " + ", ".join(
-          f"{k} {v:.3f}" if v is not None else f"{k} n/a"
-          for k, v in extra.get(key, {}).items()))
-    return "\n".join(lines)
+    return "\n".join([
+        format_metrics(metrics, self.detection.postprocess_config.nms_mode),
+        per_class_line("Per-class box AP", extra.get("per_class_AP", {})),
+        per_class_line("Per-class mask AP", extra.get("per_class_mask_AP", {}))])
 
   def metrics_record(self, metrics, extra):
     return {"metrics": metrics, **extra, "nms": self.detection.postprocess_config.nms_mode}

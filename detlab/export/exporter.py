@@ -149,8 +149,8 @@ def reestimate_batch_norms(model, task, model_dir: str, gin_files, gin_bindings)
   the run's seed.json, so the exported statistics are those metrics.json was measured with
   (the same batches; training/experiment.py). `model` is the exporter's own copy: its
   statistics stay re-estimated, the checkpoint is not touched. Skipped with a warning (the
-  trained statistics are exported) when the training records cannot be read here. Returns
-  the summary (None: not run)."""
+  trained statistics are exported) when the training records cannot be read here. Sets
+  TF's global seed to the run's (as train() does). Returns the summary (None: not run)."""
   with api.isolated_gin_config():
     config.parse_gin(list(gin_files), list(gin_bindings))
     settings = train_argument("bn_reestimation")
@@ -162,6 +162,9 @@ def reestimate_batch_norms(model, task, model_dir: str, gin_files, gin_bindings)
   if tf.io.gfile.exists(seed_path):
     with tf.io.gfile.GFile(seed_path) as f:
       seed = int(json.load(f)["seed"])
+  # train() set TF's global seed to the run's seed before it built any stream, and an op
+  # seed draws differently under another global seed: set it so, or the batches differ.
+  tf.random.set_seed(seed)
   try:
     batches = task.train_dataset(model, None, schedule.batch_size, seed, 0)
   except (ValueError, tf.errors.OpError) as error:

@@ -190,10 +190,18 @@ def test_two_replicas_give_the_one_replica_statistics(tmp_path):
   assert result["changed"] > 0.01, result
 
 
-def test_train_and_eval_records_it_and_keeps_the_checkpoint_statistics(run_train, tmp_path):
+def test_train_and_eval_records_it_and_keeps_the_checkpoint_statistics(run_train, tmp_path,
+                                                                       monkeypatch):
   """A 2-step tiny-detector run with 2 batches of re-estimation: metrics.json says so, and
   the checkpoint (and best/) hold the trained statistics, not the re-estimated ones. The
-  exporter re-estimates the model it loads from that model_dir the same way."""
+  exporter, loading that model_dir afresh, re-estimates the very statistics the evaluation
+  used (same batches: TF's global seed set as train() sets it; a fresh export process has
+  none, emulated here by another one)."""
+  assigned = []
+  assign = BatchNormReestimator.assign
+  monkeypatch.setattr(BatchNormReestimator, "assign",
+                      lambda self, statistics: (assigned.append(statistics),
+                                                assign(self, statistics))[1])
   results = run_train(tmp_path, "train_and_eval", "Schedule.train_steps = 2",
                       "Schedule.checkpoint_every_steps = 2",
                       "train.bn_reestimation = @BatchNormReestimation()",
@@ -210,6 +218,7 @@ def test_train_and_eval_records_it_and_keeps_the_checkpoint_statistics(run_train
   for name in names:
     np.testing.assert_array_equal(reader.get_tensor(name), best.get_tensor(name), name)
 
+  tf.random.set_seed(12345)  # not the run's seed (1)
   files = [str(tmp_path / "config.gin")]
   model = api.load_detector(files, checkpoint=str(tmp_path))
   trained = [v.numpy() for v in model.variables]
@@ -219,3 +228,8 @@ def test_train_and_eval_records_it_and_keeps_the_checkpoint_statistics(run_train
   changed = [not np.array_equal(old, v.numpy()) for old, v in zip(trained, model.variables)]
   assert any(changed)
   assert all("moving_" in v.name for v, c in zip(model.variables, changed) if c)
+  evaluated, exported = assigned  # the evaluation's, then the exporter's
+  assert sorted(evaluated) == sorted(exported)
+  for index, (mean, variance) in evaluated.items():
+    np.testing.assert_allclose(exported[index][0], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(exported[index][1], variance, rtol=1e-5, atol=1e-6)

@@ -26,7 +26,9 @@ FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino
 # Formats this version writes (all of FORMATS; kept apart so a planned one can be refused).
 IMPLEMENTED_FORMATS = FORMATS
 INT8_FORMATS = ("tflite_int8", "openvino_int8")  # the ones that read calibration images
-MASK_FORMATS = ("saved_model",)  # the formats that carry an instance model's mask branch
+# The formats that carry an instance model's mask branch (INT8: not calibrated or checked
+# for it; OpenVINO: its IR ends before NMS, the masks need the boxes after it).
+MASK_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16")
 CONFIG_FILES = ("operative_config.gin", "config.gin")  # preferred first
 
 
@@ -117,8 +119,8 @@ def check_mask_formats(model, formats) -> None:
   if has_masks(model) and boxes_only:
     raise ExportError(
         f"This is an instance-segmentation model: {', '.join(boxes_only)} do not carry its "
-        f"mask branch in this version of detlab (only {', '.join(MASK_FORMATS)} serves "
-        "detection_masks). Export --formats=saved_model.")
+        f"mask branch in this version of detlab (only {', '.join(MASK_FORMATS)} serve "
+        f"detection_masks). Leave {', '.join(boxes_only)} out of --formats.")
 
 
 def calibration_files(file_pattern: str | None) -> list[str]:

@@ -9,8 +9,8 @@ pixels: "boxes" [B, D, 4] ymin, xmin, ymax, xmax; "scores" [B, D] descending; "c
 is the model's {category id: name} where the export or the model_dir records it, else None.
 An instance-segmentation model (a model_dir, or a SavedModel serving detection_masks) also
 gives "masks": a list of B uint8 0/1 arrays [D, H, W], each detection's mask in its image's
-own pixels (api.paste_masks). The LiteRT and OpenVINO exports carry no masks (the exporter
-refuses them for a mask model).
+own pixels (api.paste_masks). LiteRT FP32/FP16 files carry masks too; OpenVINO IRs and
+LiteRT INT8 do not (the exporter refuses them for a mask model).
 
 The path picks the format (see ACCEPTED): a training model_dir (detlab.api), a SavedModel
 directory or an export OUT directory (tf.saved_model.load: the SavedModel needs no detlab),
@@ -201,8 +201,8 @@ class _LetterboxRunner:
   def __call__(self, images) -> dict:
     from detlab.export.saved_model import to_original_pixels  # pylint: disable=import-outside-toplevel
     from detlab.export.tflite import letterbox_uint8  # pylint: disable=import-outside-toplevel
-    results = []
-    for chunk in _chunks(as_image_list(images), self.batch_size, same_shape=False):
+    results, images = [], as_image_list(images)
+    for chunk in _chunks(images, self.batch_size, same_shape=False):
       inputs, infos = [], []
       for image in chunk:
         pixels, scale = letterbox_uint8(tf.constant(image), self.image_size, self.convention)
@@ -219,9 +219,11 @@ class _LetterboxRunner:
                "classes": tf.cast(outputs["detection_classes"][:count], tf.int32) - 1,
                "num_detections": tf.cast(outputs["num_detections"][:count], tf.int32)}
       mapped = to_original_pixels(found, tf.constant(infos))
+      if "detection_masks" in outputs:
+        mapped["detection_masks"] = outputs["detection_masks"]
       results.append(_drop_empty_boxes(
-          _od_api_to_result({k: v.numpy() for k, v in mapped.items()}, count)))
-    return _concat(results)
+          _od_api_to_result({k: np.asarray(v) for k, v in mapped.items()}, count)))
+    return _paste_box_masks(_concat(results), images)
 
 
 def _drop_empty_boxes(result: dict) -> dict:
@@ -233,8 +235,9 @@ def _drop_empty_boxes(result: dict) -> dict:
   area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
   for i, num in enumerate(result["num_detections"]):
     keep = np.flatnonzero(area[i, :num] > 0)
-    for key in ("boxes", "scores", "classes"):
-      out[key][i, :len(keep)] = result[key][i, keep]
+    for key in ("boxes", "scores", "classes", "box_masks"):
+      if key in result:
+        out[key][i, :len(keep)] = result[key][i, keep]
     out["num_detections"][i] = len(keep)
   return out
 

@@ -15,6 +15,9 @@ with zero area (IoU 0 with every box, so it changed no other row): drop such row
   detection_boxes [B, D, 4] ymin, xmin, ymax, xmax; detection_scores [B, D];
   detection_classes [B, D] category ids (float32, 0 in the padding); num_detections [B].
 INT8 quantises the network only; the post-processing stays float (network_only_int8).
+FP32 and FP16 files of an instance-segmentation model add detection_masks [B, D, M, M] (the
+SavedModel's: box-relative probabilities, 0 in the padding); INT8 is not written for one
+(the exporter refuses it: its mask branch is not calibrated or checked).
 Divide boxes by the resize scale to get original pixels. Run it with
 `ai_edge_litert.interpreter.Interpreter` (tf.lite.Interpreter is deprecated in TF 2.20).
 """
@@ -27,6 +30,7 @@ import tensorflow as tf
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess as postprocess_lib
+from detlab.export.saved_model import MASK_OUTPUT, detection_masks, has_masks
 from detlab.io import write_bytes
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -88,7 +92,8 @@ def lite_function(serving, batch_size: int, drop_empty: bool = True):
       tf.TensorSpec([batch_size, 4], tf.float32, name="windows")])
   def detect(images, windows):
     inputs = serving.convention.normalize(images)
-    class_outputs, box_outputs = model(inputs, training=False)
+    outputs = model(inputs, training=False)
+    class_outputs, box_outputs = outputs[:2]
     with tf.name_scope(POSTPROCESS_SCOPE):  # kept float in INT8 (see convert)
       cls, box = model.flatten_outputs(class_outputs, box_outputs)
       found = static_batch_postprocess(cls, box, serving.anchor_boxes, size,
@@ -96,9 +101,13 @@ def lite_function(serving, batch_size: int, drop_empty: bool = True):
                                        drop_empty)
     num = found["num_detections"]
     valid = tf.range(tf.shape(found["classes"])[1])[None, :] < num[:, None]
-    return {"detection_boxes": found["boxes"], "detection_scores": found["scores"],
-            "detection_classes": tf.cast(tf.where(valid, found["classes"] + 1, 0), tf.float32),
-            "num_detections": tf.cast(num, tf.float32)}
+    result = {"detection_boxes": found["boxes"], "detection_scores": found["scores"],
+              "detection_classes": tf.cast(tf.where(valid, found["classes"] + 1, 0),
+                                           tf.float32),
+              "num_detections": tf.cast(num, tf.float32)}
+    if has_masks(model):  # the mask branch at the detections (input pixels)
+      result[MASK_OUTPUT] = detection_masks(model, outputs[2], found)
+    return result
   return detect
 
 

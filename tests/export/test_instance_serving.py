@@ -1,7 +1,8 @@
 """Serving an instance-segmentation model: the SavedModel's detection_masks (loaded without
 detlab) equal InstanceSegmentationTask.predict's masks; detlab.api.detect pastes them into
-each image's pixels; detlab.infer writes their RLE and draws them; the formats without the
-mask branch are refused by name."""
+each image's pixels; detlab.infer writes their RLE and draws them; the LiteRT FP32 file
+serves the SavedModel's masks; the formats without the mask branch are refused by name."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import tf_keras as keras
 
 from detlab import api, infer
 from detlab.evaluation.coco_evaluator import paste_mask
-from detlab.export import exporter
+from detlab.export import exporter, runners
 from random_stats import randomize_batch_norms, randomize_biases  # pylint: disable=import-error
 from tiny_export import TINY  # pylint: disable=import-error
 
@@ -61,7 +62,9 @@ def mask_model(mask_model_dir):
 @pytest.fixture(scope="module")
 def mask_export(mask_model_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("mask_export") / "out"
-  exporter.export(str(mask_model_dir), str(out), ["saved_model"])
+  litert = importlib.util.find_spec("ai_edge_litert") is not None
+  exporter.export(str(mask_model_dir), str(out), ["saved_model"] + (["tflite_fp32"] if litert
+                                                                     else []))
   return out
 
 
@@ -153,8 +156,39 @@ def test_infer_writes_rle_segmentations_and_draws_masks(mask_export, mask_model,
     assert (drawn[inside] != boxes_only[inside]).any(-1).mean() > 0.9
 
 
+def test_litert_fp32_serves_the_saved_models_masks(mask_export):
+  """The same S x S uint8 images into both (the SavedModel's resize is then the identity):
+  the same detection_masks rows; and the LiteRT runner pastes them at each image's size."""
+  if not (mask_export / "model_fp32.tflite").exists():
+    pytest.skip("LiteRT export needs pip install ai-edge-litert")
+  from detlab.export import tflite  # pylint: disable=import-outside-toplevel
+  images = np.random.RandomState(5).randint(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+  serve = tf.saved_model.load(str(mask_export / "saved_model")).signatures["serving_default"]
+  want = {k: v.numpy() for k, v in serve(input_tensor=tf.constant(images)).items()}
+  for i in range(2):
+    got = tflite.run_tflite(str(mask_export / "model_fp32.tflite"), images[i:i + 1])
+    n = int(want["num_detections"][i])
+    assert int(got["num_detections"][0]) == n > 0
+    same = np.all(np.abs(got["detection_boxes"][0, :n] - want["detection_boxes"][i, :n])
+                  < 1e-3, -1)
+    assert same.mean() > 0.9
+    difference = np.abs(got["detection_masks"][0, :n][same] -
+                        want["detection_masks"][i, :n][same])
+    assert difference.max() < 1e-4, difference.max()
+  picture = _images()[0]  # 48 x 80: letterboxed
+  lite = runners.load_runner(str(mask_export / "model_fp32.tflite"))([picture])
+  saved = runners.load_runner(str(mask_export / "saved_model"))([picture])
+  assert lite["masks"][0].shape == saved["masks"][0].shape == (100, 48, 80)
+  n = saved["num_detections"][0]
+  # The letterbox rounds resized pixels to uint8: rows of nearly the same box, nearly the
+  # same mask.
+  same = np.all(np.abs(lite["boxes"][0, :n] - saved["boxes"][0, :n]) < 0.5, -1)
+  assert same.mean() > 0.5
+  assert (lite["masks"][0][:n][same] != saved["masks"][0][:n][same]).mean() < 0.01
+
+
 def test_formats_without_masks_are_refused_by_name(mask_model_dir, tmp_path):
-  with pytest.raises(exporter.ExportError, match="tflite_fp32.*only saved_model serves "
-                     "detection_masks"):
-    exporter.export(str(mask_model_dir), str(tmp_path / "out"), ["saved_model", "tflite_fp32"])
+  with pytest.raises(exporter.ExportError, match="tflite_int8.*only saved_model, tflite_fp32, "
+                     "tflite_fp16 serve detection_masks"):
+    exporter.export(str(mask_model_dir), str(tmp_path / "out"), ["saved_model", "tflite_int8"])
   assert not (tmp_path / "out").exists()

@@ -7,15 +7,20 @@ whole activation tensor (D0 has 102 of them, ~11 % of its inference kernel time 
 The same product written as two plain ops is fused into the convolution (`_FusedConv2D` with
 FusedBatchNorm and `_MklSwish` post-ops). Forward values are bit-identical to tf.nn.silu
 (beta = 1); the gradient is the autodiff of the product (the same derivative, another
-rounding).
+rounding). Inside `normalization.stock_inference_form()` (FLOP counting) it traces as
+tf.nn.silu, whose extra `beta * x` Mul the profiler counts, as in the reference's count.
 """
 import tensorflow as tf
 import tf_keras as keras
+
+from detlab.layers import normalization
 
 
 @keras.saving.register_keras_serializable(package="detlab")
 def swish(x):
   """x * sigmoid(x), without a custom gradient (see the module docstring)."""
+  if not normalization.rewrites_allowed():
+    return tf.nn.silu(x)
   return x * tf.math.sigmoid(x)
 
 

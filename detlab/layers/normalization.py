@@ -38,11 +38,17 @@ def cpu_has_avx512() -> bool:
   return False
 
 
+def rewrites_allowed() -> bool:
+  """False inside `stock_inference_form()`."""
+  return _rewrites_allowed
+
+
 @contextlib.contextmanager
 def stock_inference_form():
   """Traces inside keep the plain FusedBatchNorm op after every producer at every batch size
-  (FLOP counting uses this: the profiler counts the multiply-add form's Mul/Add and a folded
-  BiasAdd but not FusedBatchNorm, as the reference implementation's count does not)."""
+  and tf.nn.silu for swish (FLOP counting uses this: the profiler counts the multiply-add
+  form's Mul/Add and a folded BiasAdd but not FusedBatchNorm, and silu's beta * x Mul, as the
+  reference implementation's count does: D0 2.548 G; the fusable forms count 2.530 G)."""
   global _rewrites_allowed
   previous, _rewrites_allowed = _rewrites_allowed, False
   try:

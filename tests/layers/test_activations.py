@@ -4,6 +4,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.layers.activations import activation_fn, activation_layer, swish
+from detlab.layers.normalization import stock_inference_form
 
 
 def test_swish_equals_silu_and_its_gradient():
@@ -23,6 +24,8 @@ def test_swish_traces_as_sigmoid_times_input_without_a_custom_gradient():
   assert {"Sigmoid", "Mul"} <= op_types(swish)
   assert "IdentityN" not in op_types(swish)
   assert "IdentityN" in op_types(tf.nn.silu)  # what stops the conv fusion
+  with stock_inference_form():  # FLOP counting: silu's ops, as the reference counts them
+    assert op_types(swish) == op_types(tf.nn.silu)
 
 
 def test_activation_layer_maps_swish_and_keeps_others_and_round_trips():

@@ -25,6 +25,7 @@ from detlab import config
 from detlab.tasks.classification import ClassificationTask
 from detlab.tasks.detection import DetectionTask
 from detlab.tasks.joint import JointTask
+from detlab.tasks.instance_segmentation import InstanceSegmentationTask
 from detlab.tasks.segmentation import SegmentationTask
 from detlab.training.experiment import configured_task, train
 
@@ -32,7 +33,8 @@ README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "R
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 # Gin file name prefix -> the task that file trains (the last such file of a command decides).
 TASK_OF_PREFIX = {"efficientdet_": DetectionTask, "classification_": ClassificationTask,
-                  "segmentation_": SegmentationTask, "joint_": JointTask}
+                  "segmentation_": SegmentationTask, "joint_": JointTask,
+                  "instance_segmentation_": InstanceSegmentationTask}
 # Placeholders README writes for "your file" / "each Dk": what they stand for here.
 PLACEHOLDER_FILES = {"more.gin": [],
                      "efficientdet_dN.gin": ["efficientdet_d0.gin", "efficientdet_d7x.gin"]}
@@ -57,6 +59,7 @@ PROSE_BINDINGS = [
     (["classification_efficientnetv2_b0.gin"], ["ClassificationTask.progressive = None"]),
     (["segmentation_d0_shapes.gin"], ["SegmentationTask.bn_momentum = 0.95"]),
     (["joint_d0_shapes.gin"], ["JointTask.seg_loss_weight = 0.5"]),
+    (["instance_segmentation_d0_shapes.gin"], ["InstanceSegmentationTask.class_agnostic = False"]),
 ]
 
 
@@ -253,8 +256,13 @@ def test_every_binding_readme_names_is_checked_here():
   assert named <= covered, f"README names bindings no test checks: {sorted(named - covered)}"
 
 
+# A task add-on: it turns the detector file before it into another task.
+ADD_ON_FILES = ("instance_segmentation_recipe.gin",)
+
+
 def _data_file(name: str) -> bool:
-  return not name.startswith(tuple(TASK_OF_PREFIX))
+  """A file that goes after a detector file: data-only, or a task add-on."""
+  return not name.startswith(tuple(TASK_OF_PREFIX)) or name in ADD_ON_FILES
 
 
 @pytest.mark.parametrize("name", config.available_gin_files())

@@ -28,6 +28,24 @@ def test_only_params_and_gmacs_is_a_quick_count_as_json():
   assert set(out) == {"model", "image_size", "precision", "params", "gmacs"}  # no timing run
 
 
+def test_instance_gin_counts_the_mask_branch_at_100_boxes():
+  """instance_segmentation_d0.gin: D0's parameters plus the mask head's, and the branch's
+  multiply-adds at 100 boxes as its layers give them: per box 4 separable 3x3 convs of 64 on
+  14 x 14 (14^2 * 64 * (9 + 64) each), the 2x2 transposed conv to 28 x 28 (14^2 * 64 * 64 *
+  4) and the 1x1 predictor (28^2 * 64); BN, swish and RoIAlign's interpolation add ~2 %."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-m", "detlab.benchmark", "--gin_file=instance_segmentation_d0.gin",
+       "--gin_bindings=IMAGE_SIZE = 128", "--json", "--only=params,mask_gmacs"],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  convs = 100 * (4 * 14 ** 2 * 64 * (9 + 64) + 14 ** 2 * 64 * 64 * 4 + 28 ** 2 * 64) / 1e9
+  assert convs <= out["mask_gmacs"] <= convs * 1.04, (out, convs)
+  mask_head = (64 * (9 + 64) + 4 * 64) * 4 + 2 * 2 * 64 * 64 + 4 * 64 + 64 + 1
+  assert out["params"] == 3_927_203 + mask_head
+
+
 def test_full_measurement_reports_every_required_key():
   # The key contract does not depend on the model: the tests' tiny backbone and a one-cell
   # BiFPN (D0's build and five traced measurements took ~55 s of the suite).

@@ -53,8 +53,9 @@ def run_benchmark() -> dict:
   config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   from detlab.training.setup import configured_task  # pylint: disable=import-outside-toplevel
   task = configured_task()
-  if task.name == "detection":
-    wanted = _wanted(detection.ALL + (detection.INPUT,), detection.ALL,
+  if task.name in ("detection", "instance_segmentation"):
+    masks = detection.MASK if task.name == "instance_segmentation" else ()
+    wanted = _wanted(detection.ALL + masks + (detection.INPUT,), detection.ALL + masks,
                      {tasks.TRAIN: "train_img_s_bs8"})
     if FLAGS.input_pipeline:
       wanted |= {detection.INPUT, "train_img_s_bs8"}

@@ -1,5 +1,7 @@
-"""Detection gin files (train.task = @DetectionTask()): the network's size
-and speed, post-processing, end to end, a training step and optionally the input pipeline."""
+"""Detection gin files (train.task = @DetectionTask(), or @InstanceSegmentationTask(): a
+detector with a mask branch): the network's size and speed, post-processing, end to end, a
+training step and optionally the input pipeline; for a mask model also the mask branch at
+MASK_BOXES detections (its multiply-adds and time, and its share of the network's)."""
 import time
 
 import numpy as np
@@ -12,6 +14,8 @@ from detlab.benchmark.timing import (measure_network, time_call, time_train_step
 
 ALL = ("params", "gmacs", "matmul_gflops", "infer_img_s_bs1", "infer_img_s_bs8",
        "postprocess_ms", "e2e_img_s_bs1", "train_img_s_bs8")
+MASK = ("mask_gmacs", "mask_ms_bs1")  # mask models only (in ALL's default for them)
+MASK_BOXES = 100  # the recipe's max_detections: the boxes the branch masks per image
 NETWORK_ONLY = ALL[:5]  # what --backbone measures (no detection post-processing or loss)
 INPUT = "input_img_s"   # opt-in: it reads the configured training data
 
@@ -25,15 +29,29 @@ def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
   assigner = AnchorTargetAssigner(model.anchors)
   cls, box = [], []
   for _ in range(batch):
-    centre = rng.uniform(0.2, 0.8, (5, 2)) * size
-    half = rng.uniform(0.05, 0.2, (5, 2)) * size
-    boxes = np.concatenate([centre - half, centre + half], -1).astype(np.float32)
+    boxes = _random_boxes(rng, 5, size)
     c, b = assigner(tf.constant(boxes), tf.constant(rng.randint(0, model.num_classes, 5)))
     cls.append(c)
     box.append(b)
-  return {"images": tf.random.normal([batch, size, size, 3]), "cls_targets": tf.stack(cls),
-          "box_targets": tf.stack(box),
-          "source_ids": encode_source_id(tf.constant([f"synthetic-{i}" for i in range(batch)]))}
+  out = {"images": tf.random.normal([batch, size, size, 3]), "cls_targets": tf.stack(cls),
+         "box_targets": tf.stack(box),
+         "source_ids": encode_source_id(tf.constant([f"synthetic-{i}" for i in range(batch)]))}
+  if hasattr(model, "mask_logits"):  # mask targets as the input gives them (K rows, -1 pad)
+    k, m = 100, model.mask_size
+    boxes = np.zeros([batch, k, 4], np.float32)
+    boxes[:, :5] = _random_boxes(rng, batch * 5, size).reshape(batch, 5, 4)
+    classes = np.full([batch, k], -1, np.int32)
+    classes[:, :5] = rng.randint(0, model.num_classes, (batch, 5))
+    out.update(mask_boxes=tf.constant(boxes), mask_classes=tf.constant(classes),
+               mask_targets=tf.constant((rng.uniform(size=(batch, k, m, m)) > 0.5)
+                                        .astype(np.float32)))
+  return out
+
+
+def _random_boxes(rng, count: int, size: int) -> np.ndarray:
+  centre = rng.uniform(0.2, 0.8, (count, 2)) * size
+  half = rng.uniform(0.05, 0.2, (count, 2)) * size
+  return np.concatenate([centre - half, centre + half], -1).astype(np.float32)
 
 
 def measure_input_pipeline(task, model, batch: int, min_seconds: float,
@@ -52,14 +70,34 @@ def measure_input_pipeline(task, model, batch: int, min_seconds: float,
 
 
 def _detector_and_task(precision: str):
-  """The detector and DetectionTask `train()` would build (train.task)."""
+  """The detector and DetectionTask (or InstanceSegmentationTask) `train()` would build."""
   from detlab.training.setup import configured_task, precision_policy
   task = configured_task()
-  if task.name != "detection":
+  if task.name not in ("detection", "instance_segmentation"):
     raise ValueError(f"The detection benchmark needs a detection gin file; train.task is the "
                      f"{task.name} task (tasks.measure_task measures it).")
   with precision_policy(precision):
     return task.build_model(), task
+
+
+def _measure_mask_branch(model, wanted, min_seconds: float) -> dict:
+  """The mask branch alone on batch-1 P3..P7 features at MASK_BOXES boxes: multiply-adds
+  ("mask_gmacs") and milliseconds ("mask_ms_bs1")."""
+  from detlab.benchmark.timing import count_gmacs_of  # pylint: disable=import-outside-toplevel
+  size = model.anchors.image_size
+  _, _, features = model(tf.zeros([1, size, size, 3]), training=False)
+  boxes = tf.constant(_random_boxes(np.random.RandomState(0), MASK_BOXES, size)[None])
+  classes = tf.zeros([1, MASK_BOXES], tf.int32)
+  out = {}
+  if "mask_gmacs" in wanted:
+    specs = [{k: tf.TensorSpec(v.shape, v.dtype) for k, v in features.items()},
+             tf.TensorSpec(boxes.shape, tf.float32)]
+    out["mask_gmacs"] = count_gmacs_of(
+        lambda f, b: model.mask_logits(f, b, classes, training=False), specs)
+  if "mask_ms_bs1" in wanted:
+    masks = tf.function(lambda f, b: model.mask_logits(f, b, classes, training=False))
+    out["mask_ms_bs1"] = 1000 * time_call(lambda: masks(features, boxes).numpy(), min_seconds)
+  return out
 
 
 def measure(wanted, min_seconds: float, train_batch: int = 8,
@@ -83,16 +121,23 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
       images = tf.random.normal([batch, size, size, 3])
       profiles[f"network inference, batch {batch} (op type: kernel ms per call)"] = (
           profile_ops(lambda: tf.nest.map_structure(lambda t: t.numpy(), network(images))))
+  if set(MASK) & set(wanted):
+    out.update(_measure_mask_branch(model, wanted, min_seconds))
+    if "mask_ms_bs1" in out and "infer_img_s_bs1" in out:
+      out["mask_over_network_bs1"] = out["mask_ms_bs1"] / (1000.0 / out["infer_img_s_bs1"])
+    if "mask_gmacs" in out and "gmacs" in out:
+      out["mask_over_network_gmacs"] = out["mask_gmacs"] / out["gmacs"]
   if "postprocess_ms" in wanted:
-    cls, box = model.flatten_outputs(*network(tf.random.normal([1, size, size, 3])))
+    cls, box = model.flatten_outputs(*network(tf.random.normal([1, size, size, 3]))[:2])
     anchor_boxes = model.anchors.boxes()
     post = tf.function(lambda c, b: postprocess(c, b, anchor_boxes, size))
     out["postprocess_ms"] = 1000 * time_call(
         lambda: post(cls, box)["num_detections"].numpy(), min_seconds)
   if "e2e_img_s_bs1" in wanted:
     images = tf.random.normal([1, size, size, 3])
-    detect = tf.function(lambda x: task.detect(model, x))
-    out["e2e_img_s_bs1"] = 1.0 / time_call(
+    info = tf.constant([[[size, size], [size, size], [1.0, 1.0], [0.0, 0.0]]])
+    detect = tf.function(lambda x: task.predict(model, {"images": x, "image_info": info}))
+    out["e2e_img_s_bs1"] = 1.0 / time_call(  # network + NMS (+ masks) as served
         lambda: detect(images)["num_detections"].numpy(), min_seconds)
   if "train_img_s_bs8" in wanted:
     defaults = OptimizerConfig()

@@ -41,7 +41,10 @@ def with_derived_keys(out: dict) -> dict:
 
 def format_table(result: dict) -> str:
   units = {"params": "", "gmacs": "G multiply-adds", "matmul_gflops": "GFLOP/s fp32",
-           "postprocess_ms": "ms/image", "fraction_of_matmul_peak_bs8": "of matmul peak",
+           "postprocess_ms": "ms/image", "mask_gmacs": "G multiply-adds (100 boxes)",
+           "mask_ms_bs1": "ms/image (100 boxes)",
+           "mask_over_network_bs1": "x the network's time (batch 1)",
+           "mask_over_network_gmacs": "x the network's multiply-adds", "fraction_of_matmul_peak_bs8": "of matmul peak",
            "input_over_train": "x the training step",
            "detlab_over_keras_fit": "x keras model.fit"}
   lines = []

@@ -14,14 +14,19 @@ REQUIRED_KEYS = {"params", "gmacs", "infer_img_s_bs1", "infer_img_s_bs8", "e2e_i
                  "postprocess_ms", "train_img_s_bs8", "matmul_gflops"}
 
 
-def test_only_params_and_gmacs_is_a_quick_count_as_json():
+def _benchmark_json(gin_file: str, only: str) -> dict:
+  """`python -m detlab.benchmark --json` of `gin_file` at 128² measuring `only`."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(
-      [sys.executable, "-m", "detlab.benchmark", "--gin_file=efficientdet_d0.gin",
-       "--gin_bindings=IMAGE_SIZE = 128", "--json", "--only=params,gmacs"],
+      [sys.executable, "-m", "detlab.benchmark", f"--gin_file={gin_file}",
+       "--gin_bindings=IMAGE_SIZE = 128", "--json", f"--only={only}"],
       capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_only_params_and_gmacs_is_a_quick_count_as_json():
+  out = _benchmark_json("efficientdet_d0.gin", "params,gmacs")
   assert out["params"] == 3_927_203
   # Multiply-adds scale with pixels: at 128² D0 is ~1/16 of its 2.549 G at 512².
   assert 2.549 / 16 * 0.9 < out["gmacs"] < 2.549 / 16 * 1.1
@@ -33,13 +38,7 @@ def test_instance_gin_counts_the_mask_branch_at_100_boxes():
   multiply-adds at 100 boxes as its layers give them: per box 4 separable 3x3 convs of 64 on
   14 x 14 (14^2 * 64 * (9 + 64) each), the 2x2 transposed conv to 28 x 28 (14^2 * 64 * 64 *
   4) and the 1x1 predictor (28^2 * 64); BN, swish and RoIAlign's interpolation add ~2 %."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run(
-      [sys.executable, "-m", "detlab.benchmark", "--gin_file=instance_segmentation_d0.gin",
-       "--gin_bindings=IMAGE_SIZE = 128", "--json", "--only=params,mask_gmacs"],
-      capture_output=True, text=True, env=env, timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
+  out = _benchmark_json("instance_segmentation_d0.gin", "params,mask_gmacs")
   convs = 100 * (4 * 14 ** 2 * 64 * (9 + 64) + 14 ** 2 * 64 * 64 * 4 + 28 ** 2 * 64) / 1e9
   assert convs <= out["mask_gmacs"] <= convs * 1.04, (out, convs)
   mask_head = (64 * (9 + 64) + 4 * 64) * 4 + 2 * 2 * 64 * 64 + 4 * 64 + 64 + 1

@@ -80,7 +80,9 @@ HEAVY_FILES_FIRST = (
     "tests/e2e/test_learning_joint.py", "tests/export/test_saved_model.py",
     "tests/data_tools/test_convert_automl_checkpoint.py", "tests/test_benchmark.py",
     "tests/training/test_preemption_eval.py", "tests/e2e/test_learning_segmentation.py",
-    "tests/training/test_multi_worker_preemption.py", "tests/training/test_run_writes.py")
+    "tests/training/test_multi_worker_preemption.py", "tests/training/test_run_writes.py",
+    "tests/export/test_instance_serving.py", "tests/training/test_bn_reestimation.py",
+    "tests/data/test_instance_masks.py", "tests/tasks/test_instance_segmentation_task.py")
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument

@@ -27,6 +27,7 @@ from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.detection.losses import DetectionLoss
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.evaluation.coco_evaluator import paste_mask
+from detlab.models.instance_segmentation import has_mask_branch
 from detlab.tasks.detection import DetectionTask
 from detlab.tasks.instance_segmentation import InstanceSegmentationTask
 from detlab.training.ema import WeightAverage, averaged_variables
@@ -91,11 +92,6 @@ def detector_config(model) -> str:
   if text is None:
     raise ValueError("detector_config: this model was not built by detlab.api.load_detector.")
   return text
-
-
-def has_mask_branch(model) -> bool:
-  """Whether `model` is an instance-segmentation model (models/instance_segmentation.py)."""
-  return hasattr(model, "mask_logits")
 
 
 class CheckpointLoadError(ValueError):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from detlab.benchmark.report import with_derived_keys
 from detlab.benchmark.profile import profile_ops
+from detlab.models.instance_segmentation import has_mask_branch
 from detlab.benchmark.timing import (measure_network, time_call, time_train_step,
                                      train_step_call)
 
@@ -36,7 +37,7 @@ def synthetic_train_batch(model, batch: int, seed: int = 0) -> dict:
   out = {"images": tf.random.normal([batch, size, size, 3]), "cls_targets": tf.stack(cls),
          "box_targets": tf.stack(box),
          "source_ids": encode_source_id(tf.constant([f"synthetic-{i}" for i in range(batch)]))}
-  if hasattr(model, "mask_logits"):  # mask targets as the input gives them (K rows, -1 pad)
+  if has_mask_branch(model):  # mask targets as the input gives them (K rows, -1 pad)
     k, m = 100, model.mask_size
     boxes = np.zeros([batch, k, 4], np.float32)
     boxes[:, :5] = _random_boxes(rng, batch * 5, size).reshape(batch, 5, 4)

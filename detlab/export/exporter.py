@@ -14,8 +14,8 @@ from detlab import api, config
 from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data import label_map
 from detlab.export.fold import count_batch_norms, fold_batch_norms
-from detlab.export.saved_model import (INPUT_TYPES, DetectionServing, export_saved_model,
-                                       has_masks)
+from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
+from detlab.models.instance_segmentation import has_mask_branch
 from detlab.io import write_json
 from detlab.training import bn_reestimation
 from detlab.training.run_seed import SEED_FILE
@@ -116,7 +116,7 @@ def clear_outputs(output_dir: str, paths: dict) -> None:
 def check_mask_formats(model, formats) -> None:
   """Refuses, for a model with a mask branch, the formats that would drop its masks."""
   boxes_only = [f for f in formats if f not in MASK_FORMATS]
-  if has_masks(model) and boxes_only:
+  if has_mask_branch(model) and boxes_only:
     raise ExportError(
         f"This is an instance-segmentation model: {', '.join(boxes_only)} do not carry its "
         f"mask branch in this version of detlab (only {', '.join(MASK_FORMATS)} serve "
@@ -237,7 +237,7 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
           "input_type": input_type, "batch_size": batch_size,
           "image_size": model.anchors.image_size, "num_classes": model.num_classes,
           "batch_norms_folded": bool(fold), "category_names": category_names(task),
-          "mask_size": model.mask_size if has_masks(model) else None,  # detection_masks' M
+          "mask_size": model.mask_size if has_mask_branch(model) else None,  # detection_masks' M
           # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
           "input_mean": list(convention.mean), "input_std": list(convention.std),
           **bn_reestimation.record(reestimated)}

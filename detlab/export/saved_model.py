@@ -27,15 +27,11 @@ from detlab.backbones import IMAGENET_MEAN_STD, InputConvention, input_conventio
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.data.tf_example import decode_example
 from detlab.detection.postprocess import PostprocessConfig, image_windows, postprocess
+from detlab.models.instance_segmentation import has_mask_branch
 
 INPUT_TYPES = ("image_tensor", "encoded_image", "tf_example")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 MASK_OUTPUT = "detection_masks"  # added for a model with a mask branch
-
-
-def has_masks(model) -> bool:
-  """Whether `model` has an instance-mask branch (models/instance_segmentation.py)."""
-  return hasattr(model, "mask_logits")
 
 
 def input_signature(input_type: str, batch_size: int | None = None) -> tf.TensorSpec:
@@ -61,7 +57,7 @@ class DetectionServing:
     self.parser = DetectionParser(dataclasses.replace(input_config, is_training=False),
                                   model.anchors, model.num_classes, self.convention)
     self.anchor_boxes = model.anchors.boxes()
-    self.masks = has_masks(model)
+    self.masks = has_mask_branch(model)
 
   def preprocess_one(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """uint8 [H, W, 3] -> (model input [S, S, 3] float32, image_info [4, 2] float32)."""

@@ -30,7 +30,8 @@ import tensorflow as tf
 from detlab.backbones.conventions import IMAGENET_MEAN_STD, InputConvention
 from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess as postprocess_lib
-from detlab.export.saved_model import MASK_OUTPUT, detection_masks, has_masks
+from detlab.export.saved_model import MASK_OUTPUT, detection_masks
+from detlab.models.instance_segmentation import has_mask_branch
 from detlab.io import write_bytes
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -105,7 +106,7 @@ def lite_function(serving, batch_size: int, drop_empty: bool = True):
               "detection_classes": tf.cast(tf.where(valid, found["classes"] + 1, 0),
                                            tf.float32),
               "num_detections": tf.cast(num, tf.float32)}
-    if has_masks(model):  # the mask branch at the detections (input pixels)
+    if has_mask_branch(model):  # the mask branch at the detections (input pixels)
       result[MASK_OUTPUT] = detection_masks(model, outputs[2], found)
     return result
   return detect

@@ -14,6 +14,11 @@ from detlab.models.efficientdet import EfficientDet
 from detlab.models.segmentation import resolve_sync_bn
 
 
+def has_mask_branch(model) -> bool:
+  """Whether `model` is an instance-segmentation model (it has `mask_logits`)."""
+  return hasattr(model, "mask_logits")
+
+
 class InstanceSegmenter(EfficientDet):
   """call(images) -> (class_outputs, box_outputs, features {str(level): [B, h, w, C]});
   mask_logits(features, boxes, classes) -> float32 [B, N, M, M] box-relative mask logits.

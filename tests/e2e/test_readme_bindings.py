@@ -155,6 +155,8 @@ def landed(task, name: str):
     return getattr(getattr(task, f"{scope}_input"), param)
   if configurable == "Schedule" and not scope:
     return getattr(_train_argument("schedule"), param)
+  if configurable == "OptimizerConfig" and not scope:
+    return getattr(_train_argument("optimizer"), param)
   raise AssertionError(f"README binding {name!r}: this test has no rule for where it takes "
                        "effect; add one to landed().")
 

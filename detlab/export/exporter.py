@@ -26,9 +26,9 @@ FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino
 # Formats this version writes (all of FORMATS; kept apart so a planned one can be refused).
 IMPLEMENTED_FORMATS = FORMATS
 INT8_FORMATS = ("tflite_int8", "openvino_int8")  # the ones that read calibration images
-# The formats that carry an instance model's mask branch (INT8: not calibrated or checked
-# for it; OpenVINO: its IR ends before NMS, the masks need the boxes after it).
-MASK_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16")
+# The formats that carry an instance model's mask branch (OpenVINO: a second IR, mask.xml, run
+# after the TF NMS; INT8: not calibrated or checked for it).
+MASK_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "openvino_fp32")
 CONFIG_FILES = ("operative_config.gin", "config.gin")  # preferred first
 
 

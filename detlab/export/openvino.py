@@ -13,6 +13,20 @@ detlab's per-class soft-NMS crashes the CPU plugin at inference (a segfault, wit
 TensorFlow in the process), and keeping NMS in TF keeps the detection protocol identical to
 the evaluated model's. The post-processing settings are stored beside the IR
 (postprocess.json), so `OpenVinoDetector` needs only the directory.
+
+An instance-segmentation model (has_mask_branch) gets a second IR, mask.xml (+ mask.bin): its
+mask branch (RoIAlign of the BiFPN levels at the boxes, the conv tower, the sigmoid) from
+`features_<level>` [B, h, w, C], `boxes` [B, N, 4] (input pixels) and `classes` [B, N] int32
+class indices to `masks` [B, N, M, M] box-relative probabilities; model.xml then also outputs
+the `features_<level>` it reads. The branch has to run after NMS (it crops at the final
+boxes), and NMS stays in TF (above), so one IR cannot hold both; and two IRs are also the
+faster form: N is dynamic, so OpenVinoDetector runs the branch on the images' largest
+num_detections rows only, not on max_detections rows of which most are padding (the
+SavedModel computes all max_detections and zeroes the padding: the same valid rows). The mask
+IR converts whole (tfm's MultilevelROIAligner is gathers and arithmetic): no op of it runs in
+TF. OpenVinoDetector returns the SavedModel's `detection_masks` [B, D, M, M] (0 past
+num_detections). INT8 quantises the mask IR's convs too, calibrated on the branch's inputs at
+the calibration images' detections.
 """
 import contextlib
 import dataclasses
@@ -28,10 +42,13 @@ from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import representative_images
 from detlab.io import write_json
+from detlab.models.instance_segmentation import has_mask_branch
 
 PRECISIONS = ("fp32", "int8")
 POSTPROCESS_FILE = "postprocess.json"
 IR_FILES = ("model.xml", "model.bin")
+MASK_IR = "mask.xml"  # an instance-segmentation model's mask branch (+ mask.bin), beside it
+FEATURE_PREFIX = "features_"  # features_<level>: model.xml's extra outputs, mask.xml's inputs
 INSTALL_HINT = "pip install 'detlab[openvino]' (or pip install openvino nncf)"
 
 
@@ -55,14 +72,40 @@ def network_function(serving, batch_size: int | None = None):
                                               name="images")])
   def network(images):
     inputs = serving.convention.normalize(images)
-    cls, box = model.flatten_outputs(*model(inputs, training=False))
+    outputs = model(inputs, training=False)
+    cls, box = model.flatten_outputs(*outputs[:2])
     cls = tf.ensure_shape(tf.cast(cls, tf.float32), [batch_size, num_anchors, num_classes])
     box = tf.ensure_shape(tf.cast(box, tf.float32), [batch_size, num_anchors, 4])
     # postprocess.postprocess's first stage; its second (NMS) runs after the IR.
     boxes, scores, classes = postprocess_lib.candidates(cls, box, serving.anchor_boxes, size,
                                                         config)
-    return {"boxes": boxes, "scores": scores, "classes": classes}
+    result = {"boxes": boxes, "scores": scores, "classes": classes}
+    if has_mask_branch(model):  # what the mask IR reads at the boxes NMS keeps
+      result.update({FEATURE_PREFIX + level: tf.cast(feature, tf.float32)
+                     for level, feature in outputs[2].items()})
+    return result
   return network
+
+
+def mask_function(serving):
+  """The mask branch as a tf.function (see module doc): features_<level> [B, h, w, C],
+  boxes [B, N, 4] in input pixels, classes [B, N] class indices -> masks [B, N, M, M]
+  sigmoid probabilities (SavedModel detection_masks' rows)."""
+  model = serving.model
+  size = model.anchors.image_size
+  levels = [str(l) for l in range(model.anchors.min_level, model.anchors.max_level + 1)]
+  _, _, features = model(tf.zeros([1, size, size, 3]), training=False)  # their shapes
+  specs = [tf.TensorSpec([None, *features[l].shape[1:]], tf.float32,
+                         name=FEATURE_PREFIX + l) for l in levels]
+  specs += [tf.TensorSpec([None, None, 4], tf.float32, name="boxes"),
+            tf.TensorSpec([None, None], tf.int32, name="classes")]
+
+  @tf.function(input_signature=specs)
+  def masks(*args):
+    logits = model.mask_logits(dict(zip(levels, args[:len(levels)])), args[-2], args[-1],
+                               training=False)
+    return {"masks": tf.sigmoid(tf.cast(logits, tf.float32))}
+  return masks
 
 
 def nms_function(config: PostprocessConfig, image_size: int):
@@ -81,33 +124,69 @@ def nms_function(config: PostprocessConfig, image_size: int):
     valid = tf.range(tf.shape(out_classes)[1])[None, :] < num[:, None]
     return {"detection_boxes": out_boxes, "detection_scores": out_scores,
             "detection_classes": tf.cast(tf.where(valid, out_classes + 1, 0), tf.float32),
-            "num_detections": tf.cast(num, tf.float32)}
+            "num_detections": tf.cast(num, tf.float32), "class_indices": out_classes}
   return nms
+
+
+def calibration_images(serving, calibration_files, calibration_steps: int) -> list:
+  """The images LiteRT's INT8 calibration reads, letterboxed the same way (uint8 [1, S, S, 3])."""
+  images = [batch["images"] for batch in representative_images(
+      calibration_files, serving.model.anchors.image_size, calibration_steps,
+      serving.convention)]
+  if not images:
+    raise ValueError(f"No calibration image could be read from {calibration_files}.")
+  return images
+
+
+def quantize(model, samples: list):
+  """NNCF post-training INT8 of an openvino.Model on `samples` (its inputs, one per step)."""
+  try:
+    import nncf  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError(f"OpenVINO INT8 needs NNCF: {INSTALL_HINT}.") from error
+  # Convs and matmuls get int8 weights and activations; top-k, decode, RoIAlign's gathers and
+  # the outputs stay float (NNCF quantises only the inputs of ops with integer kernels).
+  return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+
+
+def mask_samples(serving, network, images: list) -> list:
+  """The mask IR's calibration inputs: {input name: array} at each calibration image's
+  detections, found by the float network IR `network` and the TF NMS."""
+  ov = import_openvino()
+  compiled = ov.Core().compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+  size = serving.model.anchors.image_size
+  nms = nms_function(serving.postprocess_config, size)
+  names = [o.get_any_name() for o in compiled.outputs]
+  samples = []
+  for image in images:
+    result = compiled([image])
+    outputs = {name: result[compiled.output(name)] for name in names}
+    found = nms(*(tf.constant(outputs[n]) for n in ("boxes", "scores", "classes")),
+                tf.constant([[0, 0, size, size]], tf.float32))
+    count = max(int(found["num_detections"].numpy().max()), 1)
+    samples.append({**{n: v for n, v in outputs.items() if n.startswith(FEATURE_PREFIX)},
+                    "boxes": found["detection_boxes"].numpy()[:, :count],
+                    "classes": found["class_indices"].numpy()[:, :count]})
+  return samples
 
 
 def convert(serving, precision: str = "fp32", batch_size: int | None = None,
             calibration_files=None, calibration_steps: int = 100):
-  """The openvino.Model of `serving` (a DetectionServing of a folded model)."""
+  """The openvino.Model of `serving` (a DetectionServing of a folded model); for a model
+  with a mask branch, the pair (network, mask branch) (see module doc)."""
   if precision not in PRECISIONS:
     raise ValueError(f"OpenVINO precision must be one of {PRECISIONS}, got {precision!r}.")
   ov = import_openvino()
-  function = network_function(serving, batch_size)
-  model = ov.convert_model(function.get_concrete_function())
+  network = ov.convert_model(network_function(serving, batch_size).get_concrete_function())
+  masks = None
+  if has_mask_branch(serving.model):
+    masks = ov.convert_model(mask_function(serving).get_concrete_function())
   if precision == "int8":
-    try:
-      import nncf  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-      raise ImportError(f"OpenVINO INT8 needs NNCF: {INSTALL_HINT}.") from error
-    # The images LiteRT's INT8 calibration reads, letterboxed the same way.
-    images = [batch["images"] for batch in representative_images(
-        calibration_files, serving.model.anchors.image_size, calibration_steps,
-        serving.convention)]
-    if not images:
-      raise ValueError(f"No calibration image could be read from {calibration_files}.")
-    # Convs and matmuls get int8 weights and activations; top-k, decode and the outputs stay
-    # float (NNCF quantises only the inputs of ops with integer kernels).
-    model = nncf.quantize(model, nncf.Dataset(images), subset_size=len(images))
-  return model
+    images = calibration_images(serving, calibration_files, calibration_steps)
+    if masks is not None:  # its inputs from the float network, before that is quantised
+      masks = quantize(masks, mask_samples(serving, network, images))
+    network = quantize(network, images)
+  return network if masks is None else (network, masks)
 
 
 def is_local(path: str) -> bool:
@@ -131,18 +210,22 @@ def export_openvino(serving, directory: str, precision: str = "fp32",
                     calibration_steps: int = 100) -> str:
   """Writes directory/model.xml (+ .bin) and postprocess.json on any tf.io.gfile file system
   (a remote directory is written through a local temporary one, copied with tf.io.gfile);
-  returns the model.xml path."""
+  returns the model.xml path. A model with a mask branch adds mask.xml (+ .bin) beside it."""
   ov = import_openvino()
-  model = convert(serving, precision, batch_size, calibration_files, calibration_steps)
+  models = convert(serving, precision, batch_size, calibration_files, calibration_steps)
+  models = dict(zip(("model.xml", MASK_IR), models if isinstance(models, tuple)
+                    else (models,)))
   tf.io.gfile.makedirs(directory)
   # FP32 stays FP32: save_model would otherwise store the weights as FP16.
   if is_local(directory):
-    ov.save_model(model, os.path.join(directory, "model.xml"), compress_to_fp16=False)
+    for xml, model in models.items():
+      ov.save_model(model, os.path.join(directory, xml), compress_to_fp16=False)
   else:
     with local_directory() as local:
-      ov.save_model(model, os.path.join(local, "model.xml"), compress_to_fp16=False)
-      for name in IR_FILES:
-        tf.io.gfile.copy(os.path.join(local, name), os.path.join(directory, name), True)
+      for xml, model in models.items():
+        ov.save_model(model, os.path.join(local, xml), compress_to_fp16=False)
+        for name in (xml, xml[:-len(".xml")] + ".bin"):
+          tf.io.gfile.copy(os.path.join(local, name), os.path.join(directory, name), True)
   write_json(os.path.join(directory, POSTPROCESS_FILE),
              {"image_size": serving.model.anchors.image_size,
               **dataclasses.asdict(serving.postprocess_config)}, indent=2)
@@ -168,23 +251,33 @@ class OpenVinoDetector:
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     if num_threads:
       config["INFERENCE_NUM_THREADS"] = num_threads
+    mask_path = os.path.join(directory, MASK_IR)
+    xmls = [path] + ([mask_path] if tf.io.gfile.exists(mask_path) else [])
     if is_local(path):
-      self.compiled = core.compile_model(core.read_model(path), "CPU", config)
-    else:  # OpenVINO reads local files only; the compiled model needs them no longer
-      xml = os.path.basename(path)
+      compiled = [core.compile_model(core.read_model(xml), "CPU", config) for xml in xmls]
+    else:  # OpenVINO reads local files only; the compiled models need them no longer
       with local_directory() as local:
-        for name in (xml, xml[:-len(".xml")] + ".bin"):  # the IR and its weights
-          tf.io.gfile.copy(os.path.join(directory, name), os.path.join(local, name))
-        self.compiled = core.compile_model(core.read_model(os.path.join(local, xml)), "CPU",
-                                           config)
+        compiled = []
+        for xml in map(os.path.basename, xmls):
+          for name in (xml, xml[:-len(".xml")] + ".bin"):  # the IR and its weights
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(local, name))
+          compiled.append(core.compile_model(core.read_model(os.path.join(local, xml)), "CPU",
+                                             config))
+    self.compiled, self.masks = compiled[0], (compiled[1] if len(compiled) > 1 else None)
     shape = self.compiled.inputs[0].get_partial_shape()
     self.batch_size = None if shape[0].is_dynamic else shape[0].get_length()
     self.request = self.compiled.create_infer_request()
     self.outputs = {name: self.compiled.output(name) for name in ("boxes", "scores", "classes")}
+    if self.masks is not None:  # model.xml's features_<level> feed mask.xml's same-named inputs
+      self.features = [i.get_any_name() for i in self.masks.inputs
+                       if i.get_any_name().startswith(FEATURE_PREFIX)]
+      self.outputs.update({name: self.compiled.output(name) for name in self.features})
+      self.mask_request = self.masks.create_infer_request()
 
   def __call__(self, images: np.ndarray, windows: np.ndarray | None = None) -> dict:
     """images uint8 [B, S, S, 3]; windows float32 [B, 4]: where each image lies in its
-    letterboxed input (y1, x1, y2, x2; None: the whole input)."""
+    letterboxed input (y1, x1, y2, x2; None: the whole input). With a mask IR the outputs add
+    detection_masks [B, D, M, M] (the SavedModel's; 0 past num_detections)."""
     if windows is None:
       windows = np.tile(np.float32([0, 0, self.image_size, self.image_size]),
                         [len(images), 1])
@@ -192,4 +285,24 @@ class OpenVinoDetector:
     found = self.nms(*(tf.constant(result[self.outputs[n]]) for n in ("boxes", "scores",
                                                                         "classes")),
                      tf.constant(windows, tf.float32))
-    return {k: v.numpy() for k, v in found.items()}
+    found = {k: v.numpy() for k, v in found.items()}
+    classes = found.pop("class_indices")
+    if self.masks is not None:
+      found["detection_masks"] = self._masks(result, found, classes)
+    return found
+
+  def _masks(self, result, found: dict, classes: np.ndarray) -> np.ndarray:
+    """The mask IR on the first max(num_detections) rows (the rest are padding; see the
+    module doc), zero-padded to max_detections and zero past each image's count."""
+    boxes = found["detection_boxes"]
+    num = found["num_detections"].astype(np.int64)
+    size = self.masks.output("masks").get_partial_shape()[-1].get_length()
+    masks = np.zeros([*boxes.shape[:2], size, size], np.float32)
+    count = int(num.max()) if len(num) else 0
+    if count:
+      feed = {name: result[self.outputs[name]] for name in self.features}
+      feed.update(boxes=np.ascontiguousarray(boxes[:, :count]),
+                  classes=np.ascontiguousarray(classes[:, :count], np.int32))
+      masks[:, :count] = self.mask_request.infer(feed)[self.masks.output("masks")]
+      masks[np.arange(masks.shape[1])[None, :] >= num[:, None]] = 0.0
+    return masks

@@ -9,8 +9,9 @@ pixels: "boxes" [B, D, 4] ymin, xmin, ymax, xmax; "scores" [B, D] descending; "c
 is the model's {category id: name} where the export or the model_dir records it, else None.
 An instance-segmentation model (a model_dir, or a SavedModel serving detection_masks) also
 gives "masks": a list of B uint8 0/1 arrays [D, H, W], each detection's mask in its image's
-own pixels (api.paste_masks). LiteRT FP32/FP16 files carry masks too; OpenVINO IRs and
-LiteRT INT8 do not (the exporter refuses them for a mask model).
+own pixels (api.paste_masks). LiteRT FP32/FP16 files and OpenVINO FP32 IRs (model.xml and
+the mask branch's mask.xml beside it) carry masks too; the INT8 formats do not (the exporter
+refuses them for a mask model).
 
 The path picks the format (see ACCEPTED): a training model_dir (detlab.api), a SavedModel
 directory or an export OUT directory (tf.saved_model.load: the SavedModel needs no detlab),
@@ -272,7 +273,8 @@ class TfliteRunner(_LetterboxRunner):
 
 class OpenVinoRunner(_LetterboxRunner):
   """An OpenVINO IR (OUT/openvino_{fp32,int8}/model.xml) through openvino.OpenVinoDetector:
-  the IR on the CPU plugin, then the TF NMS stored beside it (postprocess.json)."""
+  the IR on the CPU plugin, then the TF NMS stored beside it (postprocess.json), then, for a
+  mask model, its mask branch (mask.xml) at the detections."""
 
   def __init__(self, path: str):
     from detlab.export.openvino import OpenVinoDetector  # pylint: disable=import-outside-toplevel

@@ -189,6 +189,6 @@ def test_litert_fp32_serves_the_saved_models_masks(mask_export):
 
 def test_formats_without_masks_are_refused_by_name(mask_model_dir, tmp_path):
   with pytest.raises(exporter.ExportError, match="tflite_int8.*only saved_model, tflite_fp32, "
-                     "tflite_fp16 serve detection_masks"):
+                     "tflite_fp16, openvino_fp32 serve detection_masks"):
     exporter.export(str(mask_model_dir), str(tmp_path / "out"), ["saved_model", "tflite_int8"])
   assert not (tmp_path / "out").exists()

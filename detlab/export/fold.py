@@ -191,13 +191,15 @@ def folded_transposed_conv(conv: keras.layers.Conv2DTranspose,
 
 def fold_instance_segmenter(model: InstanceSegmenter) -> InstanceSegmenter:
   """A new InstanceSegmenter: fold_efficientdet's detector plus a copy of the mask head with
-  each tower conv -> BN pair and the transposed conv -> BN folded (lists replaced whole)."""
+  each tower conv -> BN pair and the transposed conv -> BN (if any) folded (lists replaced
+  whole)."""
   head = model.mask_head
   previous = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(model.dtype_policy)
   try:
     copy = MaskHead(head.num_classes, head.width, head.repeats, head.mask_size,
-                    class_agnostic=head.class_agnostic, name=head.name)
+                    class_agnostic=head.class_agnostic, upsample=head.upsample_mode,
+                    name=head.name)
     folded = InstanceSegmenter(fold_efficientdet(model), copy, name=model.name)
     folded.build_for_size()
   finally:
@@ -205,8 +207,9 @@ def fold_instance_segmenter(model: InstanceSegmenter) -> InstanceSegmenter:
   copy.set_weights(head.get_weights())
   copy.convs = [folded_conv(conv, bn) for conv, bn in zip(copy.convs, copy.bns)]
   copy.bns = [keras.layers.Identity(name=bn.name) for bn in copy.bns]
-  copy.upsample = folded_transposed_conv(copy.upsample, copy.upsample_bn)
-  copy.upsample_bn = keras.layers.Identity(name=copy.upsample_bn.name)
+  if head.upsample_mode == "transposed":
+    copy.upsample = folded_transposed_conv(copy.upsample, copy.upsample_bn)
+    copy.upsample_bn = keras.layers.Identity(name=copy.upsample_bn.name)
   return folded
 
 

@@ -27,7 +27,7 @@ from detlab.backbones import IMAGENET_MEAN_STD, InputConvention, input_conventio
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.data.tf_example import decode_example
 from detlab.detection.postprocess import PostprocessConfig, image_windows, postprocess
-from detlab.models.instance_segmentation import has_mask_branch
+from detlab.models.instance_segmentation import has_mask_branch, mask_probabilities
 
 INPUT_TYPES = ("image_tensor", "encoded_image", "tf_example")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -108,10 +108,10 @@ def decode_encoded_image(data: tf.Tensor) -> tf.Tensor:
 
 def detection_masks(model, features: dict, found: dict) -> tf.Tensor:
   """float32 [B, D, M, M] box-relative mask probabilities of postprocess() output `found`
-  (boxes in model-input pixels), 0 in the rows past num_detections."""
-  logits = model.mask_logits(features, found["boxes"], found["classes"], training=False)
-  valid = tf.range(tf.shape(found["classes"])[1])[None, :] < found["num_detections"][:, None]
-  return tf.where(valid[..., None, None], tf.sigmoid(tf.cast(logits, tf.float32)), 0.0)
+  (boxes in model-input pixels), 0 in the rows past num_detections: the task's
+  predict masks (models.instance_segmentation.mask_probabilities) with the padding zeroed."""
+  return mask_probabilities(model, features, found["boxes"], found["classes"],
+                            found["num_detections"])
 
 
 def to_original_pixels(found: dict, image_info: tf.Tensor) -> dict:

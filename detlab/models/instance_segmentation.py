@@ -19,6 +19,21 @@ def has_mask_branch(model) -> bool:
   return hasattr(model, "mask_logits")
 
 
+def mask_probabilities(model, features: dict, boxes: tf.Tensor, classes: tf.Tensor,
+                       num_detections: tf.Tensor | None = None) -> tf.Tensor:
+  """float32 [B, N, M, M] box-relative mask probabilities (sigmoid of `model.mask_logits`,
+  inference mode) of an InstanceSegmenter's `features` at `boxes` [B, N, 4] y1 x1 y2 x2 in
+  model-input pixels and `classes` [B, N] 0-based: the masks InstanceSegmentationTask.predict
+  evaluates and every export serves. num_detections [B] (optional): rows at or past it are
+  0 (the SavedModel's padding rows)."""
+  masks = tf.sigmoid(tf.cast(model.mask_logits(features, boxes, classes, training=False),
+                             tf.float32))
+  if num_detections is None:
+    return masks
+  valid = tf.range(tf.shape(classes)[1])[None, :] < tf.cast(num_detections, tf.int32)[:, None]
+  return tf.where(valid[..., None, None], masks, 0.0)
+
+
 class InstanceSegmenter(EfficientDet):
   """call(images) -> (class_outputs, box_outputs, features {str(level): [B, h, w, C]});
   mask_logits(features, boxes, classes) -> float32 [B, N, M, M] box-relative mask logits.
@@ -57,12 +72,15 @@ class InstanceSegmenter(EfficientDet):
 
 def with_mask_head(detector: EfficientDet, mask_size: int = 28, width: int | None = None,
                    repeats: int = 4, class_agnostic: bool = True,
-                   sync_bn: bool | None = None) -> InstanceSegmenter:
+                   sync_bn: bool | None = None,
+                   upsample: str = "transposed") -> InstanceSegmenter:
   """`detector` (built) plus a MaskHead of `width` (None: the BiFPN's) channels, `repeats`
   separable convs on mask_size / 2 RoIAlign crops, mask_size x mask_size masks, one per box
-  (class_agnostic) or one per class. Call inside the strategy scope the detector was
-  built in; sync_bn None: on under more than one replica, as the detector's."""
+  (class_agnostic) or one per class, upsampled from mask_size / 2 by a transposed conv
+  (Mask R-CNN's) or bilinearly as logits (MaskHead.upsample). Call inside the strategy
+  scope the detector was built in; sync_bn None: on under more than one replica, as the
+  detector's."""
   head = MaskHead(detector.num_classes, width or detector.fpn.width, repeats, mask_size,
                   class_agnostic=class_agnostic, sync_bn=resolve_sync_bn(sync_bn),
-                  name="mask_head")
+                  upsample=upsample, name="mask_head")
   return InstanceSegmenter(detector, head).build_for_size()

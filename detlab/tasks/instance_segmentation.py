@@ -16,7 +16,7 @@ from official.vision.losses.maskrcnn_losses import MaskrcnnLoss
 from detlab.detection.postprocess import image_windows
 from detlab.evaluation.instance_segmentation import (InstanceSegmentationEvaluator,
                                                      format_metrics)
-from detlab.models.instance_segmentation import with_mask_head
+from detlab.models.instance_segmentation import mask_probabilities, with_mask_head
 from detlab.tasks.base import Task, set_bn_momentum
 from detlab.tasks.detection import DetectionTask, per_class_line, to_original_pixels
 
@@ -37,7 +37,8 @@ class InstanceSegmentationTask(Task):
   def __init__(self, detection: DetectionTask | None = None, mask_loss_weight: float = 1.0,
                mask_width: int | None = None, mask_repeats: int = 4,
                class_agnostic: bool = True, masks_per_image: int = 32,
-               primary_metric: str = "mask_AP", bn_momentum: float | None = None):
+               primary_metric: str = "mask_AP", bn_momentum: float | None = None,
+               mask_upsample: str = "transposed"):
     """detection: the DetectionTask (model_fn, inputs with `InputConfig.instance_masks =
     @InstanceMaskConfig()`, loss, post-processing). mask_loss_weight: total = detection
     total + mask_loss_weight x mask loss. mask_width (None: the BiFPN width), mask_repeats,
@@ -46,7 +47,10 @@ class InstanceSegmentationTask(Task):
     image train the mask branch in a step (the first ones the input keeps; the input lists
     them in their record's order, most images have fewer). primary_metric: what best/
     keeps (mask_AP or AP). bn_momentum: every BN layer's momentum, the mask head's too
-    (None: the detection task's, else the model's)."""
+    (None: the detection task's, else the model's). mask_upsample: how the head's M/2
+    grid becomes M x M masks (MaskHead.upsample): "transposed" (Mask R-CNN's 2x2
+    transposed conv, BN, swish, then the predictor at M x M) or "bilinear" (the predictor
+    at M/2, its logits resized bilinearly)."""
     if mask_loss_weight < 0:
       raise ValueError(f"InstanceSegmentationTask.mask_loss_weight must be >= 0, got "
                        f"{mask_loss_weight}.")
@@ -57,7 +61,7 @@ class InstanceSegmentationTask(Task):
     self.mask_loss_weight, self.masks_per_image = float(mask_loss_weight), masks_per_image
     self.mask_width, self.mask_repeats = mask_width, mask_repeats
     self.class_agnostic, self.primary_metric = class_agnostic, primary_metric
-    self.bn_momentum = bn_momentum
+    self.bn_momentum, self.mask_upsample = bn_momentum, mask_upsample
     self.mask_loss = MaskrcnnLoss()
 
   # The detector builder and the inputs are the detection task's.
@@ -88,7 +92,8 @@ class InstanceSegmentationTask(Task):
 
   def build_model(self):
     model = with_mask_head(self.detection.build_model(), self.mask_size(), self.mask_width,
-                           self.mask_repeats, self.class_agnostic)
+                           self.mask_repeats, self.class_agnostic,
+                           upsample=self.mask_upsample)
     set_bn_momentum(model, self.bn_momentum if self.bn_momentum is not None
                     else self.detection.bn_momentum)
     return model
@@ -137,9 +142,8 @@ class InstanceSegmentationTask(Task):
     class_outputs, box_outputs, pyramid = model(features["images"], training=False)
     windows = image_windows(features["image_info"], model.anchors.image_size)
     detections = self.detection.detections(model, class_outputs, box_outputs, windows)
-    logits = model.mask_logits(pyramid, detections["boxes"], detections["classes"],
-                               training=False)
-    detections["masks"] = tf.sigmoid(logits)
+    detections["masks"] = mask_probabilities(model, pyramid, detections["boxes"],
+                                             detections["classes"])
     detections["boxes"] = to_original_pixels(detections["boxes"], features["image_info"])
     return detections
 

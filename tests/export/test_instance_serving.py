@@ -107,8 +107,10 @@ def test_saved_model_serves_detection_masks_without_detlab(mask_export, mask_mod
     difference = np.abs(got["detection_masks"][i, :n][same] - want["masks"][i, :n][same])
     assert difference.max() < 1e-4, difference.max()
     assert (got["detection_masks"][i, n:] == 0).all()
-  # Masks that vary over the box (not a constant the test could not tell apart).
-  assert got["detection_masks"][0, 0].std() > 0.01
+  # Masks that vary over the box (not a constant the test could not tell apart): by 10x
+  # the tolerance above (the recipe's bilinear 14 -> 28 logits of this random 1-conv head
+  # vary by ~0.004).
+  assert got["detection_masks"][0, 0].std() > 1e-3
   info = json.loads((mask_export / "export.json").read_text())
   assert info["mask_size"] == size and info["batch_norms_folded"]
 

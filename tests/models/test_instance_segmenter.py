@@ -15,6 +15,7 @@ from detlab.models.efficientdet import efficientdet
 from detlab.models.instance_segmentation import with_mask_head
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "training"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "export"))
 from tiny_backbone import tiny_test_backbone  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 SIZE, CHANNELS = 128, 16
@@ -26,18 +27,43 @@ def _features(seed=0):
           for l in range(3, 6)}
 
 
+@pytest.mark.parametrize("upsample", ["transposed", "bilinear"])
 @pytest.mark.parametrize("class_agnostic", [True, False])
-def test_mask_head_parameters_follow_the_layer_shapes(class_agnostic):
+def test_mask_head_parameters_follow_the_layer_shapes(class_agnostic, upsample):
   keras.utils.set_random_seed(0)
   width, repeats, classes = 24, 3, 5
-  head = MaskHead(classes, width, repeats, mask_size=28, class_agnostic=class_agnostic)
+  head = MaskHead(classes, width, repeats, mask_size=28, class_agnostic=class_agnostic,
+                  upsample=upsample)
   logits = head(_features(), tf.constant([[[8.0, 8.0, 72.0, 56.0]]]), tf.constant([[2]]))
   assert logits.shape == (1, 1, 28, 28) and logits.dtype == tf.float32
   separable = 9 * CHANNELS + CHANNELS * width + (repeats - 1) * (9 * width + width * width)
-  bn = 4 * width * (repeats + 1)  # gamma, beta, moving mean and variance
-  upsample = 2 * 2 * width * width
+  bn = 4 * width * repeats  # gamma, beta, moving mean and variance
+  if upsample == "transposed":  # the 2x2 transposed conv and its BN
+    bn += 4 * width
+    separable += 2 * 2 * width * width
   outputs = 1 if class_agnostic else classes
-  assert head.count_params() == separable + bn + upsample + width * outputs + outputs
+  assert head.count_params() == separable + bn + width * outputs + outputs
+
+
+def test_bilinear_masks_are_the_half_size_logits_resized():
+  """upsample='bilinear': the predictor's M/2 x M/2 logits (the transposed form's layers
+  absent) resized bilinearly with half-pixel centres: the 28 x 28 grid's cell centres lie
+  on the 14 x 14 grid's, so every 2 x 2 block interpolates its 14 x 14 neighbours."""
+  keras.utils.set_random_seed(0)
+  head = MaskHead(3, 16, 1, mask_size=28, upsample="bilinear")
+  boxes = tf.constant([[[8.0, 8.0, 72.0, 56.0], [0.0, 30.0, 40.0, 128.0]]])
+  logits = head(_features(), boxes, tf.zeros([1, 2], tf.int32)).numpy()
+  assert not hasattr(head, "upsample") and not hasattr(head, "upsample_bn")
+  crops = tf.reshape(head.roi_aligner(_features(), boxes), [2, 14, 14, CHANNELS])
+  small = head.predictor(tf.nn.swish(head.bns[0](head.convs[0](crops), training=False)))
+  small = small.numpy()[..., 0]
+  # Interior cell (2i+1, 2j+1) of the 28-grid sits 1/4 of a 14-cell past (i, j) each way.
+  i, j = 5, 8
+  want = (0.75 * 0.75 * small[:, i, j] + 0.75 * 0.25 * (small[:, i + 1, j] + small[:, i, j + 1])
+          + 0.25 * 0.25 * small[:, i + 1, j + 1])
+  np.testing.assert_allclose(logits[0, :, 2 * i + 1, 2 * j + 1], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits[0, :, 0, 0], small[:, 0, 0], rtol=1e-5, atol=1e-5)
+  assert np.abs(small[:, i, j] - small[:, i + 1, j + 1]).max() > 1e-3  # not a flat map
 
 
 def test_a_box_reads_only_its_fpn_level_and_only_inside_itself():
@@ -60,13 +86,14 @@ def test_a_box_reads_only_its_fpn_level_and_only_inside_itself():
   assert np.abs(after[0, 0] - before[0, 0]).max() > 1e-3
 
 
-def test_class_specific_masks_are_gathered_at_each_boxs_class():
+@pytest.mark.parametrize("upsample", ["transposed", "bilinear"])
+def test_class_specific_masks_are_gathered_at_each_boxs_class(upsample):
   keras.utils.set_random_seed(0)
   box = tf.constant([[[8.0, 8.0, 72.0, 56.0], [8.0, 8.0, 72.0, 56.0]]])
-  agnostic = MaskHead(4, 16, 1, mask_size=14, class_agnostic=True)
+  agnostic = MaskHead(4, 16, 1, mask_size=14, class_agnostic=True, upsample=upsample)
   out = agnostic(_features(), box, tf.constant([[0, 3]])).numpy()
   np.testing.assert_array_equal(out[0, 0], out[0, 1])
-  specific = MaskHead(4, 16, 1, mask_size=14, class_agnostic=False)
+  specific = MaskHead(4, 16, 1, mask_size=14, class_agnostic=False, upsample=upsample)
   out = specific(_features(), box, tf.constant([[0, 3]])).numpy()
   assert np.abs(out[0, 0] - out[0, 1]).max() > 1e-4
   swapped = specific(_features(), box, tf.constant([[3, 0]])).numpy()
@@ -98,3 +125,26 @@ def test_a_detectors_checkpoint_restores_the_detection_half(tmp_path):
   masks = model.mask_logits(features, tf.constant([[[0.0, 0.0, 32.0, 32.0]]] * 2),
                             tf.zeros([2, 1], tf.int32))
   assert masks.shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("upsample", ["transposed", "bilinear"])
+def test_folding_keeps_the_mask_logits(upsample):
+  """export.fold's BN-free copy of the instance model (tower convs, and the transposed conv
+  where there is one, folded with their BN) gives the same mask logits."""
+  from detlab.export.fold import count_batch_norms, fold_batch_norms  # pylint: disable=import-outside-toplevel
+  from random_stats import randomize_batch_norms  # pylint: disable=import-outside-toplevel,import-error
+  keras.utils.set_random_seed(3)
+  model = with_mask_head(efficientdet(backbone_fn=tiny_test_backbone, num_classes=3,
+                                      image_size=64, fpn_width=16, fpn_cells=1,
+                                      head_repeats=1, max_level=5),
+                         mask_size=28, repeats=2, upsample=upsample)
+  randomize_batch_norms(model.mask_head, seed=4)
+  folded = fold_batch_norms(model)
+  assert count_batch_norms(folded) == 0 and folded.mask_head.upsample_mode == upsample
+  images = tf.random.stateless_normal([1, 64, 64, 3], seed=[5, 6])
+  boxes = tf.constant([[[0.0, 0.0, 32.0, 40.0], [10.0, 20.0, 60.0, 50.0]]])
+  classes = tf.zeros([1, 2], tf.int32)
+  want = model.mask_logits(model(images, training=False)[2], boxes, classes).numpy()
+  got = folded.mask_logits(folded(images, training=False)[2], boxes, classes).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert want.std() > 1e-3  # masks that vary by 10x the tolerance

@@ -27,16 +27,21 @@ setuptools.setup(
         "Pillow",
         "numpy",
     ],
-    # test: tf-slim is a test-only oracle (its nets); ai-edge-litert, openvino and nncf so the
-    # LiteRT and OpenVINO export tests run rather than skip (openvino: a 59 MB wheel).
+    # test: tf-slim is a test-only oracle (its nets); ai-edge-litert, openvino, nncf, tf2onnx
+    # and onnxruntime so the LiteRT, OpenVINO and ONNX export tests run rather than skip
+    # (openvino: a 59 MB wheel).
     # scikit-learn: the real digits and photographs data_tools.make_digits_sets builds its
     # small real sets from (bundled in the wheel, no download).
     extras_require={"test": ["pytest", "pytest-xdist", "pytest-timeout", "tf-slim",
-                             "ai-edge-litert", "openvino", "nncf", "scikit-learn"],
+                             "ai-edge-litert", "openvino", "nncf", "tf2onnx>=1.17",
+                             "onnxruntime>=1.31", "scikit-learn"],
                     "demo": ["scikit-learn"],
                     # LiteRT export (ai_edge_litert.interpreter; tf.lite.Interpreter is
                     # deprecated in TF 2.20)
                     "export": ["ai-edge-litert"],
                     # OpenVINO IR export and inference; nncf for the INT8 quantisation
-                    "openvino": ["openvino", "nncf"]},
+                    "openvino": ["openvino", "nncf"],
+                    # ONNX export (tf2onnx) and its inference + INT8 quantisation
+                    # (onnxruntime); the versions checked with TF 2.20, numpy 2, protobuf 7
+                    "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.31"]},
 )

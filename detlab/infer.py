@@ -4,8 +4,8 @@ r"""Detect objects in image files with any exported model or a model_dir.
       --output_dir=/tmp/detections [--score_threshold=0.3] [--label_map_file=label_map.json]
 
 --model is anything detlab.export.runners.load_runner accepts: a training model_dir, an
-export OUT directory (its saved_model/), OUT/saved_model, a .tflite file or an OpenVINO
-model.xml. Writes to --output_dir:
+export OUT directory (its saved_model/), OUT/saved_model, a .tflite file, an OpenVINO
+model.xml or an .onnx file. Writes to --output_dir:
   detections.json  COCO results format: [{"image_id", "category_id", "bbox": [x, y, w, h]
                    in original pixels, "score"}], the detections with score >= threshold;
                    an instance-segmentation model's rows add "segmentation": the mask's
@@ -39,8 +39,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Defined only when run: tests import this module beside tools with an --output_dir."""
-  flags.DEFINE_string("model", None, "A model_dir, export directory, SavedModel, .tflite file "
-                      "or OpenVINO model.xml.")
+  flags.DEFINE_string("model", None, "A model_dir, export directory, SavedModel, .tflite file, "
+                      "OpenVINO model.xml or .onnx file.")
   flags.DEFINE_string("images", None, "Glob of image files (comma-separated globs allowed).")
   flags.DEFINE_string("output_dir", None, "Where detections.json, images.json and the PNGs go.")
   flags.DEFINE_float("score_threshold", 0.3, "Detections below this score are not written.")

@@ -10,6 +10,8 @@ images to detections in original pixels (decoding excluded) at batch 1 and 8:
                 mapped back. A file exported with batch 1 runs a batch of 8 as 8 calls.
   openvino_*    the IR through runners.OpenVinoRunner: letterbox, the IR (dynamic batch:
                 one call of 8), detlab's NMS in TF, boxes mapped back
+  onnx_*        the ONNX file through runners.OnnxRunner on onnxruntime: letterbox, the file
+                (NMS inside; dynamic batch: one call of 8), boxes mapped back
 The images are random uint8 at the model's input size (S x S), so every format does the
 same work per image. Each figure is images / the median seconds of repeated calls.
 """

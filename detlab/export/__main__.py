@@ -1,7 +1,8 @@
 r"""Export a trained detector for serving.
 
   python -m detlab.export --model_dir=/tmp/d0 --output_dir=/tmp/d0_export \
-      [--formats=saved_model,tflite_fp32,tflite_fp16,tflite_int8,openvino_fp32,openvino_int8] \
+      [--formats=saved_model,tflite_fp32,tflite_fp16,tflite_int8,openvino_fp32,openvino_int8,
+                 onnx_fp32,onnx_int8] \
       [--input_type=image_tensor|encoded_image|tf_example] [--batch_size=N] [--use_ema=true] \
       [--calibration_steps=K] [--overwrite]
 
@@ -10,8 +11,9 @@ config.gin) unless --gin_file is given, loads the latest checkpoint's EMA weight
 --use_ema=false), folds every conv-BN pair, and writes OUT/saved_model/ (serving_default:
 raw images in, OD API detections in original pixels out; loads without detlab) and the
 LiteRT files OUT/model_{fp32,fp16,int8}.tflite and the OpenVINO IRs
-OUT/openvino_{fp32,int8}/model.xml (pip install 'detlab[openvino]'). OUT/export.json records
-what was written.
+OUT/openvino_{fp32,int8}/model.xml (pip install 'detlab[openvino]') and the ONNX files
+OUT/model_{fp32,int8}.onnx (pip install 'detlab[onnx]'; the whole detector, soft-NMS
+included, in the file). OUT/export.json records what was written.
 """
 import sys
 
@@ -21,15 +23,17 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A training run's model_dir (checkpoints + gin config).")
 flags.DEFINE_string("output_dir", None, "Where the exported files go (empty, or --overwrite).")
 flags.DEFINE_list("formats", ["saved_model"], "Comma-separated: saved_model, tflite_fp32, "
-                  "tflite_fp16, tflite_int8, openvino_fp32, openvino_int8.")
+                  "tflite_fp16, tflite_int8, openvino_fp32, openvino_int8, onnx_fp32, "
+                  "onnx_int8.")
 flags.DEFINE_enum("input_type", "image_tensor", ["image_tensor", "encoded_image", "tf_example"],
                   "SavedModel input: uint8 [B, H, W, 3], JPEG/PNG bytes [B], or serialized "
                   "tf.Example [B].")
 flags.DEFINE_integer("batch_size", None, "Static batch size of the SavedModel input (unset: "
-                     "any); LiteRT files use this or 1, OpenVINO IRs this or any.")
+                     "any); LiteRT files use this or 1, OpenVINO IRs and ONNX files this "
+                     "or any.")
 flags.DEFINE_bool("use_ema", True, "Export the EMA weights (the ones evaluation reports).")
 flags.DEFINE_integer("calibration_steps", 100, "Images from the eval TFRecords that calibrate "
-                     "the INT8 ranges (tflite_int8, openvino_int8).")
+                     "the INT8 ranges (tflite_int8, openvino_int8, onnx_int8).")
 flags.DEFINE_string("calibration_file_pattern", None, "TFRecords for INT8 calibration (default: "
                     "the model's eval file pattern).")
 flags.DEFINE_bool("overwrite", False, "Replace the exported files in a non-empty --output_dir.")

@@ -22,10 +22,11 @@ from detlab.training.run_seed import SEED_FILE
 from detlab.training.setup import Schedule, train_argument
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
-           "openvino_int8")
+           "openvino_int8", "onnx_fp32", "onnx_int8")
 # Formats this version writes (all of FORMATS; kept apart so a planned one can be refused).
 IMPLEMENTED_FORMATS = FORMATS
-INT8_FORMATS = ("tflite_int8", "openvino_int8")  # the ones that read calibration images
+# The ones that read calibration images.
+INT8_FORMATS = ("tflite_int8", "openvino_int8", "onnx_int8")
 # The formats that carry an instance model's mask branch (OpenVINO: a second IR, mask.xml, run
 # after the TF NMS; INT8: not calibrated or checked for it).
 MASK_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "openvino_fp32")
@@ -40,7 +41,8 @@ def output_paths(output_dir: str, formats) -> dict[str, str]:
   """{format: the path it writes} inside output_dir."""
   names = {"saved_model": "saved_model", "tflite_fp32": "model_fp32.tflite",
            "tflite_fp16": "model_fp16.tflite", "tflite_int8": "model_int8.tflite",
-           "openvino_fp32": "openvino_fp32", "openvino_int8": "openvino_int8"}
+           "openvino_fp32": "openvino_fp32", "openvino_int8": "openvino_int8",
+           "onnx_fp32": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
   return {f: os.path.join(output_dir, names[f]) for f in formats}
 
 
@@ -55,12 +57,16 @@ def check_formats(formats) -> list[str]:
     if name not in IMPLEMENTED_FORMATS:
       raise ExportError(f"Format {name!r} is not implemented in this version of detlab; "
                         f"available: {', '.join(IMPLEMENTED_FORMATS)}.")
-  needs = {"openvino": "openvino_", "nncf": "openvino_int8"}
-  for module, prefix in needs.items():  # before any model is built
+  # module: (the formats that need it, detlab's extra, the extra's packages)
+  needs = {"openvino": ("openvino_", "openvino", "openvino nncf"),
+           "nncf": ("openvino_int8", "openvino", "openvino nncf"),
+           "tf2onnx": ("onnx_", "onnx", "tf2onnx onnxruntime"),
+           "onnxruntime": ("onnx_", "onnx", "tf2onnx onnxruntime")}
+  for module, (prefix, extra, packages) in needs.items():  # before any model is built
     wanted = [f for f in formats if f.startswith(prefix)]
     if wanted and importlib.util.find_spec(module) is None:
       raise ExportError(f"{', '.join(wanted)} need the {module} package: pip install "
-                        f"'detlab[openvino]' (or pip install openvino nncf), or leave "
+                        f"'detlab[{extra}]' (or pip install {packages}), or leave "
                         f"{', '.join(wanted)} out of --formats.")
   return list(dict.fromkeys(formats))
 
@@ -231,6 +237,14 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
                                calibration_files=calibration,
                                calibration_steps=calibration_steps)
       written[name] = paths[name]  # the directory holding model.xml
+  onnx_formats = [f for f in formats if f.startswith("onnx_")]
+  if onnx_formats:
+    from detlab.export import onnx  # pylint: disable=import-outside-toplevel
+    # One conversion for both precisions; input batch: --batch_size, or dynamic when unset.
+    files = onnx.export_onnx(serving, {f.split("_")[1]: paths[f] for f in onnx_formats},
+                             batch_size, calibration_files=calibration,
+                             calibration_steps=calibration_steps)
+    written.update({f"onnx_{precision}": path for precision, path in files.items()})
   info = {"model_dir": model_dir, "checkpoint": checkpoint, "weights": "EMA" if use_ema else
           "raw", "gin_files": files, "gin_bindings": list(gin_bindings),
           "formats": {f: os.path.basename(p) for f, p in written.items()},

@@ -15,10 +15,11 @@ refuses them for a mask model).
 
 The path picks the format (see ACCEPTED): a training model_dir (detlab.api), a SavedModel
 directory or an export OUT directory (tf.saved_model.load: the SavedModel needs no detlab),
-a LiteRT .tflite file (ai_edge_litert) or an OpenVINO model.xml (openvino). The LiteRT and
-OpenVINO models take the letterboxed uint8 input of tflite.letterbox_uint8; their boxes,
-in that input's pixels, are mapped back by saved_model.to_original_pixels, the serving
-SavedModel's own mapping.
+a LiteRT .tflite file (ai_edge_litert), an OpenVINO model.xml (openvino) or an ONNX file
+(onnxruntime). The LiteRT, OpenVINO and ONNX models take the letterboxed uint8 input of
+tflite.letterbox_uint8; their boxes, in that input's pixels, are mapped back by
+saved_model.to_original_pixels, the serving SavedModel's own mapping. ONNX files carry no
+masks (the exporter refuses them for a mask model).
 """
 import json
 import os
@@ -35,6 +36,7 @@ ACCEPTED = (
     "a LiteRT file ending in .tflite (OUT/model_fp32.tflite, _fp16, _int8)",
     "an OpenVINO IR file ending in .xml, or the directory holding model.xml "
     "(OUT/openvino_fp32/model.xml)",
+    "an ONNX file ending in .onnx (OUT/model_fp32.onnx, _int8)",
 )
 
 
@@ -185,7 +187,7 @@ def _letterbox_convention(export_dir: str):
 
 
 class _LetterboxRunner:
-  """Shared by LiteRT and OpenVINO: letterbox in (tflite.letterbox_uint8, padded with the
+  """Shared by LiteRT, OpenVINO and ONNX: letterbox in (tflite.letterbox_uint8, padded with the
   export's input-convention mean), run a static [B, S, S, 3] uint8 model with each image's
   window in its input (boxes wholly in the pad are dropped before NMS), map its boxes back
   to original pixels (to_original_pixels)."""
@@ -291,6 +293,27 @@ class OpenVinoRunner(_LetterboxRunner):
     return self.detector(batch, windows)
 
 
+class OnnxRunner(_LetterboxRunner):
+  """An ONNX file (OUT/model_{fp32,int8}.onnx) on onnxruntime's CPU provider: the whole
+  detector, NMS included, is in the file (onnx.py's module doc)."""
+
+  def __init__(self, path: str):
+    from detlab.export import onnx  # pylint: disable=import-outside-toplevel
+    try:
+      self.session = onnx.inference_session(path)
+    except ImportError as error:  # names the install command
+      raise RunnerError(f"{path} is an ONNX model: {error}") from error
+    self._run_onnx = onnx.run_onnx
+    shape = {i.name: i.shape for i in self.session.get_inputs()}["images"]
+    self.batch_size = shape[0] if isinstance(shape[0], int) else None  # str: dynamic
+    self.image_size = int(shape[1])
+    self.category_names = _read_category_names(os.path.dirname(path))
+    self.convention = _letterbox_convention(os.path.dirname(path))
+
+  def _run(self, batch: np.ndarray, windows: np.ndarray) -> dict:
+    return self._run_onnx(self.session, batch, windows)
+
+
 def _is_model_dir(path: str) -> bool:
   listed = set(tf.io.gfile.listdir(path))
   has_checkpoint = "checkpoint" in listed or any(n.startswith("ckpt-") for n in listed)
@@ -299,7 +322,7 @@ def _is_model_dir(path: str) -> bool:
 
 def exported_formats(output_dir: str) -> dict[str, str]:
   """{format: the path its runner loads} for the formats present in an export OUT directory,
-  in the exporter's order (saved_model, LiteRT, OpenVINO)."""
+  in the exporter's order (saved_model, LiteRT, OpenVINO, ONNX)."""
   from detlab.export.exporter import FORMATS, output_paths  # pylint: disable=import-outside-toplevel
   found = {}
   for name, member in output_paths(output_dir, FORMATS).items():
@@ -317,6 +340,8 @@ def load_runner(path: str, use_ema: bool = True):
     return TfliteRunner(path)
   if path.endswith(".xml") and tf.io.gfile.exists(path):
     return OpenVinoRunner(path)
+  if path.endswith(".onnx") and tf.io.gfile.exists(path):
+    return OnnxRunner(path)
   if tf.io.gfile.isdir(path):
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
       return SavedModelRunner(path)

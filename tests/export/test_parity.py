@@ -33,7 +33,8 @@ from tiny_export import openvino_ready  # pylint: disable=import-error
 
 PSEUDO_GT_SCORE = 0.5
 BOUNDS = {"saved_model": 0.005, "tflite_fp32": 0.005, "tflite_fp16": 0.005,
-          "tflite_int8": 0.02, "openvino_fp32": 0.005, "openvino_int8": 0.02}
+          "tflite_int8": 0.02, "openvino_fp32": 0.005, "openvino_int8": 0.02,
+          "onnx_fp32": 0.005, "onnx_int8": 0.02}
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,9 @@ r"""Converts a google/automl EfficientDet checkpoint into a detlab model_dir.
   python -m data_tools.convert_automl_checkpoint --checkpoint=efficientdet-d0 \
       --gin_file=efficientdet_d0.gin --model_dir=/tmp/d0_automl [--use_ema=true]
 
+EfficientDet-Lite0..4 and Lite3x bundles (efficientdet-liteN) convert the same way with their
+gin files (--gin_file=efficientdet_lite0.gin ...).
+
 --checkpoint: the unpacked efficientdet-dN.tar.gz directory (or its `model` prefix). The
 model_dir then holds ckpt-0 (model, EMA shadows, a fresh optimizer at step 0),
 variables.json and config.gin, as a training run writes them, so that
@@ -15,7 +18,7 @@ works there too).
 reference evaluates and fine-tunes from; the detlab EMA holds them too. --use_ema=false: the
 model weights are the raw training weights and the detlab EMA holds the automl shadows.
 Every variable must map both ways, or the tool stops with the list of names; a checkpoint of
-another EfficientDet-Dk is an error naming that Dk.
+another EfficientDet-Dk (or Lite) is an error naming that model.
 """
 import os
 import sys

@@ -7,8 +7,9 @@ conventions.py). `input_convention(x)` looks one up for a name, builder or model
 from detlab.backbones import efficientnet, efficientnet_v2
 from detlab.backbones import (inception_resnet, inception_v1, inception_v2, inception_v3,
                               inception_v4, xception)
-from detlab.backbones.conventions import (IMAGENET_MEAN_STD, MINUS_ONE_TO_ONE,
-                                         MINUS_ONE_TO_ONE_V2, InputConvention)
+from detlab.backbones.conventions import (EFFICIENTNET_LITE, IMAGENET_MEAN_STD,
+                                         MINUS_ONE_TO_ONE, MINUS_ONE_TO_ONE_V2,
+                                         InputConvention)
 
 BACKBONES = {
     "efficientnet_b0": efficientnet.efficientnet_b0,
@@ -19,6 +20,11 @@ BACKBONES = {
     "efficientnet_b5": efficientnet.efficientnet_b5,
     "efficientnet_b6": efficientnet.efficientnet_b6,
     "efficientnet_b7": efficientnet.efficientnet_b7,
+    "efficientnet_lite0": efficientnet.efficientnet_lite0,
+    "efficientnet_lite1": efficientnet.efficientnet_lite1,
+    "efficientnet_lite2": efficientnet.efficientnet_lite2,
+    "efficientnet_lite3": efficientnet.efficientnet_lite3,
+    "efficientnet_lite4": efficientnet.efficientnet_lite4,
     "efficientnetv2_b0": efficientnet_v2.efficientnetv2_b0,
     "efficientnetv2_b1": efficientnet_v2.efficientnetv2_b1,
     "efficientnetv2_b2": efficientnet_v2.efficientnetv2_b2,
@@ -40,6 +46,8 @@ BACKBONES = {
 INPUT_CONVENTIONS = {
     **{f"efficientnet_b{i}": IMAGENET_MEAN_STD.at_size(efficientnet.native_resolution(f"b{i}"))
        for i in range(8)},
+    **{f"efficientnet_lite{i}": EFFICIENTNET_LITE.at_size(
+        efficientnet.native_resolution(f"lite{i}")) for i in range(5)},
     **{f"efficientnetv2_b{i}": IMAGENET_MEAN_STD.at_size(
         efficientnet_v2.native_resolution(f"b{i}")) for i in range(4)},
     **{f"efficientnetv2_{v}": MINUS_ONE_TO_ONE_V2.at_size(efficientnet_v2.native_resolution(v))

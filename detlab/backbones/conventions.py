@@ -7,6 +7,9 @@ Pixels are RGB in 0..255. The conventions of the published weights detlab import
 - [-1, 1] as x / 127.5 - 1: keras `preprocess_input` (mode 'tf') of Inception v3,
   Inception-ResNet v2 and Xception; TF-slim's inception preprocessing ((x / 255 - 0.5) * 2).
 - [-1, 1] as x / 128 - 1: keras EfficientNetV2-S/M/L (`Rescaling(1/128, offset=-1)`).
+- (x - 127) / 128: EfficientNet-Lite (the TPU repo's efficientnet_lite_builder MEAN_RGB /
+  STDDEV_RGB) and google/automl's EfficientDet-Lite (`mean_rgb=127.0, stddev_rgb=128.0`),
+  chosen there for post-training quantization.
 The table of which backbone takes which is `detlab.backbones.INPUT_CONVENTIONS`.
 """
 import dataclasses
@@ -73,3 +76,6 @@ MINUS_ONE_TO_ONE = InputConvention(
 MINUS_ONE_TO_ONE_V2 = InputConvention(
     mean=(128.0,) * 3, std=(128.0,) * 3,
     source="x / 128 - 1 (keras EfficientNetV2-S/M/L in-model Rescaling)")
+EFFICIENTNET_LITE = InputConvention(
+    mean=(127.0,) * 3, std=(128.0,) * 3,
+    source="(x - 127) / 128 (EfficientNet-Lite, google/automl EfficientDet-Lite)")

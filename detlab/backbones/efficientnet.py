@@ -4,6 +4,12 @@ One family definition -- the B0 block table -- scaled by each variant's (width, 
 resolution, dropout) coefficients with the paper's filter/repeat rounding.
 `build_efficientnet` also builds EfficientNetV2: `efficientnet_v2.py` passes its block tables
 (Fused-MBConv stages), channel rounding, BN momentum and layer names.
+
+EfficientNet-Lite0..4 (the TPU repo's `efficientnet_lite_builder`, which google/automl's
+EfficientDet-Lite uses) are the same B0 table built with three knobs: no squeeze-excite,
+ReLU6, and a fixed stem and head (stem 32 and top 1280 channels unscaled, and the first and
+last stage keep their single block at any depth coefficient). Their weights expect pixels
+normalised as (x - 127) / 128 (`conventions.EFFICIENTNET_LITE`).
 """
 import dataclasses
 import math
@@ -57,6 +63,17 @@ V1_SCALING = {
 }
 
 
+# EfficientNet-Lite variant -> (width, depth, resolution, dropout), efficientnet_lite_builder's
+# `efficientnet_lite_params`.
+LITE_SCALING = {
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+    "lite3": (1.2, 1.4, 280, 0.3),
+    "lite4": (1.4, 1.8, 300, 0.3),
+}
+
+
 def round_filters(filters: float, width: float, divisor: int = 8) -> int:
   """Scales channels by `width`, rounding to a multiple of `divisor` (never down by > 10 %)."""
   filters *= width
@@ -94,13 +111,17 @@ def drop_rates(total_blocks: int, drop_connect_rate: float) -> list[float]:
 
 
 def scale_blocks(blocks, width: float, depth: float,
-                 filters_fn: Callable[[float], int] | None = None) -> list[BlockSpec]:
+                 filters_fn: Callable[[float], int] | None = None,
+                 fixed_ends: bool = False) -> list[BlockSpec]:
   """The block table with filters rounded by `filters_fn` (default: V1 `round_filters` at
-  `width`) and repeats ceil-scaled by `depth`."""
+  `width`) and repeats ceil-scaled by `depth`; `fixed_ends`: the first and last stage keep
+  their unscaled repeats (EfficientNet-Lite's `fix_head_stem`)."""
   filters_fn = filters_fn or (lambda f: round_filters(f, width))
-  return [dataclasses.replace(b, filters_in=filters_fn(b.filters_in),
-                              filters_out=filters_fn(b.filters_out),
-                              repeats=round_repeats(b.repeats, depth)) for b in blocks]
+  last = len(blocks) - 1
+  return [dataclasses.replace(
+      b, filters_in=filters_fn(b.filters_in), filters_out=filters_fn(b.filters_out),
+      repeats=b.repeats if fixed_ends and i in (0, last) else round_repeats(b.repeats, depth))
+          for i, b in enumerate(blocks)]
 
 
 def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, name: str,
@@ -110,7 +131,8 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
                        dwconv_name: str = "dwconv", input_shape=(None, None, 3),
                        include_top: bool = False, num_classes: int = 1000,
                        sync_bn: bool = False, depth_divisor: int = 8, min_level: int = 2,
-                       max_level: int = 5) -> keras.Model:
+                       max_level: int = 5, squeeze_excite: bool = True,
+                       fixed_stem_head: bool = False) -> keras.Model:
   """Builds an EfficientNet (V1 or V2) network from a block table.
 
   The stem width is the first stage's (rounded) input filters (32 for V1, as the paper).
@@ -123,21 +145,31 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
     include_top: False -> a feature extractor returning `{str(level): [B, ceil(S/2^l), ., C_l]}`
       for min_level..max_level (the last level is the last block, before `top_conv`);
       True -> a classifier returning logits [B, num_classes].
+    activation: 'swish' (V1, V2) or e.g. 'relu6' (Lite), everywhere in the network.
+    squeeze_excite: False drops every block's SE (Lite), whatever the table's se_ratio.
+    fixed_stem_head: the stem and `top_filters` are not width-scaled, and the first and last
+      stage's repeats not depth-scaled (Lite's `fix_head_stem`).
   Input: preprocessed images, float32 [B, S, S, 3] (ImageNet mean/std normalized for V1).
   """
   filters_fn = filters_fn or (lambda f: round_filters(f, width, depth_divisor))
+  stem_filters = blocks[0].filters_in if fixed_stem_head else filters_fn(blocks[0].filters_in)
 
   def bn(layer_name: str) -> keras.layers.Layer:
     return batch_norm(layer_name, momentum=bn_momentum, synchronized=sync_bn)
 
   inputs = keras.Input(shape=input_shape, name="image")
-  x = keras.layers.Conv2D(filters_fn(blocks[0].filters_in), 3, strides=2, padding="same",
+  x = keras.layers.Conv2D(stem_filters, 3, strides=2, padding="same",
                           use_bias=False, kernel_initializer=conv_init(),
                           name="stem_conv")(inputs)
   x = bn("stem_bn")(x)
   x = activation_layer(activation, name="stem_activation")(x)
 
-  specs = scale_blocks(blocks, width, depth, filters_fn)
+  specs = scale_blocks(blocks, width, depth, filters_fn, fixed_ends=fixed_stem_head)
+  if not squeeze_excite:
+    specs = [dataclasses.replace(s, se_ratio=0.0) for s in specs]
+  # The first block reads the stem (with a fixed stem its table width can differ; the
+  # reference's count is the same: an expand-ratio-1 block sizes nothing by its input width).
+  specs[0] = dataclasses.replace(specs[0], filters_in=stem_filters)
   rates = drop_rates(sum(s.repeats for s in specs), drop_connect_rate)
   endpoints, level, block_index = {}, 1, 0
   for stage, spec in enumerate(specs):
@@ -162,7 +194,8 @@ def build_efficientnet(blocks, *, width: float, depth: float, dropout: float, na
 
   if not include_top:
     return features_model(inputs, endpoints, min_level, max_level, name=name)
-  x = keras.layers.Conv2D(filters_fn(top_filters), 1, padding="same", use_bias=False,
+  top = top_filters if fixed_stem_head else filters_fn(top_filters)
+  x = keras.layers.Conv2D(top, 1, padding="same", use_bias=False,
                           kernel_initializer=conv_init(), name="top_conv")(x)
   x = bn("top_bn")(x)
   x = activation_layer(activation, name="top_activation")(x)
@@ -186,8 +219,21 @@ def efficientnet(variant: str, **kwargs) -> keras.Model:
                             name=f"efficientnet-{variant}", **kwargs)
 
 
+def efficientnet_lite(variant: str, **kwargs) -> keras.Model:
+  """EfficientNet-`variant` ('lite0' ... 'lite4'): the B0 table without squeeze-excite, ReLU6,
+  fixed stem and head; kwargs as `build_efficientnet`."""
+  if variant not in LITE_SCALING:
+    raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of "
+                     f"{sorted(LITE_SCALING)}.")
+  width, depth, _, dropout = LITE_SCALING[variant]
+  kwargs.setdefault("dropout", dropout)
+  kwargs.setdefault("activation", "relu6")
+  return build_efficientnet(B0_BLOCKS, width=width, depth=depth, squeeze_excite=False,
+                            fixed_stem_head=True, name=f"efficientnet-{variant}", **kwargs)
+
+
 def native_resolution(variant: str) -> int:
-  return V1_SCALING[variant][2]
+  return {**V1_SCALING, **LITE_SCALING}[variant][2]
 
 
 # efficientnet_b0 ... efficientnet_b7: gin-registered builders (`@efficientnet_b0`), one per
@@ -197,3 +243,10 @@ def native_resolution(variant: str) -> int:
      registered_builder(f"efficientnet_{v}",
                         f"EfficientNet-{v.upper()} (see `build_efficientnet` for arguments).",
                         efficientnet, variant=v) for v in V1_SCALING)
+
+# efficientnet_lite0 ... efficientnet_lite4, likewise one per LITE_SCALING entry.
+(efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, efficientnet_lite3,
+ efficientnet_lite4) = (
+     registered_builder(f"efficientnet_{v}",
+                        f"EfficientNet-{v.capitalize()} (see `efficientnet_lite`).",
+                        efficientnet_lite, variant=v) for v in LITE_SCALING)

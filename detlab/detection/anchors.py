@@ -4,10 +4,17 @@ Reuses tfm's `official.vision.ops.anchor.Anchor`, whose geometry is the referenc
 location, for octave in 0..num_scales-1, for aspect in aspect_ratios; base size
 anchor_scale * stride * 2^(octave/num_scales); centres at stride/2 + k*stride; boxes
 [y1, x1, y2, x2] in input pixels, not clipped. Flattened order: level -> (y, x) -> anchor.
+
+An image size that 2^max_level does not divide (EfficientDet-Lite0 at 320, Lite2 at 448) has
+ceil(S / 2^l) positions per side at level l, and the reference's anchors.py then uses the
+fractional stride S / ceil(S / 2^l) for both the centres and the base size (tfm keeps the
+size at 2^l); such sizes follow the reference. Sizes that tile every level use tfm's code as
+before (the two agree there: the stride is 2^l).
 """
 import dataclasses
 
 import gin
+import numpy as np
 import tensorflow as tf
 from official.vision.ops import anchor as tfm_anchor
 
@@ -26,12 +33,8 @@ class AnchorConfig:
   anchor_scale: float = 4.0
 
   def __post_init__(self):
-    stride = 2 ** self.max_level
-    if self.image_size % stride:
-      raise ValueError(
-          f"image_size {self.image_size} must be a multiple of 2^max_level = {stride} so that "
-          f"every level tiles the image exactly; use e.g. "
-          f"{(self.image_size // stride + 1) * stride}.")
+    if self.image_size < 1:
+      raise ValueError(f"image_size must be positive, got {self.image_size}.")
 
   @property
   def anchors_per_location(self) -> int:
@@ -47,10 +50,31 @@ class AnchorConfig:
 
   def multilevel_boxes(self) -> dict:
     """{str(level): [h_l, w_l, A*4]} anchor boxes."""
+    if self.image_size % 2 ** self.max_level:
+      return self._fractional_stride_boxes()
     return tfm_anchor.Anchor(
         min_level=self.min_level, max_level=self.max_level, num_scales=self.num_scales,
         aspect_ratios=list(self.aspect_ratios), anchor_size=self.anchor_scale,
         image_size=(self.image_size, self.image_size)).multilevel_boxes
+
+  def _fractional_stride_boxes(self) -> dict:
+    """The reference's anchors (google/automl tf2/anchors.py `_generate_boxes`, float64 then
+    float32) at stride S / ceil(S / 2^l) per level."""
+    boxes = {}
+    for level in range(self.min_level, self.max_level + 1):
+      side = self.feature_size(level)
+      stride = self.image_size / side
+      centres = stride / 2 + stride * np.arange(side)
+      y, x = np.meshgrid(centres, centres, indexing="ij")
+      per_anchor = []
+      for octave in range(self.num_scales):
+        for aspect in self.aspect_ratios:
+          base = self.anchor_scale * stride * 2 ** (octave / self.num_scales)
+          half_x = base * np.sqrt(aspect) / 2
+          half_y = base / np.sqrt(aspect) / 2
+          per_anchor.append(np.stack([y - half_y, x - half_x, y + half_y, x + half_x], -1))
+      boxes[str(level)] = tf.constant(np.concatenate(per_anchor, -1), tf.float32)
+    return boxes
 
   def boxes(self) -> tf.Tensor:
     """All anchors flattened, [num_anchors, 4] float32 [y1, x1, y2, x2] pixels."""

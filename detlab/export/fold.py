@@ -156,7 +156,7 @@ def fold_efficientdet(model: EfficientDet) -> EfficientDet:
   try:
     folded = EfficientDet(fold_functional(model.backbone), model.anchors, model.num_classes,
                           fpn.width, fpn.num_cells, len(model.class_net.convs),
-                          fusion=fpn.fusion, name=model.name)
+                          fusion=fpn.fusion, activation=fpn.activation, name=model.name)
     folded.build_for_size()
   finally:
     keras.mixed_precision.set_global_policy(previous)

@@ -17,18 +17,19 @@ class EfficientDet(keras.Model):
 
   def __init__(self, backbone: keras.Model, anchors: AnchorConfig, num_classes: int,
                fpn_width: int, fpn_cells: int, head_repeats: int, fusion: str = "fast",
-               sync_bn: bool = False, **kwargs):
+               sync_bn: bool = False, activation: str = "swish", **kwargs):
     super().__init__(**kwargs)
     self.backbone = backbone
     self.anchors = anchors
     self.num_classes = num_classes
     levels = dict(min_level=anchors.min_level, max_level=anchors.max_level)
     self.fpn = BiFPN(fpn_width, fpn_cells, fusion=fusion, sync_bn=sync_bn, name="bifpn",
-                     **levels)
+                     activation=activation, **levels)
     a = anchors.anchors_per_location
     self.class_net = class_head(fpn_width, head_repeats, num_classes, a, sync_bn=sync_bn,
-                                **levels)
-    self.box_net = box_head(fpn_width, head_repeats, a, sync_bn=sync_bn, **levels)
+                                activation=activation, **levels)
+    self.box_net = box_head(fpn_width, head_repeats, a, sync_bn=sync_bn,
+                            activation=activation, **levels)
 
   def call(self, images, training=None):
     features = self.pyramid(images, training=training)
@@ -71,9 +72,10 @@ def efficientdet(backbone_fn, num_classes: int = 90, image_size: int = 512,
                  fpn_width: int = 64, fpn_cells: int = 3, head_repeats: int = 3,
                  fusion: str = "fast", min_level: int = 3, max_level: int = 7,
                  num_scales: int = 3, aspect_ratios=(1.0, 2.0, 0.5), anchor_scale: float = 4.0,
-                 sync_bn: bool | None = None) -> EfficientDet:
+                 sync_bn: bool | None = None, activation: str = "swish") -> EfficientDet:
   """Builds EfficientDet; defaults are the paper's D0. `backbone_fn` is an uncalled backbone
   builder (e.g. @efficientnet_b0), called here so that variables live in the caller's scope.
+  activation: the BiFPN's and heads' ('relu6' in EfficientDet-Lite; the backbone has its own).
   sync_bn: all-reduce BN statistics across replicas; None (default) turns it on when built
   under a strategy with more than one replica in sync (TPU, multi-GPU, multi-worker)."""
   if sync_bn is None:
@@ -83,5 +85,6 @@ def efficientdet(backbone_fn, num_classes: int = 90, image_size: int = 512,
                          anchor_scale=anchor_scale)
   backbone = backbone_fn(input_shape=(image_size, image_size, 3), sync_bn=sync_bn)
   model = EfficientDet(backbone, anchors, num_classes, fpn_width, fpn_cells, head_repeats,
-                       fusion=fusion, sync_bn=sync_bn, name="efficientdet")
+                       fusion=fusion, sync_bn=sync_bn, activation=activation,
+                       name="efficientdet")
   return model.build_for_size()

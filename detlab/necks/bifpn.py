@@ -7,14 +7,15 @@ Node graph for levels min..max (inputs P_min..P_max are nodes 0..L-1):
 For levels 3-7 this is the reference graph: id5 <- [3, 4], id6 <- [2, 5], id7 <- [1, 6],
 id8 <- [0, 7], id9 <- [1, 7, 8], id10 <- [2, 6, 9], id11 <- [3, 5, 10], id12 <- [4, 11].
 Each node: resample inputs to its level (1x1 conv + BN when channels differ, max-pool 3x3/2
-SAME down, nearest up), fuse, swish, separable 3x3 conv (bias), BN.
+SAME down, nearest up), fuse, activation (swish; EfficientDet-Lite: relu6), separable 3x3 conv
+(bias), BN.
 """
 import gin
 import tensorflow as tf
 import tf_keras as keras
 
 from detlab.layers import batch_norm
-from detlab.layers.activations import swish
+from detlab.layers.activations import activation_fn
 
 FUSION_MODES = ("fast", "softmax", "sum")
 
@@ -69,14 +70,18 @@ class ResampleToLevel(keras.layers.Layer):
 
 
 class FusionNode(keras.layers.Layer):
-  """One BiFPN node: resample inputs, weighted fusion, swish, separable conv, BN."""
+  """One BiFPN node: resample inputs, weighted fusion, activation, separable conv, BN.
+
+  `activation`: a tf_keras activation name or callable ('swish' is detlab's fusable swish)."""
 
   def __init__(self, width: int, input_level_ratios: list[int], fusion: str = "fast",
-               sync_bn: bool = False, **kwargs):
+               sync_bn: bool = False, activation="swish", **kwargs):
     super().__init__(**kwargs)
     if fusion not in FUSION_MODES:
       raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}.")
     self.fusion = fusion
+    self.activation = activation
+    self._activation = keras.activations.get(activation_fn(activation))
     self.resamplers = [ResampleToLevel(width, r, sync_bn, name=f"resample_{i}")
                        for i, r in enumerate(input_level_ratios)]
     self.conv = keras.layers.SeparableConv2D(width, 3, padding="same", use_bias=True,
@@ -105,7 +110,7 @@ class FusionNode(keras.layers.Layer):
       else:
         weights = tf.nn.softmax(weights)
       fused = tf.add_n([weights[i] * x for i, x in enumerate(xs)])
-    x = swish(fused)
+    x = self._activation(fused)
     return self.bn(self.conv(x), training=training)
 
 
@@ -119,13 +124,15 @@ class BiFPN(keras.layers.Layer):
   `output_levels` if given: then the last cell builds only the nodes those outputs depend on
   (a head on P2 alone never reads the last cell's bottom-up nodes, which would otherwise be
   parameters without gradients). Node names stay those of the full graph.
+  `activation`: every fusion node's (default swish; EfficientDet-Lite 'relu6').
   """
 
   def __init__(self, width: int = 64, num_cells: int = 3, min_level: int = 3,
                max_level: int = 7, fusion: str = "fast", sync_bn: bool = False,
-               output_levels=None, **kwargs):
+               output_levels=None, activation="swish", **kwargs):
     super().__init__(**kwargs)
     self.width, self.num_cells, self.fusion, self.sync_bn = width, num_cells, fusion, sync_bn
+    self.activation = activation
     self.min_level, self.max_level = min_level, max_level
     self.graph = bifpn_graph(min_level, max_level)
     levels = range(min_level, max_level + 1)
@@ -159,7 +166,7 @@ class BiFPN(keras.layers.Layer):
           continue
         ratios = [level - self._node_level(i, num_inputs) for i in inputs]
         nodes.append(FusionNode(self.width, ratios, self.fusion, self.sync_bn,
-                                name=f"cell{c}_fnode{n}"))
+                                activation=self.activation, name=f"cell{c}_fnode{n}"))
       self.cells.append(nodes)
     super().build(input_shape)
 

@@ -1,4 +1,5 @@
-"""google/automl EfficientDet checkpoints (efficientdet-d0.tar.gz ... d7x): read, identify, load.
+"""google/automl EfficientDet checkpoints (efficientdet-d0.tar.gz ... d7x, efficientdet-lite0
+... lite4): read, identify, load.
 
 The published checkpoints are TF1 name-based bundles (one tensor per reference variable name,
 plus `<name>/ExponentialMovingAverage` shadows, which the reference loads by default).
@@ -37,11 +38,14 @@ class Architecture:
   max_level: int
   fusion: str            # 'fast' (WSM edge weights) or 'sum' (none)
   num_classes: int
+  # BiFPN/head activation: no shape shows it; the reference pairs relu6 with the Lite
+  # backbones (hparams_config's lite_common_param) and swish with B0-B7.
+  activation: str = "swish"
 
   def text(self) -> str:
     return (f"{self.backbone}, BiFPN {self.fpn_width} x {self.fpn_cells} cells, head repeats "
             f"{self.head_repeats}, P{self.min_level}-P{self.max_level}, {self.fusion} fusion, "
-            f"{self.num_classes} classes")
+            f"{self.activation} in BiFPN and heads, {self.num_classes} classes")
 
 
 # The paper's scaling table (EfficientDet, Tan, Pang & Le 2020, Table 1; D7x from the reference
@@ -56,7 +60,25 @@ REFERENCE_MODELS = {
     "d6": ("efficientnet-b6", 384, 8, 5, 7, "sum"),
     "d7": ("efficientnet-b6", 384, 8, 5, 7, "sum"),  # D6's weights shape at 1536 px
     "d7x": ("efficientnet-b7", 384, 8, 5, 8, "sum"),
+    # EfficientDet-Lite (google/automl hparams_config efficientdet_lite_param_dict).
+    "lite0": ("efficientnet-lite0", 64, 3, 3, 7, "sum"),
+    "lite1": ("efficientnet-lite1", 88, 4, 3, 7, "sum"),
+    "lite2": ("efficientnet-lite2", 112, 5, 3, 7, "sum"),
+    "lite3": ("efficientnet-lite3", 160, 6, 4, 7, "sum"),
+    "lite3x": ("efficientnet-lite3", 200, 6, 4, 7, "sum"),
+    "lite4": ("efficientnet-lite4", 224, 7, 4, 7, "sum"),
 }
+_BACKBONE = re.compile(r"efficientnet-(?:b|lite)\d(?=/)")
+
+
+def display_name(model: str) -> str:
+  """'d0' -> 'EfficientDet-D0', 'lite3x' -> 'EfficientDet-Lite3x'."""
+  return "EfficientDet-" + (model.capitalize() if model.startswith("lite") else model.upper())
+
+
+def reference_activation(backbone: str) -> str:
+  """The reference's BiFPN/head activation for a checkpoint's backbone prefix."""
+  return "relu6" if backbone.startswith("efficientnet-lite") else "swish"
 
 
 def resolve_prefix(path: str) -> str:
@@ -82,13 +104,13 @@ def is_automl_checkpoint(path: str) -> bool:
   if reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
     return False
   names = reader.get_variable_to_shape_map()
-  return any(n.startswith("fpn_cells/") or re.match(r"efficientnet-b\d/stem/", n)
+  return any(n.startswith("fpn_cells/") or re.match(r"efficientnet-(?:b|lite)\d/stem/", n)
              for n in names)
 
 
 def describe_checkpoint(shapes: dict) -> Architecture:
   """The EfficientDet a bundle holds, from its variable names and shapes."""
-  backbones = {m.group(0) for n in shapes for m in [re.match(r"efficientnet-b\d(?=/)", n)] if m}
+  backbones = {m.group(0) for n in shapes for m in [_BACKBONE.match(n)] if m}
   cells = {int(m.group(1)) for n in shapes for m in [re.match(r"fpn_cells/cell_(\d+)/", n)] if m}
   repeats = {int(m.group(1)) for n in shapes
              for m in [re.match(r"class_net/class-(\d+)/", n)] if m}
@@ -104,18 +126,20 @@ def describe_checkpoint(shapes: dict) -> Architecture:
     raise AutomlCheckpointError("Not an automl EfficientDet checkpoint: backbone(s) "
                                 f"{sorted(backbones)}, {len(cells)} BiFPN cells.")
   fusion = "fast" if "fpn_cells/cell_0/fnode0/WSM" in shapes else "sum"
-  return Architecture(backbones.pop(), width, max(cells) + 1, max(repeats) + 1, min(levels),
-                      max(levels), fusion, classes)
+  backbone = backbones.pop()
+  return Architecture(backbone, width, max(cells) + 1, max(repeats) + 1, min(levels),
+                      max(levels), fusion, classes, reference_activation(backbone))
 
 
 def describe_model(model) -> Architecture:
   return Architecture(backbone_prefix(model.backbone), model.fpn.width, model.fpn.num_cells,
                       len(model.class_net.convs), model.fpn.min_level, model.fpn.max_level,
-                      model.fpn.fusion, model.num_classes)
+                      model.fpn.fusion, model.num_classes, str(model.fpn.activation))
 
 
 def guess_models(arch: Architecture) -> list[str]:
-  """The reference EfficientDets ('d0' ... 'd7x') whose weights have this architecture."""
+  """The reference EfficientDets ('d0' ... 'd7x', 'lite0' ... 'lite4') whose weights have
+  this architecture."""
   key = (arch.backbone, arch.fpn_width, arch.fpn_cells, arch.head_repeats, arch.max_level,
          arch.fusion)
   return [name for name, row in REFERENCE_MODELS.items()
@@ -127,7 +151,7 @@ def check_architecture(model, shapes: dict, path: str, *, same_classes: bool = T
   held, configured = describe_checkpoint(shapes), describe_model(model)
   if dataclasses.replace(held, num_classes=0) != dataclasses.replace(configured, num_classes=0):
     guesses = guess_models(held)
-    looks = (" or ".join(f"EfficientDet-{g.upper()}" for g in guesses) if guesses
+    looks = (" or ".join(display_name(g) for g in guesses) if guesses
              else "no reference EfficientDet")
     gin = (f"; use --gin_file=efficientdet_{guesses[0]}.gin" if guesses else "")
     raise AutomlCheckpointError(

@@ -1,8 +1,9 @@
 """Which google/automl EfficientDet checkpoint name holds each variable of a detlab EfficientDet.
 
 Naming facts of the reference (google/automl efficientdet/tf2/efficientdet_keras.py and
-backbone/efficientnet_model.py), which every Dk shares:
-- backbone `efficientnet-bN/`: `stem/conv2d`, `stem/tpu_batch_normalization`; MBConv blocks
+backbone/efficientnet_model.py), which every Dk and EfficientDet-Lite shares:
+- backbone `efficientnet-bN/` (Lite: `efficientnet-liteN/`, the same names without SE):
+  `stem/conv2d`, `stem/tpu_batch_normalization`; MBConv blocks
   numbered globally `blocks_0 ... blocks_{n-1}`, inside each the keras auto-names in creation
   order: with an expansion conv `conv2d` (expand), `tpu_batch_normalization` (its BN),
   `depthwise_conv2d`, `tpu_batch_normalization_1`, `se/conv2d` (reduce), `se/conv2d_1`
@@ -26,7 +27,7 @@ import tensorflow as tf
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 _BLOCK_LAYER = re.compile(r"^block(\d+)([a-z]+)_(.+)$")
-_BACKBONE_NAME = re.compile(r"efficientnet-b\d")
+_BACKBONE_NAME = re.compile(r"efficientnet-(?:b|lite)\d")
 
 
 @dataclasses.dataclass
@@ -56,8 +57,9 @@ def backbone_prefix(backbone) -> str:
   match = _BACKBONE_NAME.search(backbone.name)
   if match is None:
     raise UnsupportedModelError(
-        f"google/automl EfficientDet checkpoints hold EfficientNet-B0..B7 backbones; this "
-        f"detector's backbone is {backbone.name!r}. Use an efficientdet_d0..d7x gin file.")
+        f"google/automl EfficientDet checkpoints hold EfficientNet-B0..B7 or Lite0..Lite4 "
+        f"backbones; this detector's backbone is {backbone.name!r}. Use an "
+        "efficientdet_d0..d7x or efficientdet_lite0..lite4 gin file.")
   return match.group(0)
 
 

@@ -22,7 +22,10 @@ LEVELS = range(2, 6)
 # share their family's builder and block code with the smaller registered variants checked
 # here; their parameter counts are asserted in their family's test.
 SKIPPED_FOR_TIME = {"efficientnet_b6", "efficientnet_b7", "efficientnetv2_m", "efficientnetv2_l",
-                    "efficientnetv2_xl"}
+                    "efficientnetv2_xl",
+                    # Lite0 and Lite4 (unscaled and most scaled) cover the Lite builder; every
+                    # Lite's count is asserted in tests/models/test_efficientdet_lite.py.
+                    "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3"}
 NAMES = sorted(set(BACKBONES) - SKIPPED_FOR_TIME)
 # Channels at levels 2..5: EfficientNet V1/V2 from keras apps' block tables and rounding (the
 # backbone channels EfficientDet lists), the others from their papers / TF-slim / keras apps.
@@ -30,6 +33,7 @@ CHANNELS = {
     "efficientnet_b0": (24, 40, 112, 320), "efficientnet_b1": (24, 40, 112, 320),
     "efficientnet_b2": (24, 48, 120, 352), "efficientnet_b3": (32, 48, 136, 384),
     "efficientnet_b4": (32, 56, 160, 448), "efficientnet_b5": (40, 64, 176, 512),
+    "efficientnet_lite0": (24, 40, 112, 320), "efficientnet_lite4": (32, 56, 160, 448),
     "efficientnetv2_b0": (32, 48, 112, 192), "efficientnetv2_b1": (32, 48, 112, 192),
     "efficientnetv2_b2": (32, 56, 120, 208), "efficientnetv2_b3": (40, 56, 136, 232),
     "efficientnetv2_s": (48, 64, 160, 256),

@@ -220,3 +220,28 @@ def test_detector_b0_has_no_stochastic_depth_larger_backbones_keep_it() -> None:
   b1 = _detector_backbone("efficientdet_d1.gin")
   rates = [l.rate for l in b1.layers if l.name.endswith("_drop")]
   assert b1.name == "efficientnet-b1" and max(rates) == pytest.approx(0.2 * 22 / 23)
+
+
+# EfficientNet-Lite classifiers (1000 classes): google/automl's backbone/efficientnet_model
+# with efficientnet_lite_builder's params, counted under TF 2.20 (the published 4.7M ... 13M).
+LITE_COUNTS = {"lite0": 4_694_024, "lite1": 5_470_344, "lite2": 6_150_168,
+               "lite3": 8_273_768, "lite4": 13_118_936}
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite4"])  # Lite1-3: their detectors' counts
+def test_lite_classifier_count_and_what_makes_it_lite(variant: str) -> None:
+  model = efficientnet.efficientnet_lite(variant, include_top=True, input_shape=SMALL)
+  assert model.count_params() == LITE_COUNTS[variant]
+  assert model.get_layer("top_dropout").rate == {"lite0": 0.2, "lite4": 0.3}[variant]
+  names = {l.name for l in model.layers}
+  assert not any("_se_" in n for n in names)  # no squeeze-excite
+  activations = {l.activation.__name__ for l in model.layers
+                 if isinstance(l, keras.layers.Activation)}
+  assert activations == {"relu6"}
+  # Fixed stem and head: 32 and 1280 channels at every width; the first and last stage keep
+  # one block at every depth (Lite4: depth 1.8 gives stage 6 ceil(4 * 1.8) = 8 blocks).
+  assert model.get_layer("stem_conv").filters == 32
+  assert model.get_layer("top_conv").filters == 1280
+  blocks = _blocks_in_order(model)
+  stages = [sum(b.startswith(f"block{s}") for b in blocks) for s in range(1, 8)]
+  assert stages == {"lite0": [1, 2, 2, 3, 3, 4, 1], "lite4": [1, 4, 4, 6, 6, 8, 1]}[variant]

@@ -37,6 +37,17 @@ def test_order_is_level_then_position_then_anchor():
   np.testing.assert_allclose(centres[level4_start], [8, 8], atol=1e-4)
 
 
-def test_image_size_must_tile_every_level():
-  with pytest.raises(ValueError, match="multiple of 2\\^max_level = 128.*use e.g. 640"):
-    AnchorConfig(image_size=600)
+def test_a_size_that_does_not_tile_the_levels_uses_the_reference_fractional_stride():
+  """EfficientDet-Lite0 at 320 (anchor scale 3): level 7 has ceil(320/128) = 3 positions at
+  stride 320/3, which sizes its anchors too. Check values from google/automl's anchors.py."""
+  config = AnchorConfig(image_size=320, anchor_scale=3.0)
+  boxes = config.boxes().numpy()
+  assert boxes.shape == (19206, 4) and config.num_anchors == 19206
+  np.testing.assert_allclose(boxes[0], [-8, -8, 16, 16], atol=1e-4)
+  np.testing.assert_allclose(boxes[1], [-4.4853, -12.9706, 12.4853, 20.9706], atol=1e-3)
+  np.testing.assert_allclose(boxes[3], [-11.1191, -11.1191, 19.1191, 19.1191], atol=1e-3)
+  np.testing.assert_allclose(boxes[14400 + 5 * 9], [-16, 64, 32, 112], atol=1e-4)  # P4
+  np.testing.assert_allclose(boxes[-9], [106.6667, 106.6667, 426.6667, 426.6667], atol=1e-3)
+  np.testing.assert_allclose(boxes[-1], [-92.5212, 87.0727, 625.8545, 446.2606], atol=1e-3)
+  with pytest.raises(ValueError, match="image_size must be positive"):
+    AnchorConfig(image_size=0)

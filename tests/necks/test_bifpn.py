@@ -95,3 +95,11 @@ def test_resampling_to_finer_level_is_nearest_neighbour_cropped():
   got = _pre_conv_activation(node, [tf.zeros([1, 3, 3, 4]), coarse])
   upsampled = np.repeat(np.repeat(coarse.numpy(), 2, 1), 2, 2)[:, :3, :3]
   np.testing.assert_allclose(got, tf.nn.swish(upsampled).numpy(), rtol=1e-6)
+
+
+def test_relu6_activation_clips_the_fused_sum_at_six():
+  """EfficientDet-Lite: relu6 instead of swish after the fusion (automl act_type 'relu6')."""
+  for values, expected in (((1.0, 3.0), 4.0), ((5.0, 3.0), 6.0), ((-5.0, 3.0), 0.0)):
+    inputs = [tf.fill([1, 4, 4, 8], v) for v in values]
+    node = FusionNode(8, [0, 0], fusion="sum", activation="relu6")
+    np.testing.assert_allclose(_pre_conv_activation(node, inputs), expected)

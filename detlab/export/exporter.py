@@ -241,10 +241,10 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   if onnx_formats:
     from detlab.export import onnx  # pylint: disable=import-outside-toplevel
     # One conversion for both precisions; input batch: --batch_size, or dynamic when unset.
-    files = onnx.export_onnx(serving, {f.split("_")[1]: paths[f] for f in onnx_formats},
-                             batch_size, calibration_files=calibration,
-                             calibration_steps=calibration_steps)
-    written.update({f"onnx_{precision}": path for precision, path in files.items()})
+    onnx_files = onnx.export_onnx(serving, {f.split("_")[1]: paths[f] for f in onnx_formats},
+                                  batch_size, calibration_files=calibration,
+                                  calibration_steps=calibration_steps)
+    written.update({f"onnx_{precision}": path for precision, path in onnx_files.items()})
   info = {"model_dir": model_dir, "checkpoint": checkpoint, "weights": "EMA" if use_ema else
           "raw", "gin_files": files, "gin_bindings": list(gin_bindings),
           "formats": {f: os.path.basename(p) for f, p in written.items()},

@@ -54,66 +54,61 @@ def import_onnx_tools(converter: bool = False):
   return onnxruntime
 
 
-def pairwise_iou(box: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
-  """IoU of box [B, 4] with each of boxes [B, k, 4] (y1, x1, y2, x2) -> [B, k], as TF's NMS
-  kernel computes it (corners sorted; 0 where either box has no area)."""
-  def corners(b):
-    low = tf.minimum(b[..., :2], b[..., 2:])
-    high = tf.maximum(b[..., :2], b[..., 2:])
-    return low, high, tf.reduce_prod(high - low, axis=-1)
-  low, high, area = corners(boxes)
-  box_low, box_high, box_area = corners(box[:, None, :])
-  extent = tf.maximum(tf.minimum(high, box_high) - tf.maximum(low, box_low), 0.0)
-  intersection = extent[..., 0] * extent[..., 1]
-  union = area + box_area - intersection
-  empty = (area <= 0.0) | (box_area <= 0.0)
-  return tf.where(empty, 0.0, intersection / tf.where(empty, 1.0, union))
-
-
 def greedy_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, image_size: int,
                config: PostprocessConfig):
   """postprocess.nms_one_image for a whole batch, in ops ONNX has (see module doc).
 
-  boxes [B, k, 4] clipped to [0, image_size], scores [B, k], classes [B, k] int32 ->
-  (boxes [B, D, 4], scores [B, D], classes [B, D] int32, num_detections [B] int32), zero
-  past num_detections, D = max_detections. Per class by the same class offset as
-  nms_one_image (boxes of two classes never overlap, so they never decay each other)."""
-  depth = config.max_detections
-  threshold = config.score_threshold
+  boxes [B, k, 4] clipped to [0, image_size] with y1 <= y2, x1 <= x2 (candidates()),
+  scores [B, k], classes [B, k] int32 -> (boxes [B, D, 4], scores [B, D], classes [B, D]
+  int32, num_detections [B] int32), zero past num_detections, D = max_detections. Per class
+  by the same class offset as nms_one_image (boxes of two classes never overlap, so they
+  never decay each other); IoU and the soft-NMS weight in the arithmetic of TF's kernel."""
+  depth, threshold = config.max_detections, config.score_threshold
+  batch, count = tf.shape(scores)[0], tf.shape(scores)[1]
+  # Only the candidates up to the last one above the threshold (in any image) take part: the
+  # others are never selected and so decay nothing (top-k sorts them: usually a prefix).
+  positions = tf.range(count)[None, :]
+  count = tf.maximum(tf.reduce_max(tf.where(scores > threshold, positions + 1, 0)), 1)
+  boxes, scores, classes = boxes[:, :count], scores[:, :count], classes[:, :count]
+  positions = positions[:, :count]
   offset_boxes = boxes + tf.cast(classes, tf.float32)[..., None] * (float(image_size) + 1.0)
-  alive = scores > threshold
-  batch = tf.shape(scores)[0]
-  count = tf.shape(scores)[1]
+  y1, x1, y2, x2 = tf.unstack(offset_boxes, axis=-1)  # [B, k] each, loop-invariant
+  area = (y2 - y1) * (x2 - x1)
+  flat = [tf.reshape(c, [-1]) for c in (y1, x1, y2, x2)]  # [B * k]: one Gather a corner
+  row_start = (tf.range(batch) * count)[:, None]
+  # The score of a selected or dropped candidate: finite (tf2onnx writes a select inside a
+  # loop as cast(c) * x + cast(!c) * y, where -inf would make NaN) and below the threshold.
+  gone = min(float(threshold), 0.0) - 1.0
+  scale = -0.5 / (config.soft_nms_sigma / 2.0)  # TF's: -0.5 / its sigma (half the paper's)
 
-  def step(i, live, alive, chosen, chosen_scores, valid):
-    masked = tf.where(alive, live, -np.inf)
-    index = tf.argmax(masked, axis=-1, output_type=tf.int32)  # first of a tie: lower index
-    best = tf.gather(masked, index, batch_dims=1)
-    found = best > threshold  # False from the first step that finds nothing on
-    iou = pairwise_iou(tf.gather(offset_boxes, index, batch_dims=1), offset_boxes)
-    if config.nms_mode == "soft":  # exp(-iou^2 / sigma), the paper's sigma
-      decay = tf.exp(iou * iou * (-1.0 / config.soft_nms_sigma))
+  def step(i, live, indices, best_scores):
+    index = tf.argmax(live, axis=-1, output_type=tf.int32)[:, None]  # first of a tie
+    cy1, cx1, cy2, cx2 = (tf.gather(c, index + row_start) for c in flat)  # [B, 1] each
+    height = tf.maximum(tf.minimum(y2, cy2) - tf.maximum(y1, cy1), 0.0)
+    width = tf.maximum(tf.minimum(x2, cx2) - tf.maximum(x1, cx1), 0.0)
+    intersection = height * width
+    union = area + (cy2 - cy1) * (cx2 - cx1) - intersection
+    # 0 where either box is empty (intersection 0; union 0 only if both are).
+    iou = intersection / tf.maximum(union, 1e-30)
+    if config.nms_mode == "soft":
+      decayed = live * tf.exp(scale * iou * iou)
     else:
-      decay = tf.where(iou > config.iou_threshold, 0.0, 1.0)
-    live = live * decay
-    # Comparisons with a range, not one_hot (tf2onnx converts rank-1 constant-depth one_hot
-    # only).
-    taken = tf.range(count)[None, :] == index[:, None]
-    alive = alive & (live > threshold) & ~taken
-    slot = (tf.range(depth) == i)[None, :]  # writes column i
-    chosen += tf.cast(slot, tf.int32) * index[:, None]
-    chosen_scores += tf.cast(slot, tf.float32) * tf.where(found, best, 0.0)[:, None]
-    valid |= slot & found[:, None]
-    return i + 1, live, alive, chosen, chosen_scores, valid
+      decayed = tf.where(iou > config.iou_threshold, 0.0, live)
+    keep = (live > threshold) & (decayed > threshold) & (positions != index)
+    return (i + 1, tf.where(keep, decayed, gone), indices.write(i, index[:, 0]),
+            best_scores.write(i, tf.reduce_max(live, axis=-1)))
 
-  state = (tf.constant(0), scores, alive, tf.zeros([batch, depth], tf.int32),
-           tf.zeros([batch, depth]), tf.zeros([batch, depth], tf.bool))
-  _, _, _, chosen, chosen_scores, valid = tf.while_loop(
-      lambda i, *_: i < depth, step, state, maximum_iterations=depth)
-  out_boxes = tf.where(valid[..., None], tf.gather(boxes, chosen, batch_dims=1), 0.0)
-  out_classes = tf.where(valid, tf.gather(classes, chosen, batch_dims=1), 0)
+  state = (tf.constant(0), tf.where(scores > threshold, scores, gone),
+           tf.TensorArray(tf.int32, size=depth), tf.TensorArray(tf.float32, size=depth))
+  _, _, indices, best_scores = tf.while_loop(lambda i, *_: i < depth, step, state,
+                                             maximum_iterations=depth)
+  best_scores = tf.transpose(best_scores.stack())  # [B, D]
+  valid = best_scores > threshold  # False from the first step that found nothing on
+  indices = tf.where(valid, tf.transpose(indices.stack()), 0)
+  out_boxes = tf.where(valid[..., None], tf.gather(boxes, indices, batch_dims=1), 0.0)
+  out_classes = tf.where(valid, tf.gather(classes, indices, batch_dims=1), 0)
   num = tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1)
-  return out_boxes, chosen_scores, out_classes, num
+  return out_boxes, tf.where(valid, best_scores, 0.0), out_classes, num
 
 
 def onnx_function(serving, batch_size: int | None = None):

@@ -59,7 +59,7 @@ def assert_agree(got: dict, want: dict, box_atol: float, score_atol: float) -> N
   np.testing.assert_allclose(got["boxes"], want["boxes"], atol=box_atol)
 
 
-def test_fp32_detects_as_the_saved_model(onnx_dir, tiny_export, pictures,
+def test_fp32_detects_as_the_saved_model(onnx_dir, tiny_model_dir, tiny_export, pictures,
                                          saved_model_detections):
   """Soft-NMS, letterbox windows and the mapping to original pixels, three images in one
   dynamic-batch call, every row. Against LiteRT FP32 (the same uint8 letterboxed input) to
@@ -68,6 +68,9 @@ def test_fp32_detects_as_the_saved_model(onnx_dir, tiny_export, pictures,
   assert runners.exported_formats(str(onnx_dir)) == {
       "onnx_fp32": str(onnx_dir / "model_fp32.onnx"),
       "onnx_int8": str(onnx_dir / "model_int8.onnx")}
+  info = runners.read_export_info(str(onnx_dir))
+  assert info["formats"] == {"onnx_fp32": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
+  assert info["gin_files"] == [str(tiny_model_dir / "config.gin")]  # benchmark's tf model
   runner = runners.load_runner(str(onnx_dir / "model_fp32.onnx"))
   assert isinstance(runner, runners.OnnxRunner)
   assert runner.batch_size is None and runner.image_size == 64
@@ -131,6 +134,10 @@ def test_graph_nms_selects_as_tf_nms(mode):
     np.testing.assert_allclose(got[1][image], want[1], atol=1e-6)
   # Image 1: soft-NMS decays the duplicates (x exp(-2)) and keeps them; hard NMS drops them.
   assert got[3][1] == {"soft": 12, "hard": 6}[mode]
+  # A batch with no candidate above the threshold: no detection, all zero.
+  empty = onnx_export.greedy_nms(tf.constant(boxes), tf.zeros([2, 300]),
+                                 tf.constant(classes), 64, config)
+  assert all(not np.any(t.numpy()) for t in empty)
 
 
 def test_benchmark_times_the_onnx_files(onnx_dir):

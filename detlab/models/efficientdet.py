@@ -10,7 +10,8 @@ from detlab.models.pyramid import bifpn_pyramid
 
 
 class EfficientDet(keras.Model):
-  """Images [B, S, S, 3] (ImageNet-normalized) -> per-level class logits and box deltas.
+  """Images [B, S, S, 3] (normalized by the backbone's input convention) -> per-level class
+  logits and box deltas.
 
   call() returns (class_outputs, box_outputs), each {str(level): [B, h_l, w_l, A*K | A*4]}.
   """

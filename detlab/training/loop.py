@@ -19,6 +19,7 @@ import tf_keras as keras
 
 from detlab.data.source_id import SOURCE_ID_BYTES, decode_source_ids
 from detlab.progress import Progress
+from detlab.training.optimizer import backbone_optimizer_of
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,17 +39,27 @@ class Trainer:
   `jit_compile` compiles the per-replica step with XLA (the iterator stays outside it).
   A keras `LossScaleOptimizer` (mixed_float16) gets its loss scaled and gradients unscaled;
   it skips overflowing steps itself, so then only a non-finite loss counts as a bad step.
+  `backbone_variables` (with a backbone optimizer attached to `optimizer`, see
+  training/optimizer.py): those variables' gradients go to the backbone optimizer, the
+  others' to `optimizer`; clipping stays global over all of them.
   """
 
   METRICS = ("total", "class", "box", "weight_decay", "grad_norm")  # detection's
 
   def __init__(self, strategy: tf.distribute.Strategy, model, optimizer, loss_fn,
                weight_decay: float, clip_norm: float, ema=None, jit_compile: bool = False,
-               loss_parts: tuple = ("class", "box")):
+               loss_parts: tuple = ("class", "box"), backbone_variables=None):
     """loss_parts: the keys of loss_fn's dict (besides "total") logged and summarised; a
     task's `loss_parts` (detection: class, box)."""
     self.loss_parts = tuple(loss_parts)
     self.strategy, self.model, self.optimizer = strategy, model, optimizer
+    self.backbone_optimizer = backbone_optimizer_of(optimizer)
+    if (self.backbone_optimizer is None) != (backbone_variables is None):
+      raise ValueError("A backbone optimizer (OptimizerConfig.backbone_learning_rate_"
+                       "multiplier != 1) needs the backbone's variables, and they need it.")
+    backbone = {v.ref() for v in backbone_variables or ()}
+    # Per trainable variable (in model.trainable_variables' order): the backbone's or not.
+    self._in_backbone = [v.ref() in backbone for v in model.trainable_variables]
     self.loss_fn, self.weight_decay, self.clip_norm = loss_fn, weight_decay, clip_norm
     self.ema = ema
     self.stopped = False  # run_training stopped on request (this worker's or another's)
@@ -60,12 +71,38 @@ class Trainer:
       self.metrics = {name: keras.metrics.Mean(name) for name in names}
       # Slot variables now, not lazily in the first step: a checkpoint saved before the first
       # step must hold them, or a NaN recovery to it would keep the non-finite slots.
-      inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-      if isinstance(inner, keras.optimizers.legacy.Optimizer):
-        # tfm builds these; their `build` is a no-op, `_create_all_weights` makes the slots.
-        inner._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
-      elif hasattr(inner, "build"):
-        inner.build(model.trainable_variables)
+      if self.backbone_optimizer is None:
+        _build_slots(optimizer, model.trainable_variables)
+      else:
+        head, backbone = self._split(model.trainable_variables)
+        _build_slots(optimizer, head)
+        _build_slots(self.backbone_optimizer, backbone)
+
+  def _split(self, values) -> tuple[list, list]:
+    """`values` (one per trainable variable) -> (the rest's, the backbone's)."""
+    head = [x for x, inside in zip(values, self._in_backbone) if not inside]
+    return head, [x for x, inside in zip(values, self._in_backbone) if inside]
+
+  def _apply(self, grads: list, variables: list) -> None:
+    """One optimizer for all variables, or the backbone's and the rest's."""
+    if self.backbone_optimizer is None:
+      self.optimizer.apply_gradients(zip(grads, variables),
+                                     experimental_aggregate_gradients=False)
+      return
+    head_grads, backbone_grads = self._split(grads)
+    if self._loss_scaled:
+      # Each LossScaleOptimizer checks only the gradients it gets; NaN in one of each group
+      # when any gradient is non-finite gives both the decision one optimizer would take (skip
+      # the step, lower the scale), so their loss scales stay equal.
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+      poison = tf.where(finite, 0.0, float("nan"))
+      head_grads[0] = head_grads[0] + tf.cast(poison, head_grads[0].dtype)
+      backbone_grads[0] = backbone_grads[0] + tf.cast(poison, backbone_grads[0].dtype)
+    head_vars, backbone_vars = self._split(variables)
+    self.optimizer.apply_gradients(zip(head_grads, head_vars),
+                                   experimental_aggregate_gradients=False)
+    self.backbone_optimizer.apply_gradients(zip(backbone_grads, backbone_vars),
+                                            experimental_aggregate_gradients=False)
 
   def _update_step(self, batch: dict) -> tf.Tensor:
     """Forward, backward, update; returns 1 if the loss and gradients were finite, else 0."""
@@ -87,8 +124,7 @@ class Trainer:
       grads, grad_norm = tf.clip_by_global_norm(grads, self.clip_norm)
     else:
       grad_norm = tf.linalg.global_norm(grads)
-    self.optimizer.apply_gradients(zip(grads, variables),
-                                   experimental_aggregate_gradients=False)
+    self._apply(list(grads), variables)
     parts = tuple((name, losses[name]) for name in self.loss_parts)
     for name, value in (("total", total), *parts, ("weight_decay", decay),
                         ("grad_norm", grad_norm)):
@@ -163,6 +199,15 @@ class Trainer:
 
   def results(self) -> dict:
     return {name: float(metric.result()) for name, metric in self.metrics.items()}
+
+
+def _build_slots(optimizer, variables) -> None:
+  inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+  if isinstance(inner, keras.optimizers.legacy.Optimizer):
+    # tfm builds these; their `build` is a no-op, `_create_all_weights` makes the slots.
+    inner._create_all_weights(variables)  # pylint: disable=protected-access
+  elif hasattr(inner, "build"):
+    inner.build(variables)
 
 
 def run_training(trainer: Trainer, iterator, *, start_step: int, total_steps: int,

@@ -4,11 +4,21 @@ TF-slim's Inception recipes).
 
 Built with tfm's `official.modeling.optimization` (LinearWarmup + CosineDecayWithOffset /
 ExponentialDecay with offset, RMSprop): nothing of our own.
+
+A per-group rate for fine-tuning (`backbone_learning_rate_multiplier`, detectron2's backbone
+multiplier, mmdet's paramwise lr_mult): a second optimizer of the same rule whose schedule is
+the main one times the multiplier updates the backbone's variables, the main one the rest.
+A second optimizer, not scaled gradients: Adam and RMSProp divide the gradient's scale out,
+so only the rate itself slows them. It is a checkpoint dependency of the main optimizer
+(`backbone_optimizer`), so whatever saves or restores the optimizer holds both.
 """
 import dataclasses
 
 import gin
+import tf_keras as keras
 from official.modeling import optimization
+
+BACKBONE_OPTIMIZER = "backbone_optimizer"  # its name in the main optimizer's checkpoint node
 
 
 @gin.register(module="detlab.training")
@@ -26,6 +36,10 @@ class OptimizerConfig:
   `decay`: "cosine" to 0 over the run, or "exponential": x `decay_rate` every
   `decay_epochs` epochs after the warm-up (`staircase`: in steps, as the recipes).
   `learning_rate_per_64` is the peak lr per 64 images (EfficientNet's 0.016 per 256 is 0.004).
+  `backbone_learning_rate_multiplier`: the backbone's variables train at this fraction of
+  the rate (warm-up and decay included), the rest (BiFPN, heads) at the full rate: for a
+  start from a pretrained backbone (train.init_checkpoint, init_mode='backbone'). 1.0: one
+  optimizer for everything, exactly as without it.
   """
   name: str = "sgd"
   learning_rate_per_64: float = 0.08
@@ -40,6 +54,13 @@ class OptimizerConfig:
   momentum: float = 0.9
   weight_decay: float = 4e-5      # L2 on kernels only, added to the loss
   clip_norm: float = 10.0         # global-norm gradient clipping (0 disables)
+  backbone_learning_rate_multiplier: float = 1.0
+
+  def __post_init__(self):
+    if not self.backbone_learning_rate_multiplier >= 0:
+      raise ValueError("OptimizerConfig.backbone_learning_rate_multiplier must be >= 0 (1.0: "
+                       f"the backbone trains at the full rate), got "
+                       f"{self.backbone_learning_rate_multiplier}.")
 
   def peak_learning_rate(self, global_batch: int) -> float:
     return self.learning_rate_per_64 * global_batch / 64.0
@@ -48,7 +69,9 @@ class OptimizerConfig:
 def build_optimizer(config: OptimizerConfig, global_batch: int, total_steps: int,
                     warmup_steps: int, steps_per_epoch: float | None = None):
   """Returns (tf_keras optimizer, learning-rate schedule). steps_per_epoch: needed by
-  decay='exponential' (its period is `decay_epochs` epochs)."""
+  decay='exponential' (its period is `decay_epochs` epochs). With a
+  backbone_learning_rate_multiplier != 1 the optimizer carries the backbone's optimizer
+  (`backbone_optimizer_of`), the same rule on the schedule times the multiplier."""
   if config.name not in ("sgd", "adam", "rmsprop"):
     raise ValueError(f"OptimizerConfig.name must be 'sgd', 'adam' or 'rmsprop', got "
                      f"{config.name!r}.")
@@ -79,4 +102,49 @@ def build_optimizer(config: OptimizerConfig, global_batch: int, total_steps: int
         "warmup_steps": warmup_steps, "warmup_learning_rate": config.warmup_learning_rate}}
   factory = optimization.OptimizerFactory(optimization.OptimizationConfig(params))
   schedule = factory.build_learning_rate()
-  return factory.build_optimizer(schedule), schedule
+  optimizer = factory.build_optimizer(schedule)
+  multiplier = config.backbone_learning_rate_multiplier
+  if multiplier != 1.0:
+    attach_backbone_optimizer(optimizer,
+                              factory.build_optimizer(ScaledSchedule(schedule, multiplier)))
+  return optimizer, schedule
+
+
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """`schedule(step) * multiplier`: the backbone's rate, warm-up and decay included."""
+
+  def __init__(self, schedule, multiplier: float):
+    super().__init__()
+    self.schedule, self.multiplier = schedule, float(multiplier)
+
+  def __call__(self, step):
+    return self.schedule(step) * self.multiplier
+
+  def get_config(self) -> dict:
+    return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "multiplier": self.multiplier}
+
+  @classmethod
+  def from_config(cls, config: dict):
+    return cls(keras.optimizers.schedules.deserialize(config["schedule"]),
+               config["multiplier"])
+
+
+def _innermost(optimizer):
+  return getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+
+
+def attach_backbone_optimizer(optimizer, backbone_optimizer) -> None:
+  """Makes `backbone_optimizer` the backbone's optimizer of `optimizer` and a checkpoint
+  dependency of it (replacing an earlier one), so saving or restoring `optimizer` saves or
+  restores both, slots and steps."""
+  inner = _innermost(optimizer)
+  inner._track_trackable(backbone_optimizer, name=BACKBONE_OPTIMIZER,  # pylint: disable=protected-access
+                         overwrite=True)
+  inner._detlab_backbone_optimizer = backbone_optimizer  # pylint: disable=protected-access
+
+
+def backbone_optimizer_of(optimizer):
+  """The optimizer of the backbone's variables attached to `optimizer`, or None (one
+  optimizer for all variables: backbone_learning_rate_multiplier = 1)."""
+  return getattr(_innermost(optimizer), "_detlab_backbone_optimizer", None)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 
+from absl import logging
 import gin
 import tf_keras as keras
 import tensorflow as tf
@@ -13,7 +14,8 @@ from official.common import distribute_utils
 
 from detlab.tasks.base import Task
 from detlab.training.loop import Trainer
-from detlab.training.optimizer import OptimizerConfig, build_optimizer
+from detlab.training.optimizer import (OptimizerConfig, attach_backbone_optimizer,
+                                       backbone_optimizer_of, build_optimizer)
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # train()'s run settings that some tasks take over (Task.use_settings): README bindings
@@ -84,8 +86,22 @@ def precision_policy(policy: str):
 
 
 def with_loss_scaling(opt, policy: str):
-  """float16 needs dynamic loss scaling against gradient underflow; bfloat16 does not."""
-  return keras.mixed_precision.LossScaleOptimizer(opt) if policy == "mixed_float16" else opt
+  """float16 needs dynamic loss scaling against gradient underflow; bfloat16 does not.
+
+  A backbone optimizer attached to `opt` is wrapped too: the Trainer hands both the same
+  skip decisions, so its loss scale always equals the main one's, which alone scales the
+  loss."""
+  if policy != "mixed_float16":
+    return opt
+  backbone = backbone_optimizer_of(opt)
+  wrapped = keras.mixed_precision.LossScaleOptimizer(opt)
+  if backbone is not None:
+    backbone = keras.mixed_precision.LossScaleOptimizer(backbone)
+    # The main optimizer scales the loss and unscales all gradients (keras would warn).
+    backbone._loss_has_been_scaled = True  # pylint: disable=protected-access
+    backbone._gradients_have_been_unscaled = True  # pylint: disable=protected-access
+    attach_backbone_optimizer(wrapped, backbone)
+  return wrapped
 
 
 def schedule_optimizer(config: OptimizerConfig, schedule: Schedule, precision: str):
@@ -98,12 +114,39 @@ def schedule_optimizer(config: OptimizerConfig, schedule: Schedule, precision: s
   return with_loss_scaling(opt, precision), learning_rate
 
 
+def backbone_variables(model, multiplier: float) -> list:
+  """The trainable variables of `model.backbone` (every task's model exposes its backbone
+  there: detector, segmenter, joint model, classifier), which
+  OptimizerConfig.backbone_learning_rate_multiplier slows down."""
+  backbone = getattr(model, "backbone", None)
+  binding = f"OptimizerConfig.backbone_learning_rate_multiplier = {multiplier}"
+  if backbone is None:
+    raise ValueError(f"{binding} needs a model with a `.backbone` sub-model, and "
+                     f"{type(model).__name__} has none: remove the binding (1.0 trains all "
+                     "variables at one rate).")
+  variables = list(backbone.trainable_variables)
+  if not variables or len(variables) == len(model.trainable_variables):
+    raise ValueError(f"{binding}: {type(model).__name__}'s backbone has "
+                     f"{len(variables)} of its {len(model.trainable_variables)} trainable "
+                     "variables, so there is nothing to train at a different rate; remove "
+                     "the binding.")
+  return variables
+
+
 def task_trainer(distribution, task: Task, model, opt, config: OptimizerConfig, average,
                  jit_compile: bool) -> Trainer:
-  """The Trainer of `task`'s loss with the optimizer config's weight decay and clipping."""
+  """The Trainer of `task`'s loss with the optimizer config's weight decay and clipping; with
+  a backbone_learning_rate_multiplier != 1, `opt`'s backbone optimizer updates the backbone."""
+  backbone = None
+  if backbone_optimizer_of(opt) is not None:
+    backbone = backbone_variables(model, config.backbone_learning_rate_multiplier)
+    logging.info("Learning rate per group: %d backbone variables at x%g of the rate, the "
+                 "other %d at x1 (OptimizerConfig.backbone_learning_rate_multiplier).",
+                 len(backbone), config.backbone_learning_rate_multiplier,
+                 len(model.trainable_variables) - len(backbone))
   return Trainer(distribution, model, opt, task.compute_loss, config.weight_decay,
                  config.clip_norm, ema=average, jit_compile=jit_compile,
-                 loss_parts=task.loss_parts)
+                 loss_parts=task.loss_parts, backbone_variables=backbone)
 
 
 def train_argument(name: str, default=None):

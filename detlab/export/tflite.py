@@ -17,7 +17,8 @@ with zero area (IoU 0 with every box, so it changed no other row): drop such row
 INT8 quantises the network only; the post-processing stays float (network_only_int8).
 FP32 and FP16 files of an instance-segmentation model add detection_masks [B, D, M, M] (the
 SavedModel's: box-relative probabilities, 0 in the padding); INT8 is not written for one
-(the exporter refuses it: its mask branch is not calibrated or checked).
+(the exporter refuses it, exporter.MASK_REFUSALS: the INT8 conversion of the mask model fails
+with "scale out of expressed type range", also with the RoIAlign kept float).
 Divide boxes by the resize scale to get original pixels. Run it with
 `ai_edge_litert.interpreter.Interpreter` (tf.lite.Interpreter is deprecated in TF 2.20).
 """

@@ -1,7 +1,9 @@
 """Serving an instance-segmentation model: the SavedModel's detection_masks (loaded without
 detlab) equal InstanceSegmentationTask.predict's masks; detlab.api.detect pastes them into
 each image's pixels; detlab.infer writes their RLE and draws them; the LiteRT FP32 file
-serves the SavedModel's masks; the formats without the mask branch are refused by name."""
+serves the SavedModel's masks, and so do the OpenVINO FP32 IRs (model.xml + mask.xml); the
+formats without the mask branch are refused by name, the INT8 ones with their measured
+reason."""
 import importlib.util
 import json
 import os
@@ -20,7 +22,7 @@ from detlab import api, infer
 from detlab.evaluation.coco_evaluator import paste_mask
 from detlab.export import exporter, runners
 from random_stats import randomize_batch_norms, randomize_biases  # pylint: disable=import-error
-from tiny_export import TINY  # pylint: disable=import-error
+from tiny_export import TINY, openvino_ready  # pylint: disable=import-error
 
 MASK_BINDINGS = TINY + ["InstanceSegmentationTask.mask_repeats = 1"]
 
@@ -64,7 +66,8 @@ def mask_export(mask_model_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("mask_export") / "out"
   litert = importlib.util.find_spec("ai_edge_litert") is not None
   exporter.export(str(mask_model_dir), str(out), ["saved_model"] + (["tflite_fp32"] if litert
-                                                                     else []))
+                                                                     else []) +
+                  (["openvino_fp32"] if openvino_ready() else []))
   return out
 
 
@@ -189,8 +192,54 @@ def test_litert_fp32_serves_the_saved_models_masks(mask_export):
   assert (lite["masks"][0][:n][same] != saved["masks"][0][:n][same]).mean() < 0.01
 
 
+def test_openvino_fp32_serves_the_saved_models_masks(mask_export):
+  """As the LiteRT test: the same detections and detection_masks rows, 0 past
+  num_detections; the OpenVINO runner pastes them as the SavedModel's runner does and
+  detlab.infer writes them as RLE."""
+  if not (mask_export / "openvino_fp32").exists():
+    pytest.skip("OpenVINO export needs pip install 'detlab[openvino]'")
+  from detlab.export.openvino import OpenVinoDetector  # pylint: disable=import-outside-toplevel
+  assert (mask_export / "openvino_fp32" / "mask.xml").exists()
+  images = np.random.RandomState(5).randint(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+  serve = tf.saved_model.load(str(mask_export / "saved_model")).signatures["serving_default"]
+  want = {k: v.numpy() for k, v in serve(input_tensor=tf.constant(images)).items()}
+  got = OpenVinoDetector(str(mask_export / "openvino_fp32"))(images)
+  assert got["detection_masks"].shape == want["detection_masks"].shape
+  np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+  for i in range(2):
+    n = int(want["num_detections"][i])
+    assert n > 0
+    same = np.all(np.abs(got["detection_boxes"][i, :n] - want["detection_boxes"][i, :n])
+                  < 1e-3, -1)
+    assert same.mean() > 0.9
+    difference = np.abs(got["detection_masks"][i, :n][same] -
+                        want["detection_masks"][i, :n][same])
+    assert difference.max() < 1e-4, difference.max()
+    assert not got["detection_masks"][i, n:].any()
+  # Masks that vary (over boxes and pixels) far more than the tolerance.
+  assert np.ptp(got["detection_masks"][0, :int(want["num_detections"][0])]) > 0.02
+  picture = _images()[0]  # 48 x 80: letterboxed
+  xml = str(mask_export / "openvino_fp32" / "model.xml")
+  runner = runners.load_runner(xml)
+  ov = runner([picture])
+  saved = runners.load_runner(str(mask_export / "saved_model"))([picture])
+  assert ov["masks"][0].shape == saved["masks"][0].shape == (100, 48, 80)
+  n = saved["num_detections"][0]
+  same = np.all(np.abs(ov["boxes"][0, :n] - saved["boxes"][0, :n]) < 0.5, -1)
+  assert same.mean() > 0.5
+  assert (ov["masks"][0][:n][same] != saved["masks"][0][:n][same]).mean() < 0.01
+  assert ov["masks"][0][:n].any() and not ov["masks"][0][n:].any()
+  rows = infer.coco_results(1, ov, 0, 0.5)
+  keep = np.flatnonzero(ov["scores"][0] >= 0.5)
+  assert len(rows) == len(keep) > 0
+  decoded = np.stack([mask_util.decode(r["segmentation"]) for r in rows])
+  np.testing.assert_array_equal(decoded, ov["masks"][0][keep])
+
+
 def test_formats_without_masks_are_refused_by_name(mask_model_dir, tmp_path):
   with pytest.raises(exporter.ExportError, match="tflite_int8.*only saved_model, tflite_fp32, "
                      "tflite_fp16, openvino_fp32 serve detection_masks"):
     exporter.export(str(mask_model_dir), str(tmp_path / "out"), ["saved_model", "tflite_int8"])
   assert not (tmp_path / "out").exists()
+  with pytest.raises(exporter.ExportError, match="openvino_int8: NNCF INT8 .* mask AP"):
+    exporter.export(str(mask_model_dir), str(tmp_path / "out"), ["openvino_int8"])

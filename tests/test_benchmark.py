@@ -75,6 +75,30 @@ def test_full_measurement_reports_every_required_key():
   assert "TF_ENABLE_ONEDNN_OPTS=" in out["machine"]
 
 
+def test_mask_profile_names_the_branchs_layers_and_the_ratio_is_of_one_run():
+  """--profile on a mask model adds the mask branch's kernel time by node (where
+  mask_over_network_bs1's time goes), and that ratio is mask_ms_bs1 over the same run's
+  batch-1 network time."""
+  import tiny_backbone  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  gin.clear_config()
+  config.parse_gin(["instance_segmentation_d0.gin"], [
+      "IMAGE_SIZE = 128", "efficientdet.backbone_fn = @tiny_test_backbone",
+      "efficientdet.fpn_width = 16", "efficientdet.fpn_cells = 1",
+      "efficientdet.head_repeats = 1", "InstanceSegmentationTask.mask_repeats = 2"])
+  try:
+    out = benchmark.measure({"infer_img_s_bs1", "mask_ms_bs1"}, min_seconds=0.05, profile=True)
+  finally:
+    gin.clear_config()
+  assert out["mask_over_network_bs1"] == pytest.approx(
+      out["mask_ms_bs1"] * out["infer_img_s_bs1"] / 1000.0)
+  profiles = out.pop("op_profiles")
+  title = next(t for t in profiles if t.startswith("mask branch"))
+  names = " ".join(row.name for row in profiles[title])
+  for layer in ("roi_align", "conv0", "conv1", "predictor", "ResizeBilinear"):
+    assert layer in names, (layer, names)
+  assert "upsample/" not in names  # the recipe's bilinear form has no transposed conv
+
+
 def test_profile_ops_sums_kernel_time_by_op_type_and_by_node():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from detlab.benchmark.profile import format_profile, profile_ops

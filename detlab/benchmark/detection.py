@@ -81,9 +81,10 @@ def _detector_and_task(precision: str):
     return task.build_model(), task
 
 
-def _measure_mask_branch(model, wanted, min_seconds: float) -> dict:
+def _measure_mask_branch(model, wanted, min_seconds: float, profiles: dict | None = None) -> dict:
   """The mask branch alone on batch-1 P3..P7 features at MASK_BOXES boxes: multiply-adds
-  ("mask_gmacs") and milliseconds ("mask_ms_bs1")."""
+  ("mask_gmacs") and milliseconds ("mask_ms_bs1"); with `profiles` (a dict) also its kernel
+  time by node (layer names: RoIAlign, each tower conv, BN, swish, upsampling) added there."""
   from detlab.benchmark.timing import count_gmacs_of  # pylint: disable=import-outside-toplevel
   size = model.anchors.image_size
   _, _, features = model(tf.zeros([1, size, size, 3]), training=False)
@@ -98,6 +99,9 @@ def _measure_mask_branch(model, wanted, min_seconds: float) -> dict:
   if "mask_ms_bs1" in wanted:
     masks = tf.function(lambda f, b: model.mask_logits(f, b, classes, training=False))
     out["mask_ms_bs1"] = 1000 * time_call(lambda: masks(features, boxes).numpy(), min_seconds)
+    if profiles is not None:
+      profiles[f"mask branch, batch 1, {MASK_BOXES} boxes (node: kernel ms per call)"] = (
+          profile_ops(lambda: masks(features, boxes).numpy(), by="node"))
   return out
 
 
@@ -123,7 +127,7 @@ def measure(wanted, min_seconds: float, train_batch: int = 8,
       profiles[f"network inference, batch {batch} (op type: kernel ms per call)"] = (
           profile_ops(lambda: tf.nest.map_structure(lambda t: t.numpy(), network(images))))
   if set(MASK) & set(wanted):
-    out.update(_measure_mask_branch(model, wanted, min_seconds))
+    out.update(_measure_mask_branch(model, wanted, min_seconds, profiles if profile else None))
     if "mask_ms_bs1" in out and "infer_img_s_bs1" in out:
       out["mask_over_network_bs1"] = out["mask_ms_bs1"] / (1000.0 / out["infer_img_s_bs1"])
     if "mask_gmacs" in out and "gmacs" in out:

@@ -43,7 +43,7 @@ from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import representative_images
 from detlab.io import write_json
-from detlab.models.instance_segmentation import has_mask_branch
+from detlab.models.instance_segmentation import has_mask_branch, mask_probabilities
 
 PRECISIONS = ("fp32", "int8")
 POSTPROCESS_FILE = "postprocess.json"
@@ -103,9 +103,8 @@ def mask_function(serving):
 
   @tf.function(input_signature=specs)
   def masks(*args):
-    logits = model.mask_logits(dict(zip(levels, args[:len(levels)])), args[-2], args[-1],
-                               training=False)
-    return {"masks": tf.sigmoid(tf.cast(logits, tf.float32))}
+    return {"masks": mask_probabilities(model, dict(zip(levels, args[:len(levels)])),
+                                        args[-2], args[-1])}
   return masks
 
 

@@ -4,7 +4,6 @@ Checks come first and fail fast with the fix (unknown format, no checkpoint, no 
 non-empty output directory, missing calibration data), before any model is built.
 """
 import importlib.util
-import json
 import os
 
 from absl import logging
@@ -18,7 +17,7 @@ from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_save
 from detlab.models.instance_segmentation import has_mask_branch
 from detlab.io import write_json
 from detlab.training import bn_reestimation
-from detlab.training.run_seed import SEED_FILE
+from detlab.training.run_seed import saved_seed
 from detlab.training.setup import Schedule, train_argument
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "openvino_fp32",
@@ -174,11 +173,8 @@ def reestimate_batch_norms(model, task, model_dir: str, gin_files, gin_bindings)
     schedule = train_argument("schedule", Schedule())
   if settings is None or not settings.num_batches:
     return None
-  seed = 0
-  seed_path = os.path.join(model_dir, SEED_FILE)
-  if tf.io.gfile.exists(seed_path):
-    with tf.io.gfile.GFile(seed_path) as f:
-      seed = int(json.load(f)["seed"])
+  seed = saved_seed(model_dir)
+  seed = 0 if seed is None else seed  # a model_dir without seed.json (made by hand)
   # train() set TF's global seed to the run's seed before it built any stream, and an op
   # seed draws differently under another global seed: set it so, or the batches differ.
   tf.random.set_seed(seed)

@@ -16,16 +16,24 @@ from detlab.io import write_json
 SEED_FILE = "seed.json"
 
 
+def saved_seed(model_dir: str) -> int | None:
+  """The seed saved in `model_dir` (None: no seed.json, or an unreadable one, warned)."""
+  path = os.path.join(model_dir, SEED_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return int(json.load(f)["seed"])
+  except (ValueError, KeyError, TypeError) as error:
+    logging.warning("%s is unreadable (%s); it is written again by the next training run.",
+                    path, error)
+    return None
+
+
 def resolve_seed(model_dir: str, seed: int | None) -> tuple[int, bool]:
   """Returns (seed, whether it is new and should be saved by the writer)."""
   path = os.path.join(model_dir, SEED_FILE)
-  saved = None
-  if tf.io.gfile.exists(path):
-    try:
-      with tf.io.gfile.GFile(path) as f:
-        saved = int(json.load(f)["seed"])
-    except (ValueError, KeyError, TypeError) as error:
-      logging.warning("%s is unreadable (%s); it is written again.", path, error)
+  saved = saved_seed(model_dir)
   if seed is None:
     if saved is not None:
       logging.info("Seed %d (saved in %s).", saved, path)

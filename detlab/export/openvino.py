@@ -170,6 +170,20 @@ def mask_samples(serving, network, images: list) -> list:
   return samples
 
 
+def unstable_top_k(model):
+  """`model` with every TopK's `stable` attribute off (in place; returns it).
+
+  TF's top_k converts to a stable TopK, which OpenVINO 2026.4's CPU plugin runs slowly when
+  many scores tie exactly: a ReLU6 detector (EfficientDet-Lite0, trained on the shapes demo)
+  gives thousands of equal (anchor, class) scores where its features saturate, and the
+  pre-NMS TopK took 0.6 s of a 0.63 s call (2.9 img/s at 128 px; 29 img/s unstable). Stability
+  only orders equal scores, which NMS then ranks alike."""
+  for op in model.get_ops():
+    if op.get_type_name() == "TopK":
+      op.set_attribute("stable", False)
+  return model
+
+
 def convert(serving, precision: str = "fp32", batch_size: int | None = None,
             calibration_files=None, calibration_steps: int = 100):
   """The openvino.Model of `serving` (a DetectionServing of a folded model); for a model
@@ -177,7 +191,8 @@ def convert(serving, precision: str = "fp32", batch_size: int | None = None,
   if precision not in PRECISIONS:
     raise ValueError(f"OpenVINO precision must be one of {PRECISIONS}, got {precision!r}.")
   ov = import_openvino()
-  network = ov.convert_model(network_function(serving, batch_size).get_concrete_function())
+  network = unstable_top_k(
+      ov.convert_model(network_function(serving, batch_size).get_concrete_function()))
   masks = None
   if has_mask_branch(serving.model):
     masks = ov.convert_model(mask_function(serving).get_concrete_function())

@@ -70,6 +70,14 @@ def test_fp32_ir_stores_float32_weights(fp32_ir):
   assert "f32" in types and "f16" not in types
 
 
+def test_fp32_ir_top_k_is_unstable(fp32_ir):
+  """The pre-NMS TopK is not `stable`: on a ReLU6 Lite0 with tied scores OpenVINO's stable
+  TopK was 10x the whole network's time (see openvino.unstable_top_k)."""
+  import openvino as ov  # pylint: disable=import-outside-toplevel
+  top_k = [op for op in ov.Core().read_model(fp32_ir).get_ops() if op.get_type_name() == "TopK"]
+  assert top_k and not any(op.get_attributes()["stable"] for op in top_k)
+
+
 def test_int8_ir_is_quantised_from_tfrecords_and_close(serving, tmp_path):
   """NNCF inserts FakeQuantize before every conv (a silently float export has none)."""
   rng = np.random.RandomState(1)

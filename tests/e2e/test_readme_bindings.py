@@ -37,7 +37,9 @@ TASK_OF_PREFIX = {"efficientdet_": DetectionTask, "classification_": Classificat
                   "instance_segmentation_": InstanceSegmentationTask}
 # Placeholders README writes for "your file" / "each Dk": what they stand for here.
 PLACEHOLDER_FILES = {"more.gin": [],
-                     "efficientdet_dN.gin": ["efficientdet_d0.gin", "efficientdet_d7x.gin"]}
+                     "efficientdet_dN.gin": ["efficientdet_d0.gin", "efficientdet_d7x.gin"],
+                     "efficientdet_liteN.gin": ["efficientdet_lite0.gin",
+                                                "efficientdet_lite3x.gin"]}
 # train.* settings that train() hands to the task (detection's data files and COCO backend).
 TASK_SETTINGS = ("label_map_file", "annotation_file", "coco_backend")
 
@@ -60,6 +62,8 @@ PROSE_BINDINGS = [
     (["segmentation_d0_shapes.gin"], ["SegmentationTask.bn_momentum = 0.95"]),
     (["joint_d0_shapes.gin"], ["JointTask.seg_loss_weight = 0.5"]),
     (["instance_segmentation_d0_shapes.gin"], ["InstanceSegmentationTask.class_agnostic = False"]),
+    (["instance_segmentation_d0.gin"], ["InstanceSegmentationTask.mask_upsample = 'transposed'"]),
+    (["efficientdet_d0.gin"], ["PostprocessConfig.nms_mode = 'hard'"]),
 ]
 
 
@@ -157,6 +161,8 @@ def landed(task, name: str):
     return getattr(_train_argument("schedule"), param)
   if configurable == "OptimizerConfig" and not scope:
     return getattr(_train_argument("optimizer"), param)
+  if configurable == "PostprocessConfig" and not scope:
+    return getattr(getattr(task, "detection", task).postprocess_config, param)
   raise AssertionError(f"README binding {name!r}: this test has no rule for where it takes "
                        "effect; add one to landed().")
 

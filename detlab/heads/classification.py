@@ -27,6 +27,7 @@ import tf_keras as keras
 
 from detlab.backbones import efficientnet, efficientnet_v2
 from detlab.layers import batch_norm
+from detlab.layers.activations import activation_layer
 from detlab.layers.aux_head import googlenet_aux_head, inception_aux_head
 from detlab.layers.mbconv import conv_init
 from detlab.layers.normalization import BN_MOMENTUM
@@ -52,6 +53,7 @@ class HeadSpec:
   top_bn_momentum: float = BN_MOMENTUM
   efficientnet_init: bool = False
   aux_sites: tuple = ()
+  top_activation: str = "swish"  # after the top conv; 'relu6' for EfficientNet-Lite
 
 
 _V3_AUX = (AuxSite("aux_logits", None, "inception", 0.4),)
@@ -60,6 +62,12 @@ _V3_AUX = (AuxSite("aux_logits", None, "inception", 0.4),)
 def _v1_spec(variant: str) -> HeadSpec:
   width, _, _, dropout = efficientnet.V1_SCALING[variant]
   return HeadSpec(dropout, efficientnet.round_filters(1280, width), BN_MOMENTUM, True)
+
+
+def _lite_spec(variant: str) -> HeadSpec:
+  # efficientnet_lite_builder fixes the head: 1280 channels at every width.
+  return HeadSpec(efficientnet.LITE_SCALING[variant][3], 1280, BN_MOMENTUM, True,
+                  top_activation="relu6")
 
 
 def _v2_spec(variant: str) -> HeadSpec:
@@ -71,6 +79,7 @@ def _v2_spec(variant: str) -> HeadSpec:
 HEAD_SPECS = {
     **{f"efficientnet_{v}": _v1_spec(v) for v in efficientnet.V1_SCALING},
     **{f"efficientnetv2_{v}": _v2_spec(v) for v in efficientnet_v2.V2_VARIANTS},
+    **{f"efficientnet_{v}": _lite_spec(v) for v in efficientnet.LITE_SCALING},
     # GoogLeNet: dropout 0.4 before the FC (paper Sec. 5); aux heads on 4a and 4d.
     "inception_v1": HeadSpec(0.4, aux_sites=(
         AuxSite("aux_logits_4a", "inception_4a_output", "googlenet", 0.3),
@@ -100,7 +109,7 @@ def classification_logits(features, spec: HeadSpec, num_classes: int, dropout: f
     x = keras.layers.Conv2D(spec.top_filters, 1, padding="same", use_bias=False,
                             kernel_initializer=conv_init(), name="top_conv")(x)
     x = batch_norm("top_bn", momentum=spec.top_bn_momentum, synchronized=sync_bn)(x)
-    x = keras.layers.Activation("swish", name="top_activation")(x)
+    x = activation_layer(spec.top_activation, name="top_activation")(x)
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
   if isinstance(dropout, keras.layers.Layer):  # e.g. a ScheduledDropout (progressive learning)
     x = dropout(x)

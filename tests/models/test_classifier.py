@@ -28,7 +28,8 @@ from detlab.training.initialize import initialize_from_checkpoint
 # 1000-class inference classifier (aux heads excluded), one backbone per family: keras apps or
 # the papers, as the family tests assert them for the backbone's include_top=True form
 # (efficientnetv2_b0: test_scheduled_dropout_classifier_takes_any_size_with_the_same_weights).
-COUNTS = {"efficientnet_b0": 5_330_564, "efficientnetv2_b0": 7_200_312,
+COUNTS = {"efficientnet_b0": 5_330_564, "efficientnet_lite0": 4_694_024,
+          "efficientnetv2_b0": 7_200_312,
           "inception_v1": 6_998_552, "inception_resnet_v1": 22_769_848,
           "xception": 22_910_480}
 # Dropout before the FC: EfficientNet V1 paper / reference code, V2 reference code
@@ -36,6 +37,8 @@ COUNTS = {"efficientnet_b0": 5_330_564, "efficientnetv2_b0": 7_200_312,
 DROPOUT = {"efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "efficientnet_b2": 0.3,
            "efficientnet_b3": 0.3, "efficientnet_b4": 0.4, "efficientnet_b5": 0.4,
            "efficientnet_b6": 0.5, "efficientnet_b7": 0.5,
+           "efficientnet_lite0": 0.2, "efficientnet_lite1": 0.2, "efficientnet_lite2": 0.3,
+           "efficientnet_lite3": 0.3, "efficientnet_lite4": 0.3,
            "efficientnetv2_b0": 0.2, "efficientnetv2_b1": 0.2, "efficientnetv2_b2": 0.3,
            "efficientnetv2_b3": 0.3, "efficientnetv2_s": 0.2, "efficientnetv2_m": 0.3,
            "efficientnetv2_l": 0.4, "efficientnetv2_xl": 0.4,
@@ -46,6 +49,9 @@ DROPOUT = {"efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "efficientnet_b2": 0.
 TOP_FILTERS = {"efficientnet_b0": 1280, "efficientnet_b1": 1280, "efficientnet_b2": 1408,
                "efficientnet_b3": 1536, "efficientnet_b4": 1792, "efficientnet_b5": 2048,
                "efficientnet_b6": 2304, "efficientnet_b7": 2560,
+               # Lite: efficientnet_lite_builder's fixed head, 1280 at every width.
+               "efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280,
+               "efficientnet_lite3": 1280, "efficientnet_lite4": 1280,
                "efficientnetv2_b0": 1280, "efficientnetv2_b1": 1280, "efficientnetv2_b2": 1408,
                "efficientnetv2_b3": 1536, "efficientnetv2_s": 1280, "efficientnetv2_m": 1280,
                "efficientnetv2_l": 1280, "efficientnetv2_xl": 1280}

@@ -5,6 +5,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab import api
+from detlab.export import runners
 from detlab.training.ema import WeightAverage
 from random_stats import randomize_batch_norms  # pylint: disable=import-error
 # The tiny exported detector of the runner and infer tests, one per session.
@@ -38,3 +39,19 @@ def images():
   rng = np.random.RandomState(0)
   return (rng.randint(0, 256, (2, 96, 160, 3), dtype=np.uint8),
           rng.randint(0, 256, (200, 120, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def pictures():
+  """Two images of one size and one of another (narrower than the model input): letterboxed
+  with pads on both axes."""
+  rng = np.random.RandomState(0)
+  return [rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
+          rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
+          rng.randint(0, 256, (50, 40, 3), dtype=np.uint8)]
+
+
+@pytest.fixture(scope="module")
+def saved_model_detections(tiny_export, pictures):
+  """The tiny export's SavedModel on `pictures`, through load_runner."""
+  return runners.load_runner(str(tiny_export / "saved_model"))(pictures)

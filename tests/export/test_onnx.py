@@ -32,18 +32,6 @@ def onnx_dir(tiny_model_dir, shapes_dir, tmp_path_factory):
   return out
 
 
-@pytest.fixture(scope="module")
-def pictures():
-  """Two images of one size and one of another: letterboxed with pads on both axes."""
-  rng = np.random.RandomState(0)
-  return [rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
-          rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
-          rng.randint(0, 256, (50, 40, 3), dtype=np.uint8)]
-
-
-@pytest.fixture(scope="module")
-def saved_model_detections(tiny_export, pictures):
-  return runners.load_runner(str(tiny_export / "saved_model"))(pictures)
 
 
 def as_od_api(result: dict) -> dict:

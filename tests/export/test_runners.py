@@ -17,23 +17,11 @@ from detlab.detection.postprocess import postprocess
 from detlab.export import runners
 from tiny_export import NAMES, openvino_ready  # pylint: disable=import-error
 
-@pytest.fixture(scope="module")
-def pictures():
-  """Two images of one size and one of another (narrower than the model input)."""
-  rng = np.random.RandomState(0)
-  return [rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
-          rng.randint(0, 256, (96, 160, 3), dtype=np.uint8),
-          rng.randint(0, 256, (50, 40, 3), dtype=np.uint8)]
-
 
 @pytest.fixture(scope="module")
 def model_dir_runner(tiny_model_dir):
   return runners.load_runner(str(tiny_model_dir))
 
-
-@pytest.fixture(scope="module")
-def saved_model_detections(tiny_export, pictures):
-  return runners.load_runner(str(tiny_export / "saved_model"))(pictures)
 
 
 def _assert_agree(got: dict, want: dict, box_atol: float, score_atol: float, top: int = 20):

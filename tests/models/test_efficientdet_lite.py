@@ -23,6 +23,7 @@ from detlab.benchmark import count_gmacs
 from detlab.export.fold import fold_batch_norms
 from detlab.export.saved_model import DetectionServing
 from detlab.models.efficientdet import efficientdet
+from gin_detectors import build_from_gin  # pylint: disable=import-error
 
 # name: (params with 90 classes, multiply-adds in billions at the native size), the reference.
 REFERENCE = {
@@ -42,22 +43,10 @@ TABLE = {
 FULL = os.environ.get("DETLAB_FULL_SCALING") == "1"
 
 
-def _build(name: str, size: int | None = None) -> tuple:
-  """(model built from efficientdet_<name>.gin at `size` (None: its native size), the size)."""
-  gin.clear_config()
-  keras.backend.clear_session()
-  try:
-    config.parse_gin([f"efficientdet_{name}.gin"],
-                     [] if size is None else [f"IMAGE_SIZE = {size}"])
-    size = gin.query_parameter("%IMAGE_SIZE")
-    return gin.query_parameter("DetectionTask.model_fn").scoped_configurable_fn(), size
-  finally:
-    gin.clear_config()
-
 
 @pytest.fixture(scope="module")
 def lite0():
-  model, size = _build("lite0")
+  model, size = build_from_gin("lite0")
   assert size == 320
   return model
 
@@ -92,7 +81,7 @@ def test_lite0_is_relu6_sum_fusion_no_se_with_the_lite_input_convention(lite0):
 
 @pytest.mark.parametrize("name", [n for n in REFERENCE if n != "lite0"])
 def test_parameter_count_is_the_reference_at_a_small_size(name):
-  model, size = _build(name, 128)
+  model, size = build_from_gin(name, 128)
   assert size == 128 and model.anchors.image_size == 128
   assert model.count_params() == REFERENCE[name][0], name
   keras.backend.clear_session()
@@ -101,7 +90,7 @@ def test_parameter_count_is_the_reference_at_a_small_size(name):
 @pytest.mark.skipif(not FULL, reason="Lite1-Lite4 at native size: set DETLAB_FULL_SCALING=1")
 def test_lite1_to_lite4_multiply_adds_at_the_native_size_within_one_percent():
   for name in [n for n in REFERENCE if n != "lite0"]:
-    model, size = _build(name)
+    model, size = build_from_gin(name)
     gmacs = count_gmacs(model, size)
     assert gmacs == pytest.approx(REFERENCE[name][1], rel=0.01), (name, gmacs)
     del model

@@ -24,6 +24,7 @@ from detlab import config
 from detlab.backbones.contract import features_model
 from detlab.benchmark import count_gmacs
 from detlab.models.efficientdet import efficientdet
+from gin_detectors import build_from_gin  # pylint: disable=import-error
 from detlab.necks.bifpn import BiFPN
 
 # name: (params with 90 classes, multiply-adds in billions at the native size), the reference.
@@ -48,23 +49,11 @@ TABLE = {
 FULL = os.environ.get("DETLAB_FULL_SCALING") == "1"
 
 
-def _build(name: str, size: int | None = None) -> tuple:
-  """(model built from efficientdet_<name>.gin at `size` (None: its native size), the size)."""
-  gin.clear_config()
-  keras.backend.clear_session()
-  try:
-    config.parse_gin([f"efficientdet_{name}.gin"],
-                     [] if size is None else [f"IMAGE_SIZE = {size}"])
-    size = gin.query_parameter("%IMAGE_SIZE")
-    return gin.query_parameter("DetectionTask.model_fn").scoped_configurable_fn(), size
-  finally:
-    gin.clear_config()
-
 
 def test_d0_at_its_native_size_has_the_reference_count_and_multiply_adds():
   # Measured: D0-D5 0.05-0.09 % below (the reference's fast fusion divides every input element
   # by the weight sum, detlab normalizes the scalar weights first); D6-D7x, plain sum, exact.
-  model, size = _build("d0")
+  model, size = build_from_gin("d0")
   assert size == 512
   assert model.count_params() == REFERENCE["d0"][0]
   gmacs = count_gmacs(model, size)
@@ -75,7 +64,7 @@ def test_d0_at_its_native_size_has_the_reference_count_and_multiply_adds():
 @pytest.mark.parametrize("name", [n for n in REFERENCE if n not in ("d0", "d7")])
 def test_parameter_count_is_the_reference_at_a_small_size(name):
   small = 2 ** TABLE[name][7]  # every level, P7 (P8 for D7x), is one pixel
-  model, size = _build(name, small)
+  model, size = build_from_gin(name, small)
   assert size == small and model.anchors.image_size == small
   assert model.count_params() == REFERENCE[name][0], name
   keras.backend.clear_session()
@@ -97,7 +86,7 @@ def test_d7_is_d6_at_another_size_and_anchor_scale_so_its_count_is_d6s():
 @pytest.mark.skipif(not FULL, reason="D1-D7x at native size: set DETLAB_FULL_SCALING=1 (slow)")
 def test_d1_to_d7x_multiply_adds_at_the_native_size_within_one_percent_of_the_reference():
   for name in [n for n in REFERENCE if n != "d0"]:
-    model, size = _build(name)
+    model, size = build_from_gin(name)
     gmacs = count_gmacs(model, size)
     assert gmacs == pytest.approx(REFERENCE[name][1], rel=0.01), (name, gmacs)
     del model

@@ -4,9 +4,15 @@ google/automl checkpoint name and shape, so the bundle is rebuilt from names and
 Used by make_automl_lite_oracle.py (which runs google/automl's own Lite0 with these weights)
 and by the test that converts the same bundle with detlab's converter. numpy + TensorFlow only.
 """
+import os
+import sys
 import zlib
 
 import numpy as np
+
+# The TF1 name-based bundle writer the D0 bundle tests use (one writer for both oracles).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "weights"))
+from automl_bundle import write_bundle  # noqa: E402,F401  pylint: disable=import-error,wrong-import-position,unused-import
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 # The fixed input: a seeded uint8 RGB image at the model's native size, normalised by each
@@ -51,15 +57,6 @@ def bundle_tensors(names_and_shapes) -> dict:
     tensors[name] = value(name, shape)
     tensors[name + EMA_SUFFIX] = value(name + EMA_SUFFIX, shape)
   return tensors
-
-
-def write_bundle(tensors: dict, prefix: str) -> str:
-  """A TF1 name-based checkpoint at `prefix` (what google/automl publishes and reads)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  names = sorted(tensors)
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                    tensors=[tf.constant(tensors[n]) for n in names])
-  return prefix
 
 
 def image() -> np.ndarray:

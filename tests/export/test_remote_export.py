@@ -30,7 +30,9 @@ def _write_calibration_records(path: str) -> None:
 
 def test_every_format_exports_to_ram_and_loads_back_without_leaving_temp_files(
     tiny_model_dir, tmp_path, monkeypatch):
-  formats = [f for f in exporter.FORMATS if openvino_ready() or not f.startswith("openvino")]
+  # onnx_int8 is onnx_fp32's file quantised: the same writer (tests/export/test_onnx.py).
+  formats = [f for f in exporter.FORMATS if (openvino_ready() or not f.startswith("openvino"))
+             and f != "onnx_int8"]
   root = f"ram://detlab_remote_{uuid.uuid4().hex[:8]}"
   calibration = f"{root}/val.tfrecord"
   _write_calibration_records(calibration)

@@ -68,7 +68,8 @@ _FRESH_PROCESS = textwrap.dedent("""
     names = {layer.name for layer in xl.layers}
     print("xl_block6af", int("block6af_project_conv" in names))
     print("xl_block6ag", int("block6ag_project_conv" in names))
-    for name in ("efficientnetv2_l", "efficientnet_b7", "inception_resnet_v2"):
+    # The deepest of each other builder (V2-L is V2-XL's builder, shallower: not again).
+    for name in ("efficientnet_b7", "inception_resnet_v2"):
       nested(300, lambda: BACKBONES[name](input_shape=(64, 64, 3)))
     detector = nested(300, lambda: efficientdet(BACKBONES["efficientnetv2_xl"], num_classes=3,
                                                  image_size=128, fpn_width=16, fpn_cells=1,

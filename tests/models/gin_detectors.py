@@ -4,6 +4,7 @@ import gin
 import tf_keras as keras
 
 from detlab import config
+from detlab.benchmark import count_gmacs
 
 
 def build_from_gin(name: str, size: int | None = None) -> tuple:
@@ -17,3 +18,13 @@ def build_from_gin(name: str, size: int | None = None) -> tuple:
     return gin.query_parameter("DetectionTask.model_fn").scoped_configurable_fn(), size
   finally:
     gin.clear_config()
+
+
+def native_gmacs(name: str) -> float:
+  """Multiply-adds (G) of efficientdet_<name>.gin's detector at its native size; the model
+  is dropped and the Keras session cleared before returning (the large ones are heavy)."""
+  model, size = build_from_gin(name)
+  gmacs = count_gmacs(model, size)
+  del model
+  keras.backend.clear_session()
+  return gmacs

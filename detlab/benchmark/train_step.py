@@ -9,7 +9,7 @@ import tensorflow as tf
 from detlab.training.ema import EmaConfig, WeightAverage
 from detlab.training.setup import (Schedule, precision_policy, schedule_optimizer,
                                    task_trainer, train_argument)
-from detlab.training.optimizer import OptimizerConfig
+from detlab.training.optimizer import OptimizerConfig, innermost
 
 
 def optimizer_for_batch(batch: int, precision: str = "float32"):
@@ -23,7 +23,7 @@ def optimizer_for_batch(batch: int, precision: str = "float32"):
 
 def describe_optimizer(optimizer) -> str:
   """'rmsprop rho=0.9 momentum=0.9 epsilon=0.001': the update rule and its settings."""
-  config = getattr(optimizer, "inner_optimizer", optimizer).get_config()
+  config = innermost(optimizer).get_config()
   # Hyperparameters read back as numpy scalars once the optimizer has built its slots.
   settings = [f"{k}={float(config[k]):g}" for k in ("rho", "momentum", "epsilon", "beta_1",
                                                     "beta_2")

@@ -19,7 +19,7 @@ import tf_keras as keras
 
 from detlab.data.source_id import SOURCE_ID_BYTES, decode_source_ids
 from detlab.progress import Progress
-from detlab.training.optimizer import backbone_optimizer_of
+from detlab.training.optimizer import backbone_optimizer_of, innermost
 
 
 class NonFiniteLossError(RuntimeError):
@@ -202,7 +202,7 @@ class Trainer:
 
 
 def _build_slots(optimizer, variables) -> None:
-  inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+  inner = innermost(optimizer)
   if isinstance(inner, keras.optimizers.legacy.Optimizer):
     # tfm builds these; their `build` is a no-op, `_create_all_weights` makes the slots.
     inner._create_all_weights(variables)  # pylint: disable=protected-access

@@ -130,15 +130,16 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
                config["multiplier"])
 
 
-def _innermost(optimizer):
-  return getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+def innermost(optimizer):
+  """The optimizer itself, or the one a LossScaleOptimizer (mixed_float16) wraps."""
+  return getattr(optimizer, "inner_optimizer", optimizer)
 
 
 def attach_backbone_optimizer(optimizer, backbone_optimizer) -> None:
   """Makes `backbone_optimizer` the backbone's optimizer of `optimizer` and a checkpoint
   dependency of it (replacing an earlier one), so saving or restoring `optimizer` saves or
   restores both, slots and steps."""
-  inner = _innermost(optimizer)
+  inner = innermost(optimizer)
   inner._track_trackable(backbone_optimizer, name=BACKBONE_OPTIMIZER,  # pylint: disable=protected-access
                          overwrite=True)
   inner._detlab_backbone_optimizer = backbone_optimizer  # pylint: disable=protected-access
@@ -147,4 +148,4 @@ def attach_backbone_optimizer(optimizer, backbone_optimizer) -> None:
 def backbone_optimizer_of(optimizer):
   """The optimizer of the backbone's variables attached to `optimizer`, or None (one
   optimizer for all variables: backbone_learning_rate_multiplier = 1)."""
-  return getattr(_innermost(optimizer), "_detlab_backbone_optimizer", None)
+  return getattr(innermost(optimizer), "_detlab_backbone_optimizer", None)

@@ -97,7 +97,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
   def _inference_rewrite_applies(self, inputs, training, mask) -> bool:
     # (a frozen layer, trainable=False, answers False here: it uses its moving statistics)
     training_value = tf.get_static_value(self._get_training_value(training))
+    # A frozen layer inside a training pass (fine-tuning with frozen BN, quantization-aware
+    # training) keeps tf_keras' form: the BiasAdd rewrite moves the conv bias into the
+    # inference FusedBatchNorm's mean, through which no gradient flows.
+    in_training_pass = training is not None and bool(tf.get_static_value(training))
     return (_rewrites_allowed and onednn_enabled() and training_value is not None
+            and not in_training_pass
             and not training_value and mask is None and not self.renorm
             and self.virtual_batch_size is None and self.adjustment is None
             and list(self.axis) == [inputs.shape.rank - 1])

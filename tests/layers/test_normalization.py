@@ -124,6 +124,28 @@ def test_bn_after_a_separable_conv_with_bias_takes_the_conv_output(onednn, monke
   np.testing.assert_allclose(shifted, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("conv", [keras.layers.SeparableConv2D, keras.layers.Conv2D])
+def test_a_frozen_bn_in_a_training_pass_passes_gradients_to_the_conv_bias(onednn, conv):
+  """Fine-tuning with frozen BN (quantization-aware training freezes it): a traced training
+  pass keeps tf_keras' form, whose gradient reaches the conv's bias (the inference rewrite
+  moves the bias into the FusedBatchNorm's mean, which has no gradient)."""
+  del onednn
+  model = _conv_then_bn(conv(5, 3, padding="same", use_bias=True), 3)
+  model.get_layer("bn").trainable = False
+  x = tf.random.stateless_normal([2, 8, 8, 4], seed=[1, 2])
+
+  @tf.function
+  def gradients():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(model(x, training=True)))
+    return tape.gradient(loss, model.trainable_variables)
+
+  grads = dict(zip([v.name for v in model.trainable_variables], gradients()))
+  bias = [name for name in grads if name.endswith("bias:0")]
+  assert bias and all(grads[name] is not None for name in bias)
+  assert not any(name.endswith(("gamma:0", "beta:0")) for name in grads)
+
+
 def test_without_onednn_the_stock_op_is_kept(monkeypatch):
   monkeypatch.setattr(normalization, "onednn_enabled", lambda: False)
   assert _fused(_op_types(batch_norm("bn"), [1, 4, 4, 3]))

@@ -82,6 +82,8 @@ def folded_conv(conv: keras.layers.Layer, bn: keras.layers.BatchNormalization,
   layer = conv.__class__.from_config(config)
   layer.build(tf.TensorShape([None, None, None, _input_channels(conv)]))
   layer.set_weights(folded_weights(conv, bn))
+  if name:  # a copy under another name keeps the original's fake-quant ranges (fake_quant.py)
+    layer.quantization_source = conv.name
   return layer
 
 
@@ -129,6 +131,20 @@ def fold_functional(model: keras.Model) -> keras.Model:
   return clone_
 
 
+def copy_variables(new: keras.layers.Layer, old: keras.layers.Layer) -> None:
+  """old's variables into new, a fresh layer of the same structure. Not by get_weights: a
+  container lists its layers' trainable weights before the non-trainable ones, so a frozen
+  BN (quantization-aware training freezes them) reorders them, and gamma/beta of one BN could
+  land in another's same-shaped slots. tf.Module's walk goes by attribute names instead."""
+  sources = tf.Module.variables.fget(old)
+  targets = tf.Module.variables.fget(new)
+  if [v.shape for v in sources] != [v.shape for v in targets]:
+    raise ValueError(f"Cannot copy the variables of {old.name}: {len(sources)} variables vs "
+                     f"{len(targets)} in the copy, or shapes differ.")
+  for target, source in zip(targets, sources):
+    target.assign(source)
+
+
 def _fold_bifpn_layer(layer: keras.layers.Layer) -> None:
   """ResampleToLevel / FusionNode compute bn(conv(x)): fold in place (on a fresh copy)."""
   if layer.conv is not None and can_fold(layer.conv, layer.bn):
@@ -162,7 +178,7 @@ def fold_efficientdet(model: EfficientDet) -> EfficientDet:
     keras.mixed_precision.set_global_policy(previous)
   for new, old in ((folded.fpn, fpn), (folded.class_net, model.class_net),
                    (folded.box_net, model.box_net)):
-    new.set_weights(old.get_weights())
+    copy_variables(new, old)
   for layer in folded.fpn.submodules:
     if isinstance(layer, (ResampleToLevel, FusionNode)):
       _fold_bifpn_layer(layer)
@@ -204,7 +220,7 @@ def fold_instance_segmenter(model: InstanceSegmenter) -> InstanceSegmenter:
     folded.build_for_size()
   finally:
     keras.mixed_precision.set_global_policy(previous)
-  copy.set_weights(head.get_weights())
+  copy_variables(copy, head)
   copy.convs = [folded_conv(conv, bn) for conv, bn in zip(copy.convs, copy.bns)]
   copy.bns = [keras.layers.Identity(name=bn.name) for bn in copy.bns]
   if head.upsample_mode == "transposed":

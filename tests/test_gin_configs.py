@@ -16,22 +16,27 @@ def clean_gin():
 DATA_FILES = ("shapes_data.gin",)
 # Task add-ons: they turn the detector file before them into another task.
 ADD_ON_FILES = ("instance_segmentation_recipe.gin",)
+# Recipe add-ons: the same detector, trained another way.
+RECIPE_FILES = ("quantization_aware_training.gin",)
 
 
 @pytest.mark.parametrize("name", config.available_gin_files())
 def test_every_gin_file_parses(name):
   """Every file binds `train.task` (detection files `@DetectionTask()` with its model_fn);
   which task each resolves to, and with what, is tests/e2e/test_readme_bindings.py's."""
-  files = ["efficientdet_d0.gin", name] if name in DATA_FILES + ADD_ON_FILES else [name]
+  after_a_detector = DATA_FILES + ADD_ON_FILES + RECIPE_FILES
+  files = ["efficientdet_d0.gin", name] if name in after_a_detector else [name]
   config.parse_gin(files, [])
   assert gin.query_parameter("train.task") is not None
   assert gin.query_parameter("%NUM_CLASSES") and gin.query_parameter("%IMAGE_SIZE")
   if name.startswith("instance_segmentation_") or name in ADD_ON_FILES:
     assert gin.query_parameter("train.task").selector == "InstanceSegmentationTask"
     assert gin.query_parameter("DetectionTask.model_fn").selector == "efficientdet"
-  elif name.startswith("efficientdet_") or name in DATA_FILES:
+  elif name.startswith("efficientdet_") or name in DATA_FILES + RECIPE_FILES:
     assert gin.query_parameter("train.task").selector == "DetectionTask"
     assert gin.query_parameter("DetectionTask.model_fn").selector == "efficientdet"
+  if name in RECIPE_FILES or name.endswith("_qat.gin"):
+    assert gin.query_parameter("efficientdet.quantization_aware") is True
 
 
 def test_a_data_file_after_a_detector_file_keeps_the_model_and_sets_the_data():

@@ -14,6 +14,10 @@ LiteRT files OUT/model_{fp32,fp16,int8}.tflite and the OpenVINO IRs
 OUT/openvino_{fp32,int8}/model.xml (pip install 'detlab[openvino]') and the ONNX files
 OUT/model_{fp32,int8}.onnx (pip install 'detlab[onnx]'; the whole detector, soft-NMS
 included, in the file). OUT/export.json records what was written.
+
+INT8 formats are calibrated on --calibration_steps eval images, except for a model
+fine-tuned with quantization_aware_training.gin: openvino_int8 and onnx_int8 then take the
+ranges it trained (FakeQuantize / QuantizeLinear ops; no calibration; tflite_int8 refused).
 """
 import sys
 

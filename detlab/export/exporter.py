@@ -14,6 +14,7 @@ from detlab.backbones import IMAGENET_MEAN_STD, input_convention
 from detlab.data import label_map
 from detlab.export.fold import count_batch_norms, fold_batch_norms
 from detlab.export.saved_model import INPUT_TYPES, DetectionServing, export_saved_model
+from detlab.layers.fake_quant import is_quantization_aware, quantize_model, ranges_seen
 from detlab.models.instance_segmentation import has_mask_branch
 from detlab.io import write_json
 from detlab.training import bn_reestimation
@@ -137,6 +138,36 @@ def check_mask_formats(model, formats) -> None:
                   if name in MASK_REFUSALS))
 
 
+# INT8 formats a quantization-aware model does not export, with the measured reason.
+QAT_REFUSALS = {
+    "tflite_int8": "LiteRT's converter, given a fake-quantised graph, also quantises the "
+                   "post-processing's sigmoid scores to 256 levels (a random tiny detector "
+                   "kept 1 of its 100 detections); export tflite_int8 from the float model_dir "
+                   "the fine-tune started from (calibrated), or use openvino_int8 / onnx_int8 "
+                   "here",
+}
+
+
+def check_quantization_aware(model, fold: bool, formats) -> bool:
+  """Whether `model` was fine-tuned with fake quantisation (its INT8 formats then use the
+  trained ranges); such a model must have seen training batches and is exported folded."""
+  if not is_quantization_aware(model):
+    return False
+  refused = [f for f in formats if f in QAT_REFUSALS]
+  if refused:
+    raise ExportError(f"A quantization-aware model does not export {', '.join(refused)}: "
+                      + "; ".join(QAT_REFUSALS[f] for f in refused) + ".")
+  if not ranges_seen(model.fake_quant):
+    raise ExportError(
+        "This quantization-aware model has no trained ranges (its checkpoint predates the "
+        "first QAT step): train it with quantization_aware_training.gin first, or export "
+        "the float model_dir it started from.")
+  if not fold:
+    raise ExportError("A quantization-aware model exports with its batch norms folded (its "
+                      "ranges are those of the folded convs): drop --fold_batch_norms=false.")
+  return True
+
+
 def calibration_files(file_pattern: str | None) -> list[str]:
   """The eval TFRecords INT8 calibration reads, or an error naming the flag that sets them."""
   files = []
@@ -210,19 +241,28 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   check_output_dir(output_dir, overwrite)
   model = api.load_detector(files, gin_bindings, checkpoint=checkpoint, use_ema=use_ema)
   check_mask_formats(model, formats)
+  quantization_aware = check_quantization_aware(model, fold, formats)
   eval_input, task = api.inference_setup(model)  # task: the (instance model's) DetectionTask
-  reestimated = reestimate_batch_norms(model, task, model_dir, files, gin_bindings)
+  # A QAT model's BN is frozen at the statistics its ranges were trained with: no re-estimation.
+  reestimated = None if quantization_aware else reestimate_batch_norms(
+      model, task, model_dir, files, gin_bindings)
   calibration = None
-  if any(f in INT8_FORMATS for f in formats):
+  if any(f in INT8_FORMATS for f in formats) and not quantization_aware:
     calibration = calibration_files(calibration_file_pattern or eval_input.file_pattern)
   clear_outputs(output_dir, paths)
   # The trained model's (folding keeps it; read before, so export.json records what trained).
   convention = input_convention(model, default=IMAGENET_MEAN_STD)
   bns = count_batch_norms(model)
+  int8_serving = None
+  if quantization_aware:  # INT8 formats: the folded model with its trained fake quantisation
+    quantized = fold_batch_norms(model)
+    quantized.fake_quant = quantize_model(quantized, model.fake_quant, freeze_batch_norms=False)
+    int8_serving = DetectionServing(quantized, task.postprocess_config, eval_input, convention)
   if fold:
     model = fold_batch_norms(model)
     logging.info("Folded %d batch norms into their convs.", bns - count_batch_norms(model))
   serving = DetectionServing(model, task.postprocess_config, eval_input, convention)
+  int8_serving = int8_serving or serving
   written = {}
   if "saved_model" in formats:
     export_saved_model(serving, paths["saved_model"], input_type, batch_size)
@@ -238,24 +278,33 @@ def export(model_dir: str, output_dir: str, formats=("saved_model",),
   if openvino_formats:
     from detlab.export import openvino  # pylint: disable=import-outside-toplevel
     for name in openvino_formats:  # IR input batch: --batch_size, or dynamic when unset
-      openvino.export_openvino(serving, paths[name], name.split("_")[1], batch_size,
+      openvino.export_openvino(int8_serving if name in INT8_FORMATS else serving,
+                               paths[name], name.split("_")[1], batch_size,
                                calibration_files=calibration,
                                calibration_steps=calibration_steps)
       written[name] = paths[name]  # the directory holding model.xml
   onnx_formats = [f for f in formats if f.startswith("onnx_")]
   if onnx_formats:
     from detlab.export import onnx  # pylint: disable=import-outside-toplevel
-    # One conversion for both precisions; input batch: --batch_size, or dynamic when unset.
-    onnx_files = onnx.export_onnx(serving, {f.split("_")[1]: paths[f] for f in onnx_formats},
-                                  batch_size, calibration_files=calibration,
-                                  calibration_steps=calibration_steps)
-    written.update({f"onnx_{precision}": path for precision, path in onnx_files.items()})
+    # One conversion for both precisions (a QAT model: one per serving model); input batch:
+    # --batch_size, or dynamic when unset.
+    groups = ([(serving, [f for f in onnx_formats if f not in INT8_FORMATS]),
+               (int8_serving, [f for f in onnx_formats if f in INT8_FORMATS])]
+              if quantization_aware else [(serving, onnx_formats)])
+    for source, names in groups:
+      if names:
+        onnx_files = onnx.export_onnx(source, {f.split("_")[1]: paths[f] for f in names},
+                                      batch_size, calibration_files=calibration,
+                                      calibration_steps=calibration_steps)
+        written.update({f"onnx_{precision}": path for precision, path in onnx_files.items()})
   info = {"model_dir": model_dir, "checkpoint": checkpoint, "weights": "EMA" if use_ema else
           "raw", "gin_files": files, "gin_bindings": list(gin_bindings),
           "formats": {f: os.path.basename(p) for f, p in written.items()},
           "input_type": input_type, "batch_size": batch_size,
           "image_size": model.anchors.image_size, "num_classes": model.num_classes,
           "batch_norms_folded": bool(fold), "category_names": category_names(task),
+          # INT8 from quantization-aware training's ranges (no calibration) or calibrated
+          "int8_ranges": "quantization-aware training" if quantization_aware else "calibration",
           "mask_size": model.mask_size if has_mask_branch(model) else None,  # detection_masks' M
           # (pixel - mean) / std inside every format; the LiteRT/OpenVINO letterbox pads with mean
           "input_mean": list(convention.mean), "input_std": list(convention.std),

@@ -39,6 +39,7 @@ from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import representative_images
 from detlab.io import write_bytes
+from detlab.layers.fake_quant import is_quantization_aware
 
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
@@ -205,7 +206,13 @@ def convert(serving, precisions=("fp32",), batch_size: int | None = None,
   # tf2onnx logs an op it cannot convert and writes the model anyway: refuse it here.
   onnx.checker.check_model(model, full_check=True)
   models = {"fp32": model}
-  if "int8" in precisions:
+  if is_quantization_aware(serving.model):
+    # Quantization-aware training: tf2onnx turns each FakeQuant op into a QuantizeLinear/
+    # DequantizeLinear pair with the trained range, which onnxruntime runs as int8 convs.
+    if precisions != ("int8",):
+      raise ValueError("A fake-quantised serving model converts to onnx_int8 only.")
+    models["int8"] = model
+  elif "int8" in precisions:
     if not calibration_files:
       raise ValueError("ONNX INT8 needs calibration TFRecords (calibration_files).")
     models["int8"] = quantize(model, calibration_files, serving.model.anchors.image_size,

@@ -43,6 +43,7 @@ from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import representative_images
 from detlab.io import write_json
+from detlab.layers.fake_quant import is_quantization_aware
 from detlab.models.instance_segmentation import has_mask_branch, mask_probabilities
 
 PRECISIONS = ("fp32", "int8")
@@ -196,7 +197,9 @@ def convert(serving, precision: str = "fp32", batch_size: int | None = None,
   masks = None
   if has_mask_branch(serving.model):
     masks = ov.convert_model(mask_function(serving).get_concrete_function())
-  if precision == "int8":
+  if precision == "int8" and is_quantization_aware(serving.model):
+    pass  # its FakeQuantWithMinMaxVars ops convert to FakeQuantize: INT8 with trained ranges
+  elif precision == "int8":
     images = calibration_images(serving, calibration_files, calibration_steps)
     if masks is not None:  # its inputs from the float network, before that is quantised
       masks = quantize(masks, mask_samples(serving, network, images))

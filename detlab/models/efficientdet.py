@@ -5,6 +5,7 @@ import tf_keras as keras
 
 from detlab.detection.anchors import AnchorConfig
 from detlab.heads.detection import box_head, class_head
+from detlab.layers.fake_quant import quantize_model
 from detlab.necks.bifpn import BiFPN
 from detlab.models.pyramid import bifpn_pyramid
 
@@ -73,12 +74,17 @@ def efficientdet(backbone_fn, num_classes: int = 90, image_size: int = 512,
                  fpn_width: int = 64, fpn_cells: int = 3, head_repeats: int = 3,
                  fusion: str = "fast", min_level: int = 3, max_level: int = 7,
                  num_scales: int = 3, aspect_ratios=(1.0, 2.0, 0.5), anchor_scale: float = 4.0,
-                 sync_bn: bool | None = None, activation: str = "swish") -> EfficientDet:
+                 sync_bn: bool | None = None, activation: str = "swish",
+                 quantization_aware: bool = False) -> EfficientDet:
   """Builds EfficientDet; defaults are the paper's D0. `backbone_fn` is an uncalled backbone
   builder (e.g. @efficientnet_b0), called here so that variables live in the caller's scope.
   activation: the BiFPN's and heads' ('relu6' in EfficientDet-Lite; the backbone has its own).
   sync_bn: all-reduce BN statistics across replicas; None (default) turns it on when built
-  under a strategy with more than one replica in sync (TPU, multi-GPU, multi-worker)."""
+  under a strategy with more than one replica in sync (TPU, multi-GPU, multi-worker).
+  quantization_aware: every conv computes with fake-quantised input and weights and BN is
+  frozen (layers/fake_quant.py; `model.fake_quant` holds the ranges): quantization-aware
+  fine-tuning of a trained detector (quantization_aware_training.gin), whose INT8 exports
+  use the trained ranges."""
   if sync_bn is None:
     sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
   anchors = AnchorConfig(image_size=image_size, min_level=min_level, max_level=max_level,
@@ -88,4 +94,7 @@ def efficientdet(backbone_fn, num_classes: int = 90, image_size: int = 512,
   model = EfficientDet(backbone, anchors, num_classes, fpn_width, fpn_cells, head_repeats,
                        fusion=fusion, sync_bn=sync_bn, activation=activation,
                        name="efficientdet")
-  return model.build_for_size()
+  model.build_for_size()
+  if quantization_aware:
+    model.fake_quant = quantize_model(model)
+  return model

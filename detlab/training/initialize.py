@@ -28,6 +28,9 @@ from detlab.weights.automl_names import UnsupportedModelError, backbone_prefix
 
 INIT_MODES = ("backbone", "detector")
 HEADS = ("class_net", "box_net")
+# Quantization-aware training's activation ranges (layers/fake_quant.py): a float checkpoint
+# has none; the first training batch sets them.
+OPTIONAL = ("fake_quant",)
 _VALUE = "VARIABLE_VALUE"
 
 
@@ -83,7 +86,7 @@ def _candidates(graph, mode: str) -> list[int]:
 
 
 def _part_of(model, variable) -> str:
-  for part in ("backbone", "fpn", *HEADS):
+  for part in ("backbone", "fpn", *HEADS, *OPTIONAL):
     sub = getattr(model, part, None)
     if sub is not None and any(v is variable for v in sub.variables):
       return part
@@ -193,7 +196,7 @@ def initialize_from_checkpoint(model, path: str, mode: str) -> dict:
       row["loaded"] += 1
       continue
     row["skipped" if in_checkpoint else "new"] += 1
-    required = part == "backbone" if mode == "backbone" else part not in HEADS
+    required = part == "backbone" if mode == "backbone" else part not in HEADS + OPTIONAL
     if required:
       why = "shape differs" if in_checkpoint else "not in checkpoint"
       missing.append(f"  {variable.name} {list(variable.shape)} ({why})")

@@ -5,6 +5,12 @@ here needs the same class, IoU >= a bound and a close score."""
 import numpy as np
 
 
+def as_od_api(result: dict) -> dict:
+  """A runner's dict (api.detect's names) under the OD API names match_top_detections reads."""
+  return {"detection_boxes": result["boxes"], "detection_scores": result["scores"],
+          "detection_classes": result["classes"], "num_detections": result["num_detections"]}
+
+
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   """IoU of one [y1, x1, y2, x2] box with each of boxes [M, 4]."""
   y1, x1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])

@@ -14,7 +14,7 @@ from detlab.benchmark import exported
 from detlab.data.tf_example import decode_example
 from detlab.detection import postprocess
 from detlab.export import exporter, runners
-from matching import match_top_detections  # pylint: disable=import-error
+from matching import as_od_api, match_top_detections  # pylint: disable=import-error
 
 onnx_export = pytest.importorskip("detlab.export.onnx")
 pytest.importorskip("tf2onnx", reason="ONNX export needs pip install 'detlab[onnx]'")
@@ -32,12 +32,6 @@ def onnx_dir(tiny_model_dir, shapes_dir, tmp_path_factory):
   return out
 
 
-
-
-def as_od_api(result: dict) -> dict:
-  """A runner's dict under the OD API names match_top_detections reads."""
-  return {"detection_boxes": result["boxes"], "detection_scores": result["scores"],
-          "detection_classes": result["classes"], "num_detections": result["num_detections"]}
 
 
 def assert_agree(got: dict, want: dict, box_atol: float, score_atol: float) -> None:

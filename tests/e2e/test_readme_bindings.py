@@ -22,6 +22,7 @@ import gin
 import pytest
 
 from detlab import config
+from detlab.layers.fake_quant import is_quantization_aware
 from detlab.tasks.classification import ClassificationTask
 from detlab.tasks.detection import DetectionTask
 from detlab.tasks.joint import JointTask
@@ -64,6 +65,7 @@ PROSE_BINDINGS = [
     (["instance_segmentation_d0_shapes.gin"], ["InstanceSegmentationTask.class_agnostic = False"]),
     (["instance_segmentation_d0.gin"], ["InstanceSegmentationTask.mask_upsample = 'transposed'"]),
     (["efficientdet_d0.gin"], ["PostprocessConfig.nms_mode = 'hard'"]),
+    (["efficientdet_lite0_shapes.gin"], ["efficientdet.quantization_aware = True"]),
 ]
 
 
@@ -161,6 +163,8 @@ def landed(task, name: str):
     return getattr(_train_argument("schedule"), param)
   if configurable == "OptimizerConfig" and not scope:
     return getattr(_train_argument("optimizer"), param)
+  if configurable == "efficientdet" and param == "quantization_aware" and not scope:
+    return is_quantization_aware(task.model_fn())  # the model train() would build
   if configurable == "PostprocessConfig" and not scope:
     return getattr(getattr(task, "detection", task).postprocess_config, param)
   raise AssertionError(f"README binding {name!r}: this test has no rule for where it takes "

@@ -33,6 +33,8 @@ flags.DEFINE_bool("profile", False, "Detection gin files: after the measurements
 flags.DEFINE_string("exported", None, "An export directory (python -m detlab.export "
                     "--output_dir): end-to-end img/s of each format in it and of the in-process "
                     "TF model at batch 1 and 8 (detlab/benchmark/exported.py).")
+flags.DEFINE_list("input_hw", [], "--exported: height,width of the uint8 images fed (e.g. "
+                  "480,640 for VGA camera frames; default the model's square input size).")
 
 
 def _wanted(choices, default, aliases=None) -> set:
@@ -79,7 +81,8 @@ def main(argv):
   del argv
   if FLAGS.exported:
     from detlab.benchmark import exported  # pylint: disable=import-outside-toplevel
-    result = exported.measure_exported(FLAGS.exported, FLAGS.seconds)
+    result = exported.measure_exported(FLAGS.exported, FLAGS.seconds,
+                                       input_hw=exported.parse_input_hw(FLAGS.input_hw))
     print(json.dumps(result) if FLAGS.json else exported.format_speed_table(result), flush=True)
     return
   result = run_benchmark()

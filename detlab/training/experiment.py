@@ -18,6 +18,7 @@ import tf_keras as keras
 
 from detlab import io
 from detlab.data import record_files
+from detlab.layers.fake_quant import is_quantization_aware
 from detlab.tasks.base import Task
 from detlab.training.bn_reestimation import BatchNormReestimation, statistics_batch_size
 from detlab.training.checkpoint import BestCheckpoint, CheckpointKeeper
@@ -146,6 +147,11 @@ def _run(model_dir: str, out_dir: str, mode: str, distribution, preemption, clos
   keeper = CheckpointKeeper(out_dir, model, read_dir=model_dir, read_only=not training,
                             **trackables)
   resumed = keeper.restore_latest()
+  if training and not resumed and not init_checkpoint and is_quantization_aware(model):
+    raise ValueError(
+        "efficientdet.quantization_aware = True fine-tunes a TRAINED detector (its BN stays "
+        "frozen at the statistics it starts with): bind train.init_checkpoint to the trained "
+        "model_dir (quantization_aware_training.gin), or train the float model first.")
   if training and resumed and not keeper.input_restored:
     # No input position restored: the stream starts again at the restored step (a task whose
     # stream depends on the step, progressive learning, starts there).

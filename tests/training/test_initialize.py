@@ -52,3 +52,20 @@ def test_an_unrelated_checkpoint_is_an_error(tiny_detector, tmp_path):
     initialize_from_checkpoint(tiny_detector(), path, "backbone")
   with pytest.raises(ValueError, match="init_mode"):
     initialize_from_checkpoint(tiny_detector(), path, "heads")
+
+
+def test_quantization_aware_fine_tuning_starts_from_a_trained_run(run_train, tmp_path):
+  """QAT through train(): refused without a trained start (its BN stays frozen at what it
+  starts with); from a float run's model_dir its first steps set every range, and the
+  checkpoint holds them for the exporter."""
+  from detlab import api  # pylint: disable=import-outside-toplevel
+  from detlab.layers import fake_quant  # pylint: disable=import-outside-toplevel
+  qat = ("efficientdet.quantization_aware = True", "Schedule.train_steps = 2")
+  with pytest.raises(ValueError, match="bind train.init_checkpoint"):
+    run_train(tmp_path / "scratch", "train", *qat)
+  run_train(tmp_path / "float", "train", "Schedule.train_steps = 1")
+  run_train(tmp_path / "qat", "train", *qat,
+            f"train.init_checkpoint = '{tmp_path / 'float'}'")
+  model = api.load_detector([str(tmp_path / "qat" / "operative_config.gin")],
+                            checkpoint=str(tmp_path / "qat"))
+  assert fake_quant.is_quantization_aware(model) and fake_quant.ranges_seen(model.fake_quant)

@@ -66,6 +66,9 @@ class PreemptionWatcher:
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+      # signal.signal sets SA_ONSTACK again: a restored Python handler must not meet the
+      # dangling alternate stack either (a late signal arrives after this watcher is gone).
+      run_on_thread_stack(sig)
     self._previous.clear()
 
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from detlab.evaluation.detection import DetectionEvaluator
 from detlab.training.preemption import handler_installed
+from detlab.training.signal_stack import run_on_thread_stack
 from openvino_state import release_two_openvino_models  # pylint: disable=import-error
 
 # How long a case waits for train() to install its SIGTERM handler before it fails: train()
@@ -33,6 +34,7 @@ def stray_sigterms():
   that missed the handler fails the case instead of killing this pytest process."""
   stray = []
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: stray.append(signum))
+  run_on_thread_stack(signal.SIGTERM)  # as detlab's own handler: OpenVINO's dangling stack
   try:
     yield stray
   finally:

@@ -95,3 +95,20 @@ def test_only_the_stack_changes_the_python_handler_still_runs():
     assert got == [signal.SIGUSR1]  # same Python handler, only the stack changed
   finally:
     signal.signal(signal.SIGUSR1, previous)
+
+
+def test_the_handler_a_watcher_restores_runs_on_the_thread_stack_too():
+  """A signal that comes after the watcher is gone reaches the handler it restored, which
+  signal.signal would have put back on the (possibly dangling) alternate stack."""
+  from detlab.training.preemption import PreemptionWatcher  # pylint: disable=import-outside-toplevel
+  from detlab.training.signal_stack import on_alternate_stack  # pylint: disable=import-outside-toplevel
+  got = []
+  previous = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+  try:
+    with PreemptionWatcher(signals=(signal.SIGUSR1,)):
+      assert on_alternate_stack(signal.SIGUSR1) is False
+    assert on_alternate_stack(signal.SIGUSR1) is False
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert got == [signal.SIGUSR1]  # the restored handler, on the thread's stack
+  finally:
+    signal.signal(signal.SIGUSR1, previous)

@@ -83,8 +83,8 @@ class FakeQuantRanges(keras.layers.Layer):
       for point in points:
         key = f"{name}_{point}"
         self.ranges[key] = tuple(
-            self.add_weight(f"{key}_{end}".replace("/", "."), shape=(), initializer="zeros", trainable=False,
-                            synchronization=tf.VariableSynchronization.ON_READ,
+            self.add_weight(f"{key}_{end}".replace("/", "."), shape=(), initializer="zeros",
+                            trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                             aggregation=tf.VariableAggregation.MEAN)
             for end in ("min", "max"))
     self.built = True
@@ -136,22 +136,20 @@ def _training() -> bool:
 def _quantized_call(layer, key: str, ranges: FakeQuantRanges):
   """A replacement for layer.call: the same op with fake-quantised input and weights."""
 
+  def depthwise(x):  # the depthwise op of a DepthwiseConv2D or a SeparableConv2D
+    return keras.backend.depthwise_conv2d(
+        x, quantize_kernel(layer.depthwise_kernel, depthwise=True), strides=layer.strides,
+        padding=layer.padding, dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+
   def call(inputs):
     training = _training()
     x = ranges.quantize(inputs, f"{key}_input", training)
     if isinstance(layer, keras.layers.SeparableConv2D):
-      x = keras.backend.depthwise_conv2d(
-          x, quantize_kernel(layer.depthwise_kernel, depthwise=True), strides=layer.strides,
-          padding=layer.padding, dilation_rate=layer.dilation_rate,
-          data_format=layer.data_format)
-      x = ranges.quantize(x, f"{key}_depthwise", training)
+      x = ranges.quantize(depthwise(x), f"{key}_depthwise", training)
       outputs = tf.nn.conv2d(x, quantize_kernel(layer.pointwise_kernel), strides=1,
                              padding="VALID")
     elif isinstance(layer, keras.layers.DepthwiseConv2D):
-      outputs = keras.backend.depthwise_conv2d(
-          x, quantize_kernel(layer.depthwise_kernel, depthwise=True), strides=layer.strides,
-          padding=layer.padding, dilation_rate=layer.dilation_rate,
-          data_format=layer.data_format)
+      outputs = depthwise(x)
     else:
       if layer.groups != 1 or layer.padding == "causal":
         raise ValueError(f"Fake quantisation supports plain convs; {layer.name} has groups="
@@ -164,11 +162,11 @@ def _quantized_call(layer, key: str, ranges: FakeQuantRanges):
   return call
 
 
-def conv_names(model: keras.Model) -> dict:
-  """{key: is separable} of the model's convs; a key two different convs share is an error
+def conv_names(convs: list) -> dict:
+  """{key: is separable} of named_convs' list; a key two different convs share is an error
   (their ranges would mix), except the per-level copies of one shared conv (folding)."""
   names = {}
-  for key, layer in named_convs(model):
+  for key, layer in convs:
     if key in names and getattr(layer, "quantization_source", None) is None:
       raise ValueError(f"Two convolutions are both at {key!r}: fake quantisation keys its "
                        "ranges by layer names; give the layers distinct names.")
@@ -181,14 +179,15 @@ def quantize_model(model: keras.Model, ranges: FakeQuantRanges | None = None,
   """Makes every conv of `model` compute with fake-quantised input and weights (in place:
   each conv's `call` is replaced; variables and checkpoint layout unchanged) and returns the
   ranges layer (new, or `ranges` for a folded copy of a quantised model)."""
-  names = conv_names(model)
+  convs = named_convs(model)
+  names = conv_names(convs)
   if ranges is None:
     ranges = FakeQuantRanges(names, name="fake_quant")
   missing = sorted(n for n in names if f"{n}_input" not in ranges.ranges)
   if missing:
     raise ValueError(f"No fake-quant ranges for {len(missing)} conv(s) ({missing[:3]} ...): "
                      "the ranges come from the same model's quantization-aware training.")
-  for key, layer in named_convs(model):
+  for key, layer in convs:
     object.__setattr__(layer, "call", _quantized_call(layer, key, ranges))
   if freeze_batch_norms:
     for layer in model.submodules:

@@ -42,6 +42,17 @@ def bifpn_graph(min_level: int, max_level: int) -> list[tuple[int, list[int]]]:
   return nodes
 
 
+# The name of a BiFPN fusion's adds (ONNX INT8 export keeps them float, as it kept AddN).
+FUSION_ADD_NAME = "fusion_add"
+
+
+def _chained_sum(xs):
+  total = xs[0]
+  for x in xs[1:]:
+    total = tf.add(total, x, name=FUSION_ADD_NAME)
+  return total
+
+
 class ResampleToLevel(keras.layers.Layer):
   """Matches channels (1x1 conv + BN if they differ) and spatial size (max-pool / nearest)."""
 
@@ -63,8 +74,12 @@ class ResampleToLevel(keras.layers.Layer):
       for _ in range(self.level_ratio):
         x = tf.nn.max_pool2d(x, 3, 2, "SAME")
     elif self.level_ratio < 0:  # to a finer level: nearest neighbour, cropped to ceil sizes
+      # factor² copies of x side by side in channels, then depth_to_space: the same values
+      # as repeating rows and columns, in two ops every converter maps to its own kernels
+      # (LiteRT's XNNPACK delegate has no TILE, which the repeat form lowers to, so each
+      # upsampling cut the INT8 graph into separately delegated pieces).
       factor = 2 ** -self.level_ratio
-      x = tf.repeat(tf.repeat(x, factor, axis=1), factor, axis=2)
+      x = tf.nn.depth_to_space(tf.concat([x] * (factor * factor), axis=-1), factor)
       x = x[:, :target_size[0], :target_size[1], :]
     return x
 
@@ -100,8 +115,11 @@ class FusionNode(keras.layers.Layer):
     target = inputs[0]  # the same-level input fixes the output size
     target_size = tf.shape(target)[1:3]
     xs = [r(x, target_size, training=training) for r, x in zip(self.resamplers, inputs)]
+    # Sums are chained binary adds, ((x0 + x1) + x2), the order AddN's CPU kernel adds in:
+    # LiteRT's converter leaves ADD_N in float (dequantize, add, quantize around every BiFPN
+    # node of an INT8 model) and its XNNPACK delegate has no ADD_N; ADD stays int8.
     if self.fusion == "sum":
-      fused = tf.add_n(xs)
+      fused = _chained_sum(xs)
     else:
       weights = tf.cast(self.edge_weights, xs[0].dtype)
       if self.fusion == "fast":
@@ -109,7 +127,7 @@ class FusionNode(keras.layers.Layer):
         weights = weights / (tf.reduce_sum(weights) + 1e-4)
       else:
         weights = tf.nn.softmax(weights)
-      fused = tf.add_n([weights[i] * x for i, x in enumerate(xs)])
+      fused = _chained_sum([weights[i] * x for i, x in enumerate(xs)])
     x = self._activation(fused)
     return self.bn(self.conv(x), training=training)
 

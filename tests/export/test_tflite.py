@@ -132,6 +132,18 @@ def test_int8_is_calibrated_from_tfrecords_and_really_integer(serving, letterbox
   assert any(f"{tflite.POSTPROCESS_SCOPE}/" in d["name"] for d in details)
   outputs = Interpreter(model_path=path).get_signature_runner().get_output_details()
   assert {v["dtype"] for v in outputs.values()} == {np.float32}
+  # The network is int8 from its input QUANTIZE to the heads' outputs, in ops LiteRT's XNNPACK
+  # delegate runs: no float island (the BiFPN's AddN had stayed float, DEQUANTIZE -> ADD_N ->
+  # QUANTIZE at every fusion) and no TILE (its repeat upsampling); either cut D0's INT8
+  # graph into 52 separately delegated pieces.
+  interpreter = Interpreter(model_path=path)
+  names = {d["index"]: d["name"] for d in details}
+  network_ops = [op for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+                 if not any(f"{tflite.POSTPROCESS_SCOPE}/" in names[t] for t in op["outputs"])]
+  kinds = [op["op_name"] for op in network_ops]
+  assert "DEPTH_TO_SPACE" in kinds and not {"ADD_N", "TILE"} & set(kinds), sorted(set(kinds))
+  dequantized = [names[op["inputs"][0]] for op in network_ops if op["op_name"] == "DEQUANTIZE"]
+  assert dequantized and all("_net/predict" in name for name in dequantized), dequantized
   _, pixels, _ = letterboxed
   got = tflite.run_tflite(path, pixels)
   lite = tflite.lite_function(serving, 1, drop_empty=False)  # as INT8 converts it

@@ -13,7 +13,7 @@ import tf_keras as keras
 import tensorflow as tf
 
 from detlab.layers import batch_norm
-from detlab.layers.activations import activation_fn
+from detlab.layers.activations import activation_fn, apply_activation
 
 PRIOR_PROBABILITY = 0.01
 
@@ -49,7 +49,8 @@ class SharedConvHead(keras.layers.Layer):
     for index, level in enumerate(range(self.min_level, self.max_level + 1)):
       x = features[str(level)]
       for conv, bns in zip(self.convs, self.bns):
-        x = self._activation(bns[index](conv(x), training=training))
+        x = apply_activation(self._activation, bns[index](conv(x), training=training),
+                             training)
       outputs[str(level)] = self.predictor(x)
     return outputs
 

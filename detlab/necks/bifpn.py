@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.layers import batch_norm
-from detlab.layers.activations import activation_fn
+from detlab.layers.activations import activation_fn, apply_activation
 
 FUSION_MODES = ("fast", "softmax", "sum")
 
@@ -128,7 +128,7 @@ class FusionNode(keras.layers.Layer):
       else:
         weights = tf.nn.softmax(weights)
       fused = _chained_sum([weights[i] * x for i, x in enumerate(xs)])
-    x = self._activation(fused)
+    x = apply_activation(self._activation, fused, training)
     return self.bn(self.conv(x), training=training)
 
 

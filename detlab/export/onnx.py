@@ -38,14 +38,13 @@ import tensorflow as tf
 
 from detlab.detection import postprocess as postprocess_lib
 from detlab.detection.postprocess import PostprocessConfig
-from detlab.export.tflite import representative_images
+from detlab.export.tflite import POSTPROCESS_SCOPE, representative_images
 from detlab.io import write_bytes
 from detlab.layers.fake_quant import is_quantization_aware
 from detlab.necks import bifpn
 
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
-POSTPROCESS_SCOPE = "postprocess"
 INSTALL_HINT = "pip install 'detlab[onnx]' (or pip install tf2onnx onnxruntime)"
 
 

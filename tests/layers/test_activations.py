@@ -39,8 +39,8 @@ def test_activation_layer_maps_swish_and_keeps_others_and_round_trips():
 
 
 def _ops_of_training_step(fn, shape):
-  """Op types of a traced forward + backward of fn at `shape`, function bodies included, and
-  whether any called function is compiled with XLA."""
+  """Op types of the traced forward + backward of fn at `shape` (the outer graph, where a
+  custom gradient's IdentityN sits), and whether any function it calls is compiled with XLA."""
   def step(x):
     with tf.GradientTape() as tape:
       tape.watch(x)
@@ -50,9 +50,7 @@ def _ops_of_training_step(fn, shape):
   ops = list(graph.get_operations())
   compiled = False
   for function in graph._functions.values():  # pylint: disable=protected-access
-    definition = function.cached_definition if hasattr(function, "cached_definition") else (
-        function.definition)
-    compiled |= definition.attr["_XlaMustCompile"].b
+    compiled |= function.cached_definition.attr["_XlaMustCompile"].b
   return {op.type for op in ops}, compiled
 
 

@@ -5,7 +5,8 @@ import tensorflow as tf
 import tf_keras as keras
 from official.vision.losses import focal_loss as tfm_focal_loss
 
-from detlab.detection.losses import DetectionLoss, focal_loss_sum, huber_elementwise
+from detlab.detection.losses import (DetectionLoss, class_focal_loss_sum, focal_loss_sum,
+                                    huber_elementwise)
 
 
 # alpha_t (1 - p_t)^gamma (-ln p_t) with alpha 0.25, gamma 1.5 (Lin et al. 2017). For
@@ -85,3 +86,19 @@ def test_detection_loss_normalizes_by_positives_plus_one_and_weights_box_loss():
   np.testing.assert_allclose(out["class"].numpy(), expected_cls, rtol=1e-4)
   np.testing.assert_allclose(out["box"].numpy(), expected_box, rtol=1e-5)
   np.testing.assert_allclose(out["total"].numpy(), expected_cls + 50 * expected_box, rtol=1e-4)
+
+
+def test_class_focal_loss_sum_equals_focal_loss_sum_of_the_one_hot_labels():
+  """class_focal_loss_sum compares class ids with the column inside its compiled loop; an id
+  of -1 (background) or one past the last class makes a row all negatives, as tf.one_hot."""
+  rng = np.random.RandomState(1)
+  logits = tf.constant(rng.normal(0, 5, (3, 50, 7)), tf.float32)
+  classes = tf.constant(rng.randint(-1, 8, (3, 50)), tf.int32)
+  one_hot = tf.one_hot(classes, 7, dtype=tf.float32)
+  ours = tf.function(lambda x, c: class_focal_loss_sum(x, c, 0.25, 1.5))
+  loss, grad = _focal_loss_and_gradient(ours, logits, classes)
+  want, want_grad = _focal_loss_and_gradient(
+      lambda x, y: focal_loss_sum(x, y, 0.25, 1.5), logits, one_hot)
+  assert 0 < int(tf.reduce_sum(one_hot)) < 150 and -1 in classes.numpy() and 7 in classes.numpy()
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-9)

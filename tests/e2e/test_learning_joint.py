@@ -12,11 +12,14 @@ scores mIoU = background fraction / 5 = 0.154 / 0.157 / 0.162 on data seeds 0 / 
 AP50 and mIoU at step 400, measured with
   TF_NUM_INTRAOP_THREADS=1 python -m detlab.train <the bindings below> train.seed=T
 on the data set written by make_dataset(seed=D, num_train=256, num_val=32, semantic_maps=True):
-  D=0, T=1: AP50 0.130 (AP 0.058), mIoU 0.238
-  D=1, T=2: AP50 0.112 (AP 0.042), mIoU 0.226
-  D=2, T=3: AP50 0.141 (AP 0.043), mIoU 0.233
-Floors: AP50 0.07 (worst 0.112 minus 0.042), AP 0.03 (worst 0.042 minus 0.012), mIoU 0.215
-(worst 0.226 minus 0.011). A broken build falls below them: training boxes with y and x
+  D=0, T=1: AP50 0.128 (AP 0.056), mIoU 0.243
+  D=1, T=2: AP50 0.107 (AP 0.044), mIoU 0.224
+  D=2, T=3: AP50 0.143 (AP 0.048), mIoU 0.231
+(after the focal loss became one compiled pass; the code just before it gave D=1, T=2: AP50
+0.126, AP 0.045, mIoU 0.231: float rounding moves a run by ~0.02.)
+Floors: AP50 0.07 (worst 0.107 minus 0.037), AP 0.03 (worst 0.044 minus 0.014), mIoU 0.215
+(worst 0.224 minus 0.009; the broken build below scores 0.207, so the floor cannot go much
+lower). A broken build falls below them: training boxes with y and x
 swapped in the detection targets plus shape labels shifted by one in the joint parser give
 AP50 0.060, AP 0.014, mIoU 0.207 (D=0, T=1). What it does not catch: class ids offset by one
 in the detection targets alone gave AP50 0.118, AP 0.048 (with the label shift: mIoU 0.208):

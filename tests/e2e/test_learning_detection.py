@@ -17,8 +17,9 @@ on the data set written by make_dataset(seed=D):
 the same seed repeats its figure to 1e-6 on one machine). The floor is the worst of them
 (0.153) minus a margin of 0.02: 0.133, 0.025 below this gate's own seeds (S=1, D=0). Broken
 builds fall below it: with category ids offset by one in the anchor targets
-(detlab/detection/targets.py) the gate measured 0.113 (0.106 with the compiled focal loss; ellipses never learnt, the other
-classes learnt under their neighbour's name: this tiny model tells the classes apart only
+(detlab/detection/targets.py) the gate measured 0.113 (0.106 with the compiled focal loss;
+ellipses never learnt, the other classes learnt under their neighbour's name: this tiny model
+tells the classes apart only
 partly, so localisation alone keeps AP50 off 0); a barely trained model scores ~0 (D0 after
 20 steps: 0.003). The margin is small because that gap is: a wider one would let the class-id
 break through. So every class must also reach AP (0.5:0.95) 0.002: the worst class of any

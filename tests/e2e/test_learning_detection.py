@@ -19,10 +19,9 @@ the same seed repeats its figure to 1e-6 on one machine). The floor is the worst
 builds fall below it: with category ids offset by one in the anchor targets
 (detlab/detection/targets.py) the gate measured 0.113 (0.106 with the compiled focal loss;
 ellipses never learnt, the other classes learnt under their neighbour's name: this tiny model
-tells the classes apart only
-partly, so localisation alone keeps AP50 off 0); a barely trained model scores ~0 (D0 after
-20 steps: 0.003). The margin is small because that gap is: a wider one would let the class-id
-break through. So every class must also reach AP (0.5:0.95) 0.002: the worst class of any
+tells the classes apart only partly, so localisation alone keeps AP50 off 0); a barely
+trained model scores ~0 (D0 after 20 steps: 0.003). The margin is small because that gap is:
+a wider one would let the class-id break through. So every class must also reach AP (0.5:0.95) 0.002: the worst class of any
 seed above scored 0.007 (D=7; 0.0066 before the loss change; the gate's own seed: 0.025 at
 worst), the class-id break gives ellipse AP 0.000.
 

@@ -21,9 +21,9 @@ builds fall below it: with category ids offset by one in the anchor targets
 ellipses never learnt, the other classes learnt under their neighbour's name: this tiny model
 tells the classes apart only partly, so localisation alone keeps AP50 off 0); a barely
 trained model scores ~0 (D0 after 20 steps: 0.003). The margin is small because that gap is:
-a wider one would let the class-id break through. So every class must also reach AP (0.5:0.95) 0.002: the worst class of any
-seed above scored 0.007 (D=7; 0.0066 before the loss change; the gate's own seed: 0.025 at
-worst), the class-id break gives ellipse AP 0.000.
+a wider one would let the class-id break through. So every class must also reach AP
+(0.5:0.95) 0.002: the worst class of any seed above scored 0.007 (D=7; 0.0066 before the loss
+change; the gate's own seed: 0.025 at worst), the class-id break gives ellipse AP 0.000.
 
 Serving (item 4 of issue 21): the model_dir is exported to a SavedModel and INT8 LiteRT
 (calibrated on 16 train images) through the CLI, and each format, like the model_dir

@@ -28,7 +28,8 @@ FakeQuantize (INT8 convolutions at run time, no calibration).
 """
 import tensorflow as tf
 import tf_keras as keras
-from tf_keras.src.engine import base_layer_utils
+
+from detlab.layers.depthwise import call_training
 
 NUM_BITS = 8
 RANGE_DECAY = 0.99   # EMA of batch min/max (tfmot: 0.999 over full trainings; QAT fine-tunes
@@ -126,13 +127,6 @@ def quantize_kernel(kernel, depthwise: bool = False):
   return tf.cast(out, kernel.dtype)
 
 
-def _training() -> bool:
-  """The training flag keras propagates to the layer being called (a conv's own call takes
-  none)."""
-  training = base_layer_utils.call_context().training
-  return bool(training) if training is not None and not tf.is_tensor(training) else False
-
-
 def _quantized_call(layer, key: str, ranges: FakeQuantRanges):
   """A replacement for layer.call: the same op with fake-quantised input and weights."""
 
@@ -142,7 +136,7 @@ def _quantized_call(layer, key: str, ranges: FakeQuantRanges):
         padding=layer.padding, dilation_rate=layer.dilation_rate, data_format=layer.data_format)
 
   def call(inputs):
-    training = _training()
+    training = call_training()
     x = ranges.quantize(inputs, f"{key}_input", training)
     if isinstance(layer, keras.layers.SeparableConv2D):
       x = ranges.quantize(depthwise(x), f"{key}_depthwise", training)

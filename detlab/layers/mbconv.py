@@ -6,6 +6,7 @@ copied across by name.
 import tf_keras as keras
 
 from detlab.layers.activations import activation_layer
+from detlab.layers.depthwise import DepthwiseConv2D
 from detlab.layers.normalization import BN_MOMENTUM, batch_norm
 
 
@@ -64,8 +65,8 @@ def mbconv_block(inputs, *, filters_in: int, filters_out: int, kernel_size: int,
                             kernel_initializer=conv_init(), name=prefix + "expand_conv")(x)
     x = batch_norm(prefix + "expand_bn", momentum=bn_momentum, synchronized=sync_bn)(x)
     x = activation_layer(activation, name=prefix + "expand_activation")(x)
-  x = keras.layers.DepthwiseConv2D(kernel_size, strides=strides, padding="same", use_bias=False,
-                                   depthwise_initializer=conv_init(), name=prefix + dwconv_name)(x)
+  x = DepthwiseConv2D(kernel_size, strides=strides, padding="same", use_bias=False,
+                      depthwise_initializer=conv_init(), name=prefix + dwconv_name)(x)
   x = batch_norm(prefix + "bn", momentum=bn_momentum, synchronized=sync_bn)(x)
   x = activation_layer(activation, name=prefix + "activation")(x)
   if 0 < se_ratio <= 1:

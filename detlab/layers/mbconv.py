@@ -8,6 +8,7 @@ import tf_keras as keras
 from detlab.layers.activations import activation_layer
 from detlab.layers.depthwise import DepthwiseConv2D
 from detlab.layers.normalization import BN_MOMENTUM, batch_norm
+from detlab.layers.squeeze_excite import SqueezeWithInput
 
 
 def conv_init() -> keras.initializers.Initializer:
@@ -21,9 +22,10 @@ def conv_init() -> keras.initializers.Initializer:
 
 def _squeeze_excite(x, filters_in: int, filters: int, se_ratio: float, activation: str,
                     prefix: str):
-  """SE with the reduced width taken from the block's *input* filters (paper and keras)."""
+  """SE with the reduced width taken from the block's *input* filters (paper and keras); the
+  squeeze also hands on x, for the one-pass training gradient (layers.squeeze_excite)."""
   filters_se = max(1, int(filters_in * se_ratio))
-  se = keras.layers.GlobalAveragePooling2D(name=prefix + "se_squeeze")(x)
+  x, se = SqueezeWithInput(name=prefix + "se_squeeze")(x)
   se = keras.layers.Reshape((1, 1, filters), name=prefix + "se_reshape")(se)
   se = keras.layers.Conv2D(filters_se, 1, padding="same", activation=activation,
                            kernel_initializer=conv_init(), name=prefix + "se_reduce")(se)

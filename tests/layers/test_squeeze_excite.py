@@ -1,0 +1,71 @@
+"""SqueezeWithInput: an SE squeeze whose training gradient adds the mean's share into the
+excitation's in one pass; the values, gradients and inference graph are the stock SE's."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from detlab.layers.squeeze_excite import SqueezeWithInput
+
+
+def _se_models(shape):
+  """The same SE block twice, with keras' GlobalAveragePooling2D and with SqueezeWithInput."""
+  channels = shape[-1]
+  inputs = keras.Input(shape[1:], batch_size=shape[0])
+  gate_layers = [keras.layers.Dense(2, activation="swish"),
+                 keras.layers.Dense(channels, activation="sigmoid")]
+
+  def gate(pooled):
+    for layer in gate_layers:
+      pooled = layer(pooled)
+    return keras.layers.Reshape((1, 1, channels))(pooled)
+
+  stock = keras.Model(inputs, keras.layers.multiply(
+      [inputs, gate(keras.layers.GlobalAveragePooling2D()(inputs))]))
+  x, pooled = SqueezeWithInput(name="se_squeeze")(inputs)
+  ours = keras.Model(inputs, keras.layers.multiply([x, gate(pooled)]))
+  for w in ours.weights:  # shared gate layers: one set of weights, seeded
+    w.assign(tf.random.stateless_normal(w.shape, seed=[len(w.name), 3]))
+  return ours, stock
+
+
+@tf.function
+def _values_and_gradients(model, x):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = model(x, training=True)
+  upstream = tf.random.stateless_normal(tf.shape(y), seed=[7, 8])
+  return [y] + tape.gradient(y, [x] + model.trainable_variables, output_gradients=upstream)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 4), (3, 5, 5, 16)])
+def test_values_and_gradients_equal_the_stock_se_block(shape):
+  ours, stock = _se_models(shape)
+  x = tf.random.stateless_normal(shape, seed=[5, 6])
+  got, want = _values_and_gradients(ours, x), _values_and_gradients(stock, x)
+  assert len(got) == len(want) == 6
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(b))))
+  np.testing.assert_array_equal(ours(x, training=False), stock(x, training=False))
+
+
+def _op_types(model, shape):
+  graph = _values_and_gradients.get_concrete_function(
+      model, tf.TensorSpec(shape, tf.float32)).graph
+  return [op.type for op in graph.get_operations()]
+
+
+def test_training_gradient_has_no_full_size_tile_divide_or_addn():
+  """The behaviour it exists for: the stock block's gradient of x is Tile + RealDiv + AddN."""
+  shape = (2, 8, 8, 4)
+  ours, stock = _se_models(shape)
+  assert {"Tile", "AddN"} <= set(_op_types(stock, shape))
+  assert not {"Tile", "AddN"} & set(_op_types(ours, shape))
+  # a dynamic spatial size: the stock gradient (H * W is not a constant)
+  assert "AddN" in _op_types(ours, (2, None, None, 4))
+
+
+def test_layer_round_trips():
+  layer = SqueezeWithInput(name="block1a_se_squeeze")
+  clone = keras.layers.deserialize(keras.layers.serialize(layer))
+  assert isinstance(clone, SqueezeWithInput) and clone.name == "block1a_se_squeeze"

@@ -9,7 +9,7 @@ backward_weights ... g144mb8_ic144oc144`). TensorFlow's own CPU kernel for the s
 is 1.4-6x faster there: at EfficientNet-B0's 5x5 layers, batch 8 at 512² on a 2-core AVX-512
 Xeon (one inter-op thread), block3a (5x5, stride 2, 128² x 144) 68 vs 11 ms, block3b (64² x
 240) 46 vs 22 ms, block5 (32² x 672) 26 vs 19 ms, block6 (16² x 1152) 13 vs 8 ms; in all,
-one B0 training step's ten 5x5 filter gradients 230 -> 114 ms. For 3x3 kernels and for the
+one B0 training step's nine 5x5 filter gradients 230 -> 114 ms. For 3x3 kernels and for the
 input gradient oneDNN is the faster one (1.2-2.4x), so they stay as they are.
 
 TF's graph rewrite hands an op to oneDNN only for SAME/VALID padding; the filter gradient

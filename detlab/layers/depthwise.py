@@ -1,5 +1,5 @@
 """DepthwiseConv2D whose training pass on a oneDNN CPU takes TensorFlow's own kernel for the
-filter gradient of kernels larger than 3x3.
+filter gradient of kernels larger than 3x3 (and, in bfloat16 without AMX, float32 gradients).
 
 With TF's oneDNN rewrites on (detlab's CPU default), every depthwise op runs in oneDNN. oneDNN
 has a dedicated depthwise kernel (`jit_dw`) for the forward pass, the input gradient and the
@@ -14,9 +14,19 @@ input gradient oneDNN is the faster one (1.2-2.4x), so they stay as they are.
 
 TF's graph rewrite hands an op to oneDNN only for SAME/VALID padding; the filter gradient
 here is the same op with that padding written out (padding="EXPLICIT"), which keeps it on
-TensorFlow's kernel. Only in a training pass, on a CPU-only process with oneDNN on, for
-kernels larger than 3 with dilation 1, channels-last data and static spatial sizes; the
-variables, names, forward op and inference graph are keras' own.
+TensorFlow's kernel.
+
+In bfloat16 (mixed_bfloat16) on a CPU with AVX512_BF16 but no AMX, oneDNN's bfloat16
+depthwise backward kernels are the slow ones: at batch 8, 512², a stride-2 input gradient
+takes 414 ms (block2a, 3x3) and 259 ms (block3a, 5x5) where float32 takes 21 and 10, and
+bfloat16 5x5 filter gradients take 106-340 ms (oneDNN or TF's kernel) where TF's float32 one
+takes 11-22. There those gradients are computed in float32 (inputs cast up, results cast
+down; no less accurate): D0 mixed_bfloat16 training step at batch 8 1.88 -> 2.39 img/s
+(1.27x, 6 alternating rounds; float32 training stays faster on such a CPU).
+
+Only in a training pass, on a CPU-only process with oneDNN on, with dilation 1, channels-last
+data and static spatial sizes; the variables, names, forward op and inference graph are
+keras' own.
 """
 import functools
 
@@ -50,25 +60,41 @@ def explicit_paddings(input_shape, output_shape, kernel_size, stride: int,
   return [0, 0, top, bottom, left, right, 0, 0]
 
 
-def depthwise_with_tf_filter_gradient(inputs, kernel, stride: int, padding: str):
-  """tf.nn.depthwise_conv2d(inputs, kernel, [1, s, s, 1], padding) whose filter gradient is
-  TensorFlow's own kernel (module docstring); the forward op and input gradient are unchanged.
-  `inputs` needs static spatial sizes; `padding` is "SAME" or "VALID"."""
+def depthwise_with_cpu_gradients(inputs, kernel, stride: int, padding: str):
+  """tf.nn.depthwise_conv2d(inputs, kernel, [1, s, s, 1], padding) with the gradients the
+  module docstring chooses: the filter gradient of kernels larger than 3x3 on TensorFlow's own
+  kernel; in bfloat16 on a CPU without AMX, that filter gradient and stride-2 input gradients
+  computed in float32. The forward op is the stock one. `inputs` needs static spatial sizes;
+  `padding` is "SAME" or "VALID"."""
   strides = [1, stride, stride, 1]
+  large = max(kernel.shape[0], kernel.shape[1]) > 3
+  in_float32 = inputs.dtype == tf.bfloat16 and bfloat16_gradients_in_float32()
 
   @tf.custom_gradient
   def depthwise(x, k):
     y = tf.nn.depthwise_conv2d(x, k, strides, padding)
 
     def gradient(upstream):
-      d_inputs = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-          input_sizes=tf.shape(x), filter=k, out_backprop=upstream, strides=strides,
-          padding=padding)
-      d_kernel = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-          input=x, filter_sizes=tf.shape(k), out_backprop=upstream, strides=strides,
-          padding="EXPLICIT",
-          explicit_paddings=explicit_paddings(x.shape, y.shape, k.shape[:2], stride, padding))
-      return d_inputs, d_kernel
+      up32 = tf.cast(upstream, tf.float32) if in_float32 else upstream
+      if in_float32 and stride > 1:
+        d_inputs = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=tf.shape(x), filter=tf.cast(k, tf.float32), out_backprop=up32,
+            strides=strides, padding=padding)
+      else:
+        d_inputs = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=tf.shape(x), filter=k, out_backprop=upstream, strides=strides,
+            padding=padding)
+      if large:
+        d_kernel = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=tf.cast(x, tf.float32) if in_float32 else x, filter_sizes=tf.shape(k),
+            out_backprop=up32, strides=strides, padding="EXPLICIT",
+            explicit_paddings=explicit_paddings(x.shape, y.shape, k.shape[:2], stride,
+                                                padding))
+      else:
+        d_kernel = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=x, filter_sizes=tf.shape(k), out_backprop=upstream, strides=strides,
+            padding=padding)
+      return tf.cast(d_inputs, x.dtype), tf.cast(d_kernel, k.dtype)
 
     return y, gradient
 
@@ -81,13 +107,32 @@ def _cpu_only() -> bool:
   return not (tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
-def takes_tf_filter_gradient(layer: keras.layers.DepthwiseConv2D, input_shape) -> bool:
-  """Whether a training pass of `layer` at `input_shape` uses
-  depthwise_with_tf_filter_gradient (module docstring)."""
-  return (max(layer.kernel_size) > 3 and layer.strides[0] == layer.strides[1]
+@functools.lru_cache(maxsize=None)
+def bfloat16_gradients_in_float32() -> bool:
+  """Whether bfloat16 depthwise gradients are computed in float32 here: oneDNN on a CPU
+  without AMX (/proc/cpuinfo has no amx_bf16; where it cannot be read: True), where its
+  bfloat16 depthwise backward kernels are the slow ones (module docstring)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return "amx_bf16" not in line.split(":", 1)[1].split()
+  except OSError:
+    pass
+  return True
+
+
+def takes_cpu_gradients(layer: keras.layers.DepthwiseConv2D, inputs) -> bool:
+  """Whether a training pass of `layer` on `inputs` uses depthwise_with_cpu_gradients (module
+  docstring): a kernel larger than 3x3, or a bfloat16 stride-2 conv where its gradients are
+  computed in float32."""
+  shape = inputs.shape
+  chosen = max(layer.kernel_size) > 3 or (
+      layer.strides[0] > 1 and inputs.dtype == tf.bfloat16 and bfloat16_gradients_in_float32())
+  return (chosen and layer.strides[0] == layer.strides[1]
           and tuple(layer.dilation_rate) == (1, 1) and layer.data_format == "channels_last"
-          and layer.padding in ("same", "valid") and input_shape.rank == 4
-          and input_shape[1] is not None and input_shape[2] is not None
+          and layer.padding in ("same", "valid") and shape.rank == 4
+          and shape[1] is not None and shape[2] is not None
           and normalization.rewrites_allowed() and normalization.onednn_enabled()
           and _cpu_only())
 
@@ -95,15 +140,16 @@ def takes_tf_filter_gradient(layer: keras.layers.DepthwiseConv2D, input_shape) -
 @keras.saving.register_keras_serializable(package="detlab")
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
   """keras.layers.DepthwiseConv2D; a training pass on a oneDNN CPU computes the filter gradient
-  of kernels larger than 3x3 with TensorFlow's own kernel (module docstring).
+  of kernels larger than 3x3 with TensorFlow's own kernel, and bfloat16 ones without AMX the
+  slow gradients in float32 (module docstring).
 
   `call` takes no `training` argument (it reads keras' call context), so code that replaces a
   conv's `call` with a one-argument function (fake quantisation) works on it as on keras'."""
 
   def call(self, inputs):
-    if not (call_training() and takes_tf_filter_gradient(self, inputs.shape)):
+    if not (call_training() and takes_cpu_gradients(self, inputs)):
       return super().call(inputs)
-    outputs = depthwise_with_tf_filter_gradient(
+    outputs = depthwise_with_cpu_gradients(
         inputs, tf.convert_to_tensor(self.depthwise_kernel), self.strides[0],
         self.padding.upper())
     if self.use_bias:

@@ -1,5 +1,6 @@
 """detlab's DepthwiseConv2D: keras' layer whose training pass takes TensorFlow's own kernel for
-the filter gradient of kernels larger than 3x3 (oneDNN's is its generic grouped conv there)."""
+the filter gradient of kernels larger than 3x3 (oneDNN's is its generic grouped conv there),
+and in bfloat16 on a CPU without AMX computes the slow depthwise gradients in float32."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,13 +10,16 @@ from detlab.layers import depthwise
 from detlab.layers.depthwise import DepthwiseConv2D
 from detlab.layers.normalization import onednn_enabled
 
+needs_onednn = pytest.mark.skipif(not onednn_enabled(),
+                                  reason="the choice is made for oneDNN CPUs only")
 
-def _pair(kernel, stride, padding, multiplier, shape):
+
+def _pair(kernel, stride, padding, multiplier, shape, dtype="float32"):
   """detlab's layer and keras' with the same weights, each in a functional model."""
   ours = DepthwiseConv2D(kernel, strides=stride, padding=padding, depth_multiplier=multiplier,
-                         name="ours")
+                         name="ours", dtype=dtype)
   stock = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding,
-                                       depth_multiplier=multiplier, name="stock")
+                                       depth_multiplier=multiplier, name="stock", dtype=dtype)
   inputs = keras.Input(shape[1:], batch_size=shape[0])
   models = keras.Model(inputs, ours(inputs)), keras.Model(inputs, stock(inputs))
   weights = [tf.random.stateless_normal(w.shape, seed=[i, 7]).numpy()
@@ -53,14 +57,28 @@ def test_training_values_and_gradients_equal_keras(kernel, stride, padding, mult
   np.testing.assert_array_equal(ours(x, training=False), stock(x, training=False))
 
 
+@tf.function
+def _gradients_for(model, x):
+  """Output, input and kernel gradients for one fixed float32 upstream gradient."""
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = model(x, training=True)
+  upstream = tf.random.stateless_normal(tf.shape(y), seed=[5, 6])
+  return [y] + tape.gradient(y, [x] + model.trainable_variables,
+                             output_gradients=tf.cast(upstream, y.dtype))
+
+
+def _gradient_ops(model, shape, dtype=tf.float32):
+  graph = _values_and_gradients.get_concrete_function(model, tf.TensorSpec(shape, dtype)).graph
+  return [op for op in graph.get_operations() if op.type.startswith("DepthwiseConv2dNativeBack")]
+
+
 def _filter_gradient_paddings(model, shape):
-  graph = _values_and_gradients.get_concrete_function(
-      model, tf.TensorSpec(shape, tf.float32)).graph
-  return sorted(op.get_attr("padding").decode() for op in graph.get_operations()
+  return sorted(op.get_attr("padding").decode() for op in _gradient_ops(model, shape)
                 if op.type == "DepthwiseConv2dNativeBackpropFilter")
 
 
-@pytest.mark.skipif(not onednn_enabled(), reason="the choice is made for oneDNN CPUs only")
+@needs_onednn
 def test_large_kernels_take_the_explicit_padding_filter_gradient_3x3_keep_onednns():
   shape = (2, 16, 16, 8)
   assert _filter_gradient_paddings(_pair(5, 2, "same", 1, shape)[0], shape) == ["EXPLICIT"]
@@ -69,6 +87,32 @@ def test_large_kernels_take_the_explicit_padding_filter_gradient_3x3_keep_onednn
   # a dynamic spatial size cannot be written out as explicit padding: keras' graph
   dynamic = _pair(5, 1, "same", 1, shape)[0]
   assert _filter_gradient_paddings(dynamic, (2, None, None, 8)) == ["SAME"]
+
+
+@needs_onednn
+@pytest.mark.skipif(not depthwise.bfloat16_gradients_in_float32(), reason="a CPU with AMX")
+@pytest.mark.parametrize("kernel,stride,float32_ops", [
+    (5, 2, ["DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput"]),
+    (5, 1, ["DepthwiseConv2dNativeBackpropFilter"]),
+    (3, 2, ["DepthwiseConv2dNativeBackpropInput"]),
+])
+def test_bfloat16_takes_float32_gradients_near_the_float32_ones(kernel, stride, float32_ops):
+  shape = (2, 16, 16, 8)
+  ours, _ = _pair(kernel, stride, "same", 1, shape, dtype="mixed_bfloat16")
+  reference, _ = _pair(kernel, stride, "same", 1, shape)
+  reference.set_weights(ours.get_weights())
+  x = tf.random.stateless_normal(shape, seed=[3, 4])
+  got = _gradients_for(ours, tf.cast(x, tf.bfloat16))
+  want = _gradients_for(reference, x)
+  assert got[1].dtype == tf.bfloat16 and got[2].dtype == tf.float32  # the variable's dtype
+  for name, a, b in zip(["output", "input gradient", "kernel gradient"], got, want):
+    scale = float(np.max(np.abs(b)))  # bfloat16 inputs and forward: ~3 significant digits
+    np.testing.assert_allclose(tf.cast(a, tf.float32), b, rtol=0, atol=0.03 * scale,
+                               err_msg=name)
+  graph = _gradients_for.get_concrete_function(ours, tf.TensorSpec(shape, tf.bfloat16)).graph
+  ops = [op for op in graph.get_operations() if op.type.startswith("DepthwiseConv2dNativeBack")]
+  assert sorted(op.type for op in ops if op.get_attr("T") == tf.float32) == float32_ops
+  assert len(ops) == 2
 
 
 @pytest.mark.parametrize("padding,size,expected", [

@@ -9,6 +9,7 @@ import tf_keras as keras
 from detlab.layers import depthwise
 from detlab.layers.depthwise import DepthwiseConv2D
 from detlab.layers.normalization import onednn_enabled
+from layer_gradients import values_and_gradients  # pylint: disable=import-error
 
 needs_onednn = pytest.mark.skipif(not onednn_enabled(),
                                   reason="the choice is made for oneDNN CPUs only")
@@ -29,15 +30,6 @@ def _pair(kernel, stride, padding, multiplier, shape, dtype="float32"):
   return models
 
 
-@tf.function
-def _values_and_gradients(model, x):
-  with tf.GradientTape() as tape:
-    tape.watch(x)
-    y = model(x, training=True)
-    loss = tf.reduce_sum(y * tf.sin(y))  # a non-uniform upstream gradient
-  return [y] + tape.gradient(loss, [x] + model.trainable_variables)
-
-
 @pytest.mark.parametrize("kernel,stride,padding,multiplier,shape", [
     (5, 2, "same", 1, (2, 17, 16, 8)),   # odd height: SAME pads 2 / 2 there, 1 / 2 across
     (5, 1, "same", 2, (2, 16, 16, 8)),
@@ -49,7 +41,7 @@ def _values_and_gradients(model, x):
 def test_training_values_and_gradients_equal_keras(kernel, stride, padding, multiplier, shape):
   ours, stock = _pair(kernel, stride, padding, multiplier, shape)
   x = tf.random.stateless_normal(shape, seed=[3, 4])
-  got, want = _values_and_gradients(ours, x), _values_and_gradients(stock, x)
+  got, want = values_and_gradients(ours, x), values_and_gradients(stock, x)
   names = ["output", "input gradient", "kernel gradient", "bias gradient"]
   for name, a, b in zip(names, got, want):
     scale = float(np.max(np.abs(b)))
@@ -57,19 +49,8 @@ def test_training_values_and_gradients_equal_keras(kernel, stride, padding, mult
   np.testing.assert_array_equal(ours(x, training=False), stock(x, training=False))
 
 
-@tf.function
-def _gradients_for(model, x):
-  """Output, input and kernel gradients for one fixed float32 upstream gradient."""
-  with tf.GradientTape() as tape:
-    tape.watch(x)
-    y = model(x, training=True)
-  upstream = tf.random.stateless_normal(tf.shape(y), seed=[5, 6])
-  return [y] + tape.gradient(y, [x] + model.trainable_variables,
-                             output_gradients=tf.cast(upstream, y.dtype))
-
-
 def _gradient_ops(model, shape, dtype=tf.float32):
-  graph = _values_and_gradients.get_concrete_function(model, tf.TensorSpec(shape, dtype)).graph
+  graph = values_and_gradients.get_concrete_function(model, tf.TensorSpec(shape, dtype)).graph
   return [op for op in graph.get_operations() if op.type.startswith("DepthwiseConv2dNativeBack")]
 
 
@@ -102,15 +83,14 @@ def test_bfloat16_takes_float32_gradients_near_the_float32_ones(kernel, stride, 
   reference, _ = _pair(kernel, stride, "same", 1, shape)
   reference.set_weights(ours.get_weights())
   x = tf.random.stateless_normal(shape, seed=[3, 4])
-  got = _gradients_for(ours, tf.cast(x, tf.bfloat16))
-  want = _gradients_for(reference, x)
+  got = values_and_gradients(ours, tf.cast(x, tf.bfloat16))
+  want = values_and_gradients(reference, x)
   assert got[1].dtype == tf.bfloat16 and got[2].dtype == tf.float32  # the variable's dtype
   for name, a, b in zip(["output", "input gradient", "kernel gradient"], got, want):
     scale = float(np.max(np.abs(b)))  # bfloat16 inputs and forward: ~3 significant digits
     np.testing.assert_allclose(tf.cast(a, tf.float32), b, rtol=0, atol=0.03 * scale,
                                err_msg=name)
-  graph = _gradients_for.get_concrete_function(ours, tf.TensorSpec(shape, tf.bfloat16)).graph
-  ops = [op for op in graph.get_operations() if op.type.startswith("DepthwiseConv2dNativeBack")]
+  ops = _gradient_ops(ours, shape, tf.bfloat16)
   assert sorted(op.type for op in ops if op.get_attr("T") == tf.float32) == float32_ops
   assert len(ops) == 2
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.layers.squeeze_excite import SqueezeWithInput
+from layer_gradients import values_and_gradients  # pylint: disable=import-error
 
 
 def _se_models(shape):
@@ -29,20 +30,11 @@ def _se_models(shape):
   return ours, stock
 
 
-@tf.function
-def _values_and_gradients(model, x):
-  with tf.GradientTape() as tape:
-    tape.watch(x)
-    y = model(x, training=True)
-  upstream = tf.random.stateless_normal(tf.shape(y), seed=[7, 8])
-  return [y] + tape.gradient(y, [x] + model.trainable_variables, output_gradients=upstream)
-
-
 @pytest.mark.parametrize("shape", [(2, 8, 6, 4), (3, 5, 5, 16)])
 def test_values_and_gradients_equal_the_stock_se_block(shape):
   ours, stock = _se_models(shape)
   x = tf.random.stateless_normal(shape, seed=[5, 6])
-  got, want = _values_and_gradients(ours, x), _values_and_gradients(stock, x)
+  got, want = values_and_gradients(ours, x), values_and_gradients(stock, x)
   assert len(got) == len(want) == 6
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(b))))
@@ -50,7 +42,7 @@ def test_values_and_gradients_equal_the_stock_se_block(shape):
 
 
 def _op_types(model, shape):
-  graph = _values_and_gradients.get_concrete_function(
+  graph = values_and_gradients.get_concrete_function(
       model, tf.TensorSpec(shape, tf.float32)).graph
   return [op.type for op in graph.get_operations()]
 

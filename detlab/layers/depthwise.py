@@ -32,16 +32,9 @@ import functools
 
 import tensorflow as tf
 import tf_keras as keras
-from tf_keras.src.engine import base_layer_utils
 
 from detlab.layers import normalization
-
-
-def call_training() -> bool:
-  """The training flag keras propagates to the layer being called (for layers whose `call`
-  takes none): False unless it is a Python True."""
-  training = base_layer_utils.call_context().training
-  return bool(training) if training is not None and not tf.is_tensor(training) else False
+from detlab.layers.normalization import call_training
 
 
 def _same_padding(size: int, out: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -68,32 +61,26 @@ def depthwise_with_cpu_gradients(inputs, kernel, stride: int, padding: str):
   `padding` is "SAME" or "VALID"."""
   strides = [1, stride, stride, 1]
   large = max(kernel.shape[0], kernel.shape[1]) > 3
-  in_float32 = inputs.dtype == tf.bfloat16 and bfloat16_gradients_in_float32()
+  in_float32 = _bfloat16_in_float32(inputs.dtype)
 
   @tf.custom_gradient
   def depthwise(x, k):
     y = tf.nn.depthwise_conv2d(x, k, strides, padding)
 
     def gradient(upstream):
-      up32 = tf.cast(upstream, tf.float32) if in_float32 else upstream
-      if in_float32 and stride > 1:
-        d_inputs = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=tf.shape(x), filter=tf.cast(k, tf.float32), out_backprop=up32,
-            strides=strides, padding=padding)
-      else:
-        d_inputs = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=tf.shape(x), filter=k, out_backprop=upstream, strides=strides,
-            padding=padding)
-      if large:
-        d_kernel = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-            input=tf.cast(x, tf.float32) if in_float32 else x, filter_sizes=tf.shape(k),
-            out_backprop=up32, strides=strides, padding="EXPLICIT",
-            explicit_paddings=explicit_paddings(x.shape, y.shape, k.shape[:2], stride,
-                                                padding))
-      else:
-        d_kernel = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-            input=x, filter_sizes=tf.shape(k), out_backprop=upstream, strides=strides,
-            padding=padding)
+      upstream32 = tf.cast(upstream, tf.float32) if in_float32 else upstream  # cast once
+      input_in_float32 = in_float32 and stride > 1
+      d_inputs = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+          input_sizes=tf.shape(x), filter=tf.cast(k, tf.float32) if input_in_float32 else k,
+          out_backprop=upstream32 if input_in_float32 else upstream, strides=strides,
+          padding=padding)
+      # EXPLICIT padding keeps a large kernel's filter gradient on TF's own kernel
+      filter_in_float32 = in_float32 and large
+      pads = (dict(padding="EXPLICIT", explicit_paddings=explicit_paddings(
+          x.shape, y.shape, k.shape[:2], stride, padding)) if large else dict(padding=padding))
+      d_kernel = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+          input=tf.cast(x, tf.float32) if filter_in_float32 else x, filter_sizes=tf.shape(k),
+          out_backprop=upstream32 if filter_in_float32 else upstream, strides=strides, **pads)
       return tf.cast(d_inputs, x.dtype), tf.cast(d_kernel, k.dtype)
 
     return y, gradient
@@ -107,19 +94,15 @@ def _cpu_only() -> bool:
   return not (tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
-@functools.lru_cache(maxsize=None)
 def bfloat16_gradients_in_float32() -> bool:
-  """Whether bfloat16 depthwise gradients are computed in float32 here: oneDNN on a CPU
-  without AMX (/proc/cpuinfo has no amx_bf16; where it cannot be read: True), where its
-  bfloat16 depthwise backward kernels are the slow ones (module docstring)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return "amx_bf16" not in line.split(":", 1)[1].split()
-  except OSError:
-    pass
-  return True
+  """Whether bfloat16 depthwise gradients are computed in float32 here: a CPU without AMX
+  (no amx_bf16 flag; also where /proc/cpuinfo cannot be read), where oneDNN's bfloat16
+  depthwise backward kernels are the slow ones (module docstring)."""
+  return "amx_bf16" not in (normalization.cpu_flags() or frozenset())
+
+
+def _bfloat16_in_float32(dtype) -> bool:
+  return dtype == tf.bfloat16 and bfloat16_gradients_in_float32()
 
 
 def takes_cpu_gradients(layer: keras.layers.DepthwiseConv2D, inputs) -> bool:
@@ -127,8 +110,8 @@ def takes_cpu_gradients(layer: keras.layers.DepthwiseConv2D, inputs) -> bool:
   docstring): a kernel larger than 3x3, or a bfloat16 stride-2 conv where its gradients are
   computed in float32."""
   shape = inputs.shape
-  chosen = max(layer.kernel_size) > 3 or (
-      layer.strides[0] > 1 and inputs.dtype == tf.bfloat16 and bfloat16_gradients_in_float32())
+  chosen = max(layer.kernel_size) > 3 or (layer.strides[0] > 1
+                                          and _bfloat16_in_float32(inputs.dtype))
   return (chosen and layer.strides[0] == layer.strides[1]
           and tuple(layer.dilation_rate) == (1, 1) and layer.data_format == "channels_last"
           and layer.padding in ("same", "valid") and shape.rank == 4

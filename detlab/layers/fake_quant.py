@@ -29,7 +29,7 @@ FakeQuantize (INT8 convolutions at run time, no calibration).
 import tensorflow as tf
 import tf_keras as keras
 
-from detlab.layers.depthwise import call_training
+from detlab.layers.normalization import call_training
 
 NUM_BITS = 8
 RANGE_DECAY = 0.99   # EMA of batch min/max (tfmot: 0.999 over full trainings; QAT fine-tunes

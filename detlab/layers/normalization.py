@@ -5,6 +5,7 @@ import functools
 
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.engine import base_layer_utils
 
 # EfficientNet / EfficientDet use momentum 0.99 and epsilon 1e-3 (TF-slim convention).
 BN_MOMENTUM = 0.99
@@ -24,18 +25,29 @@ def onednn_enabled() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_avx512() -> bool:
-  """Whether the CPU has AVX-512 (avx512f and avx512bw), where oneDNN has its avx512_core
-  convolutions; False when /proc/cpuinfo cannot be read (not Linux)."""
+def cpu_flags() -> frozenset | None:
+  """The CPU's feature flags from /proc/cpuinfo; None where it cannot be read (not Linux)."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
         if line.startswith("flags"):
-          flags = set(line.split(":", 1)[1].split())
-          return {"avx512f", "avx512bw"} <= flags
+          return frozenset(line.split(":", 1)[1].split())
   except OSError:
     pass
-  return False
+  return None
+
+
+def cpu_has_avx512() -> bool:
+  """Whether the CPU has AVX-512 (avx512f and avx512bw), where oneDNN has its avx512_core
+  convolutions; False when /proc/cpuinfo cannot be read (not Linux)."""
+  return {"avx512f", "avx512bw"} <= (cpu_flags() or frozenset())
+
+
+def call_training() -> bool:
+  """The training flag keras propagates to the layer being called (for layers whose `call`
+  takes none): False unless it is a Python True."""
+  training = base_layer_utils.call_context().training
+  return bool(training) if training is not None and not tf.is_tensor(training) else False
 
 
 def rewrites_allowed() -> bool:

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from detlab.layers import normalization
-from detlab.layers.depthwise import call_training
+from detlab.layers.normalization import call_training
 
 
 def _mean_with_input(x):

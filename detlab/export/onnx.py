@@ -41,6 +41,7 @@ from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import POSTPROCESS_SCOPE, representative_images
 from detlab.io import write_bytes
 from detlab.layers.fake_quant import is_quantization_aware
+from detlab.layers.normalization import portable_forms
 from detlab.necks import bifpn
 
 PRECISIONS = ("fp32", "int8")
@@ -197,6 +198,7 @@ def quantize(model, files, size: int, steps: int, convention, batch_size: int | 
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@portable_forms()
 def convert(serving, precisions=("fp32",), batch_size: int | None = None,
             calibration_files=None, calibration_steps: int = 100) -> dict:
   """{precision: onnx.ModelProto} of `serving` (a DetectionServing of a folded model); the

@@ -44,6 +44,7 @@ from detlab.detection.postprocess import PostprocessConfig
 from detlab.export.tflite import representative_images
 from detlab.io import write_json
 from detlab.layers.fake_quant import is_quantization_aware
+from detlab.layers.normalization import portable_forms
 from detlab.models.instance_segmentation import has_mask_branch, mask_probabilities
 
 PRECISIONS = ("fp32", "int8")
@@ -190,6 +191,7 @@ def unstable_top_k(model):
   return model
 
 
+@portable_forms()
 def convert(serving, precision: str = "fp32", batch_size: int | None = None,
             calibration_files=None, calibration_steps: int = 100):
   """The openvino.Model of `serving` (a DetectionServing of a folded model); for a model

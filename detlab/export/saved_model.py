@@ -27,6 +27,7 @@ from detlab.backbones import IMAGENET_MEAN_STD, InputConvention, input_conventio
 from detlab.data.detection_input import DetectionParser, InputConfig
 from detlab.data.tf_example import decode_example
 from detlab.detection.postprocess import PostprocessConfig, image_windows, postprocess
+from detlab.layers.normalization import portable_forms
 from detlab.models.instance_segmentation import has_mask_branch, mask_probabilities
 
 INPUT_TYPES = ("image_tensor", "encoded_image", "tf_example")
@@ -147,6 +148,7 @@ def serving_module(serving: DetectionServing, input_type: str,
   return module
 
 
+@portable_forms()
 def export_saved_model(serving: DetectionServing, path: str, input_type: str = "image_tensor",
                        batch_size: int | None = None) -> tf.types.experimental.ConcreteFunction:
   """Writes the SavedModel to `path` (a directory); returns the serving concrete function."""

@@ -34,6 +34,7 @@ from detlab.detection import postprocess as postprocess_lib
 from detlab.export.saved_model import MASK_OUTPUT, detection_masks
 from detlab.models.instance_segmentation import has_mask_branch
 from detlab.io import write_bytes
+from detlab.layers.normalization import portable_forms
 
 PRECISIONS = ("fp32", "fp16", "int8")
 POSTPROCESS_SCOPE = "postprocess"  # the graph's ops after the network's last convs
@@ -128,6 +129,7 @@ def representative_images(files: list[str], size: int, steps: int,
            "windows": letterbox_window(image.shape, float(scale))[None]}
 
 
+@portable_forms()
 def convert(serving, precision: str, batch_size: int = 1, calibration_files=None,
             calibration_steps: int = 100) -> bytes:
   """The LiteRT flatbuffer of `serving` (a DetectionServing of a folded model)."""

@@ -1,7 +1,13 @@
-"""detlab's BatchNormalization: its inference forms (folded into a depthwise conv, a conv's bias
-moved into the mean, the batch-1 multiply-add form) equal tf_keras' fused op, and are taken
-only where they pay (oneDNN on, inference in a traced function, not while counting FLOPs; the
-multiply-add form only at a static batch of 1 on a CPU without AVX-512)."""
+"""detlab's BatchNormalization: its inference forms (folded into a depthwise conv, as a grouped
+Conv2D at depth multiplier 1; a squeeze-excite gate and BN folded into the 1x1 projection as
+one batched matmul; a conv's bias moved into the mean; the batch-1 multiply-add form) equal
+tf_keras' fused op, and are taken only where they pay (oneDNN on, inference in a traced
+function, not while counting FLOPs; the grouped Conv2D not in `portable_forms()`, the traces
+of exports; the multiply-add form only at a static batch of 1 on a CPU without AVX-512)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -69,16 +75,23 @@ def test_multiply_add_form_only_at_batch_1_with_onednn_in_inference(onednn, monk
   assert _fused(_op_types(layer, [1, 4, 4, 3]))        # AVX-512: oneDNN is fast fused
 
 
-def _conv_then_bn(conv: keras.layers.Layer, seed: int):
-  """A functional conv -> detlab BN model with random weights and non-trivial statistics."""
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((8, 8, 4))
-  model = keras.Model(inputs, BatchNormalization(name="bn")(conv(inputs)))
+def _randomized(model: keras.Model, seed: int) -> keras.Model:
   rng = np.random.default_rng(seed)
   for weight in model.weights:
     value = rng.normal(size=weight.shape)
     weight.assign(np.abs(value) + 0.5 if "variance" in weight.name else value)
   return model
+
+
+def _conv_then_bn(conv: keras.layers.Layer, seed: int, activation=None):
+  """A functional conv -> detlab BN (-> activation) model with random weights and
+  non-trivial statistics."""
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((8, 8, 4))
+  outputs = BatchNormalization(name="bn")(conv(inputs))
+  if activation is not None:
+    outputs = activation(outputs)
+  return _randomized(keras.Model(inputs, outputs), seed)
 
 
 def _traced(model, x, stock: bool = False):
@@ -105,6 +118,124 @@ def test_bn_after_a_depthwise_conv_folds_into_it(onednn, batch):
   assert not _fused({op.type for op in graph.get_operations()})
   # the output is the folded conv's BiasAdd (the unfolded conv is left unused)
   assert ops[-1].type == "BiasAdd" and ops[-1].inputs[0].op.type == "DepthwiseConv2dNative"
+
+
+def _op_types_of(graph):
+  return [op.type for op in graph.get_operations()]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bn_after_a_depthwise_conv_of_multiplier_1_is_a_grouped_conv(onednn, batch):
+  """Conv2D's grouped form, which grappler fuses with its bias and swish into one oneDNN
+  convolution; exports (`portable_forms`) keep the depthwise op, which every runtime has."""
+  del onednn
+  model = _conv_then_bn(keras.layers.DepthwiseConv2D(5, strides=2, padding="same",
+                                                     use_bias=False), 4,
+                        activation=lambda t: t * tf.sigmoid(t))
+  x = tf.random.stateless_normal([batch, 8, 8, 4], seed=[5, 7])
+  expected, _ = _traced(model, x, stock=True)
+  grouped, graph = _traced(model, x)
+  np.testing.assert_allclose(grouped, expected, rtol=1e-5, atol=1e-5)
+  (bias_add,) = [op for op in graph.get_operations() if op.type == "BiasAdd"]
+  conv = bias_add.inputs[0].op
+  assert conv.type == "Conv2D" and conv.inputs[1].shape == [5, 5, 1, 4]
+  with normalization.portable_forms():
+    portable, graph = _traced(model, x)
+  np.testing.assert_allclose(portable, expected, rtol=1e-5, atol=1e-5)
+  (bias_add,) = [op for op in graph.get_operations() if op.type == "BiasAdd"]
+  assert bias_add.inputs[0].op.type == "DepthwiseConv2dNative"
+  assert "Conv2D" not in _op_types_of(graph)
+
+
+def _gated_projection(seed: int, kernel_size: int = 1, strides: int = 1):
+  """MBConv's tail: x * gate (gate [N, 1, 1, C], the SE excitation) -> conv -> detlab BN."""
+  keras.utils.set_random_seed(seed)
+  images, gate = keras.Input((6, 5, 8)), keras.Input((1, 1, 8))
+  gated = keras.layers.multiply([images, gate])
+  conv = keras.layers.Conv2D(3, kernel_size, strides=strides, padding="same", use_bias=False)
+  outputs = BatchNormalization(name="bn")(conv(gated))
+  return _randomized(keras.Model([images, gate], outputs), seed)
+
+
+@pytest.mark.parametrize("batch", [1, 3, None])
+def test_squeeze_excite_gate_and_bn_fold_into_the_projection_as_one_batched_matmul(
+    onednn, batch):
+  del onednn
+  model = _gated_projection(5)
+  x = [tf.random.stateless_normal([3, 6, 5, 8], seed=[1, 2]),
+       tf.random.stateless_uniform([3, 1, 1, 8], seed=[3, 4])]
+  specs = [tf.TensorSpec([batch] + t.shape[1:]) for t in x] if batch is None else None
+  if batch is not None:
+    x = [t[:batch] for t in x]
+  function = tf.function(lambda t: model(t, training=False))
+  with stock_inference_form():
+    expected = function.get_concrete_function(specs or x)(x)
+    stock_graph = function.get_concrete_function(specs or x).graph
+  concrete = tf.function(lambda t: model(t, training=False)).get_concrete_function(specs or x)
+  np.testing.assert_allclose(concrete(x), expected, rtol=1e-5, atol=1e-5)
+  assert "BatchMatMulV2" not in _op_types_of(stock_graph)
+  ops = _op_types_of(concrete.graph)
+  assert "BatchMatMulV2" in ops and not _fused(set(ops))
+  matmul = [op for op in concrete.graph.get_operations() if op.type == "BatchMatMulV2"][0]
+  assert matmul.inputs[0].op.type == "Reshape"  # reads x, not the gated product
+
+
+@pytest.mark.parametrize("kernel_size,strides", [(3, 1), (1, 2)])
+def test_a_projection_that_is_not_a_1x1_stride_1_conv_keeps_the_gated_product(
+    onednn, kernel_size, strides):
+  del onednn
+  model = _gated_projection(6, kernel_size, strides)
+  x = [tf.random.stateless_normal([2, 6, 5, 8], seed=[1, 2]),
+       tf.random.stateless_uniform([2, 1, 1, 8], seed=[3, 4])]
+  concrete = tf.function(lambda t: model(t, training=False)).get_concrete_function(x)
+  assert "BatchMatMulV2" not in _op_types_of(concrete.graph)
+
+
+_SERVE_WITHOUT_ONEDNN = """
+import sys
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+images = tf.constant(np.load(sys.argv[2]))
+np.save(sys.argv[3], loaded.signatures["serving_default"](input_tensor=images)["outputs"])
+"""
+
+
+class _Serving:
+  """The part of a DetectionServing that export_saved_model uses, around any model."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def serve(self, input_type):
+    del input_type
+    return lambda images: {"outputs": self.model(_model_input(images), training=False)}
+
+
+def _model_input(images):
+  """uint8 [N, 8, 8, 3] -> float [N, 8, 8, 4] (the exporter's input signature has 3 channels)."""
+  x = tf.ensure_shape(tf.cast(images, tf.float32) / 255.0, [None, 8, 8, 3])
+  return tf.concat([x, x[..., :1]], axis=-1)
+
+
+def test_an_exported_saved_model_runs_where_onednn_is_off(tmp_path):
+  """The grouped Conv2D form runs on oneDNN only (grappler's Eigen fused conv refuses grouped
+  convolutions); export_saved_model traces in `portable_forms()`, so its SavedModel serves in
+  a process with TF_ENABLE_ONEDNN_OPTS=0 and gives the traced model's outputs."""
+  from detlab.export.saved_model import export_saved_model  # pylint: disable=import-outside-toplevel
+  model = _conv_then_bn(keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False), 7,
+                        activation=lambda t: t * tf.sigmoid(t))
+  images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  export_saved_model(_Serving(model), str(tmp_path / "saved_model"), batch_size=None)
+  np.save(tmp_path / "images.npy", images)
+  script = tmp_path / "serve.py"
+  script.write_text(_SERVE_WITHOUT_ONEDNN)
+  subprocess.run([sys.executable, str(script), str(tmp_path / "saved_model"),
+                  str(tmp_path / "images.npy"), str(tmp_path / "outputs.npy")], check=True,
+                 env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", CUDA_VISIBLE_DEVICES=""))
+  expected = model(_model_input(images), training=False)
+  np.testing.assert_allclose(np.load(tmp_path / "outputs.npy"), expected, rtol=1e-5,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -1,10 +1,12 @@
 """SqueezeWithInput: an SE squeeze whose training gradient adds the mean's share into the
-excitation's in one pass; the values, gradients and inference graph are the stock SE's."""
+excitation's in one pass, and whose inference mean is oneDNN's pooling; the values and
+gradients are the stock SE's."""
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from detlab.layers import normalization
 from detlab.layers.squeeze_excite import SqueezeWithInput
 from layer_gradients import values_and_gradients  # pylint: disable=import-error
 
@@ -38,7 +40,8 @@ def test_values_and_gradients_equal_the_stock_se_block(shape):
   assert len(got) == len(want) == 6
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(b))))
-  np.testing.assert_array_equal(ours(x, training=False), stock(x, training=False))
+  np.testing.assert_allclose(ours(x, training=False), stock(x, training=False), rtol=1e-5,
+                             atol=1e-6)
 
 
 def _op_types(model, shape):
@@ -55,6 +58,22 @@ def test_training_gradient_has_no_full_size_tile_divide_or_addn():
   assert not {"Tile", "AddN"} & set(_op_types(ours, shape))
   # a dynamic spatial size: the stock gradient (H * W is not a constant)
   assert "AddN" in _op_types(ours, (2, None, None, 4))
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_inference_mean_is_a_full_window_average_pool_with_onednn(monkeypatch, onednn):
+  monkeypatch.setattr(normalization, "onednn_enabled", lambda: onednn)
+  layer = SqueezeWithInput()
+  x = tf.random.stateless_normal((2, 7, 5, 3), seed=[1, 2])
+  function = tf.function(lambda t: layer(t, training=False)[1])
+  ops = {op.type for op in function.get_concrete_function(x).graph.get_operations()}
+  assert ("AvgPool" in ops) is onednn and ("Mean" in ops) is not onednn
+  np.testing.assert_allclose(function(x), tf.reduce_mean(x, axis=[1, 2]), rtol=1e-6, atol=1e-7)
+  with normalization.stock_inference_form():  # FLOP counting: the reference's Mean
+    graph = tf.function(lambda t: layer(t, training=False)[1]).get_concrete_function(x).graph
+    assert "Mean" in {op.type for op in graph.get_operations()}
+  dynamic = function.get_concrete_function(tf.TensorSpec((2, None, None, 3))).graph
+  assert "Mean" in {op.type for op in dynamic.get_operations()}
 
 
 def test_layer_round_trips():

@@ -126,6 +126,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
   * BiasAdd of a Conv2D (the pointwise half of a SeparableConv2D with a bias, as in the BiFPN
     and the heads): the bias goes into the BN's mean (`mean - bias`) and the BN takes the
     conv's output before the BiasAdd, so grappler fuses Conv2D + FusedBatchNorm (+ swish).
+  * A Conv2D (or Conv2D + BiasAdd) in reduced precision (mixed_bfloat16 / mixed_float16):
+    folded into it, `conv(x, k * a) + b`. grappler fuses Conv2D + FusedBatchNorm in float32
+    only; in bfloat16 the BN and the swish after it stayed two passes of their own.
   * Anything else: tf_keras' FusedBatchNorm (which grappler fuses into a Conv2D before it).
 
   With oneDNN on, a static batch of 1 and a CPU without AVX-512, BN takes the form `x * a + b`
@@ -167,16 +170,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
     inputs = tf.cast(inputs, self.compute_dtype)
     producer = _graph_producer(inputs)
     multiply_add = inputs.shape[0] == 1 and not cpu_has_avx512()
-    if (producer is not None and producer.type == "DepthwiseConv2dNative"
-        and producer.get_attr("data_format") == b"NHWC"):
-      return self._folded_into_depthwise(producer, inputs.dtype)
+    if _is_nhwc(producer, "DepthwiseConv2dNative"):
+      return self._folded_into_conv(producer)
     gating = _squeeze_excite_gating(producer)
     if gating is not None:
       return self._folded_into_gated_projection(producer, *gating)
-    if (producer is not None and producer.type == "BiasAdd"
-        and producer.get_attr("data_format") == b"NHWC"
-        and producer.inputs[0].op.type == "Conv2D"):
+    # A reduced-precision Conv2D + FusedBatchNorm is left unfused by grappler's remapper (two
+    # passes and a separate swish pass: D0 bfloat16 inference 76 of each); folded into the
+    # kernel and a bias, Conv2D + BiasAdd + swish is one oneDNN convolution.
+    reduced_precision = inputs.dtype != tf.float32
+    if _is_nhwc(producer, "Conv2D") and reduced_precision:
+      return self._folded_into_conv(producer)
+    if _is_nhwc(producer, "BiasAdd") and producer.inputs[0].op.type == "Conv2D":
       conv_output, bias = producer.inputs[0], tf.cast(producer.inputs[1], tf.float32)
+      if reduced_precision and _is_nhwc(conv_output.op, "Conv2D"):
+        return self._folded_into_conv(conv_output.op, shift=bias)
       if multiply_add:
         multiplier, offset = self._multiplier_offset(shift=bias)
         return (conv_output * tf.cast(multiplier, inputs.dtype)
@@ -187,16 +195,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
       return inputs * tf.cast(multiplier, inputs.dtype) + tf.cast(offset, inputs.dtype)
     return super().call(inputs, training=training, mask=mask)
 
-  def _folded_into_depthwise(self, depthwise, dtype):
-    """depthwise(x, kernel * a) + b: the same op with this BN folded into it."""
-    images, kernel = depthwise.inputs[0], depthwise.inputs[1]
-    multiplier, offset = self._multiplier_offset()
+  def _folded_into_conv(self, conv, shift=None):
+    """conv(x, kernel * a) + b: `conv` (a Conv2D or DepthwiseConv2dNative op, NHWC) with this
+    BN folded into it (`shift`: a bias the conv's output had before the BN)."""
+    images, kernel = conv.inputs[0], conv.inputs[1]
+    dtype = images.dtype
+    multiplier, offset = self._multiplier_offset(shift)
+    attributes = {name: conv.get_attr(name)
+                  for name in ("strides", "padding", "explicit_paddings", "dilations")}
+    if conv.type == "Conv2D":  # kernel [kh, kw, C_in, C_out]: output channel o scales by a[o]
+      kernel = tf.cast(tf.cast(kernel, tf.float32) * multiplier, dtype)
+      outputs = tf.raw_ops.Conv2D(input=images, filter=kernel, data_format="NHWC",
+                                  **attributes)
+      return tf.nn.bias_add(outputs, tf.cast(offset, dtype))
     # kernel [kh, kw, C, M] (depth multiplier M): output channel c * M + m scales by a[c*M+m].
     shape = kernel.shape if kernel.shape.is_fully_defined() else tf.shape(kernel)
     scale = tf.reshape(multiplier, [shape[2], shape[3]])
     kernel = tf.cast(tf.cast(kernel, tf.float32) * scale, dtype)
-    attributes = {name: depthwise.get_attr(name)
-                  for name in ("strides", "padding", "explicit_paddings", "dilations")}
     if kernel.shape[3] == 1 and onednn_only_forms_allowed():
       # The same convolution as C groups of one channel: [kh, kw, C, 1] -> [kh, kw, 1, C].
       kernel = tf.transpose(kernel, [0, 1, 3, 2])
@@ -234,12 +249,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
     return dict(super().get_config(), synchronized=self.synchronized)
 
 
+def _is_nhwc(op, op_type: str) -> bool:
+  return op is not None and op.type == op_type and op.get_attr("data_format") == b"NHWC"
+
+
 def _squeeze_excite_gating(conv):
   """(x, gate) where `conv` is a stride-1 1x1 NHWC Conv2D of `x * gate`, gate [N, 1, 1, C]
   and x [N, H, W, C] with H and W known (a squeeze-excite block's gated projection); else
   None."""
-  if (conv is None or conv.type != "Conv2D" or conv.get_attr("data_format") != b"NHWC"
-      or list(conv.get_attr("strides")) != [1, 1, 1, 1]
+  if (not _is_nhwc(conv, "Conv2D") or list(conv.get_attr("strides")) != [1, 1, 1, 1]
       or list(conv.get_attr("dilations")) != [1, 1, 1, 1]
       or conv.inputs[1].shape[:2] != [1, 1] or conv.inputs[0].op.type != "Mul"):
     return None

@@ -147,6 +147,33 @@ def test_bn_after_a_depthwise_conv_of_multiplier_1_is_a_grouped_conv(onednn, bat
   assert "Conv2D" not in _op_types_of(graph)
 
 
+@pytest.mark.parametrize("conv", [keras.layers.Conv2D, keras.layers.SeparableConv2D])
+def test_a_reduced_precision_conv_takes_the_bn_into_its_kernel_and_bias(onednn, conv):
+  """mixed_bfloat16: grappler leaves a bfloat16 Conv2D + FusedBatchNorm unfused; folded, the
+  conv carries a BiasAdd (and the swish after it fuses). float32 keeps the FusedBatchNorm."""
+  del onednn
+  policy = keras.mixed_precision.Policy("mixed_bfloat16")
+  keras.utils.set_random_seed(8)
+  inputs = keras.Input((8, 8, 4))
+  outputs = BatchNormalization(name="bn", dtype=policy)(
+      conv(5, 3, padding="same", use_bias=True, dtype=policy)(inputs))
+  model = _randomized(keras.Model(inputs, outputs), 8)
+  x = tf.random.stateless_normal([2, 8, 8, 4], seed=[9, 10])
+  expected, _ = _traced(model, x, stock=True)
+  folded, graph = _traced(model, x)
+  ops = _op_types_of(graph)
+  assert not _fused(set(ops))
+  bias_add = graph.outputs[0].op
+  while bias_add.type == "Identity":
+    bias_add = bias_add.inputs[0].op
+  assert bias_add.type == "BiasAdd" and bias_add.outputs[0].dtype == tf.bfloat16
+  conv_op = bias_add.inputs[0].op
+  assert conv_op.type == "Conv2D" and conv_op.inputs[1].op.inputs[0].op.type == "Mul"  # k * a
+  expected = tf.cast(expected, tf.float32)
+  np.testing.assert_allclose(tf.cast(folded, tf.float32), expected,
+                             atol=0.02 * float(tf.reduce_max(tf.abs(expected))))
+
+
 def _gated_projection(seed: int, kernel_size: int = 1, strides: int = 1):
   """MBConv's tail: x * gate (gate [N, 1, 1, C], the SE excitation) -> conv -> detlab BN."""
   keras.utils.set_random_seed(seed)

@@ -177,7 +177,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
       return self._folded_into_gated_projection(producer, *gating)
     # A reduced-precision Conv2D + FusedBatchNorm is left unfused by grappler's remapper (two
     # passes and a separate swish pass: D0 bfloat16 inference 76 of each); folded into the
-    # kernel and a bias, Conv2D + BiasAdd + swish is one oneDNN convolution.
+    # kernel and a bias, Conv2D + BiasAdd + swish is one oneDNN convolution. (Not the batch-1
+    # float32 form without AVX-512: oneDNN runs a 1x1 conv there with x64:gemm:jit, whose
+    # bias and swish post-ops made D0 2x slower, oneDNN with ONEDNN_MAX_CPU_ISA=AVX2.)
     reduced_precision = inputs.dtype != tf.float32
     if _is_nhwc(producer, "Conv2D") and reduced_precision:
       return self._folded_into_conv(producer)

@@ -71,16 +71,17 @@ def stock_inference_form():
 
 
 def onednn_only_forms_allowed() -> bool:
-  """False inside `portable_forms()`."""
+  """False inside `portable_forms()` (and `stock_inference_form()`)."""
   return _rewrites_allowed and _onednn_only_forms
 
 
 @contextlib.contextmanager
 def portable_forms():
-  """Traces inside use no op form that only oneDNN runs: exports (a SavedModel may be served
-  where oneDNN is off, where grappler's Eigen fused convolution refuses a grouped Conv2D with
-  "Fused conv implementation does not support grouped convolutions"; LiteRT, ONNX and
-  OpenVINO converters) trace in it. The other inference forms are standard ops and stay."""
+  """Traces inside use no op form chosen for oneDNN's kernels alone: no grouped Conv2D for a
+  depthwise conv (a SavedModel may be served where oneDNN is off, where grappler's Eigen fused
+  convolution refuses it: "Fused conv implementation does not support grouped convolutions")
+  and SE's mean stays a Mean, not a full-window AvgPool. Exports (SavedModel, LiteRT, ONNX,
+  OpenVINO) trace in it; the other inference forms are standard ops and stay."""
   global _onednn_only_forms
   previous, _onednn_only_forms = _onednn_only_forms, False
   try:

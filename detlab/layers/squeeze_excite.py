@@ -9,8 +9,8 @@ per block on top of the one the excitation's gradient needs. `SqueezeWithInput` 
 mean together with x itself, and in a training pass their joint gradient is the excitation's
 plus the [N, 1, 1, C] mean gradient / (H*W) broadcast in one Add. D0 training step at batch 8
 on a 2-core CPU: EfficientNet-B0's 16 SE blocks, ~4-25 % less time each in a forward and
-backward pass (the large early ones gain most). The values and the inference graph are the
-stock ones (the excitation then reads x directly). In inference with oneDNN the mean is a
+backward pass (the large early ones gain most). The values are the stock ones. In inference
+with oneDNN (outside `normalization.portable_forms()`, so not in exports) the mean is a
 full-window AvgPool, oneDNN's pooling kernel, where TF's Mean is Eigen's reduction (1.2-3x
 faster at EfficientNet-B0's shapes at batch 8, the same at batch 1).
 """
@@ -44,7 +44,7 @@ class SqueezeWithInput(keras.layers.Layer):
               and inputs.shape[2] is not None and normalization.rewrites_allowed())
     if static and call_training():
       return list(_mean_with_input(inputs))
-    if static and normalization.onednn_enabled():
+    if static and normalization.onednn_enabled() and normalization.onednn_only_forms_allowed():
       window = inputs.shape[1:3]
       mean = tf.nn.avg_pool2d(inputs, window, window, "VALID")
       return [inputs, tf.reshape(mean, [-1, inputs.shape[3]])]

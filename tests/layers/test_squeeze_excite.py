@@ -74,6 +74,9 @@ def test_inference_mean_is_a_full_window_average_pool_with_onednn(monkeypatch, o
     assert "Mean" in {op.type for op in graph.get_operations()}
   dynamic = function.get_concrete_function(tf.TensorSpec((2, None, None, 3))).graph
   assert "Mean" in {op.type for op in dynamic.get_operations()}
+  with normalization.portable_forms():  # exports
+    graph = tf.function(lambda t: layer(t, training=False)[1]).get_concrete_function(x).graph
+    assert "Mean" in {op.type for op in graph.get_operations()}
 
 
 def test_layer_round_trips():

@@ -71,8 +71,9 @@ def stock_inference_form():
 
 
 def onednn_only_forms_allowed() -> bool:
-  """False inside `portable_forms()` (and `stock_inference_form()`)."""
-  return _rewrites_allowed and _onednn_only_forms
+  """Whether a trace may use the forms chosen for oneDNN's kernels alone: oneDNN is on, and
+  not inside `portable_forms()` (or `stock_inference_form()`)."""
+  return _rewrites_allowed and _onednn_only_forms and onednn_enabled()
 
 
 @contextlib.contextmanager

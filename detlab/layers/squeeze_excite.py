@@ -44,7 +44,7 @@ class SqueezeWithInput(keras.layers.Layer):
               and inputs.shape[2] is not None and normalization.rewrites_allowed())
     if static and call_training():
       return list(_mean_with_input(inputs))
-    if static and normalization.onednn_enabled() and normalization.onednn_only_forms_allowed():
+    if static and normalization.onednn_only_forms_allowed():
       window = inputs.shape[1:3]
       mean = tf.nn.avg_pool2d(inputs, window, window, "VALID")
       return [inputs, tf.reshape(mean, [-1, inputs.shape[3]])]

@@ -196,8 +196,8 @@ def test_squeeze_excite_gate_and_bn_fold_into_the_projection_as_one_batched_matm
     x = [t[:batch] for t in x]
   function = tf.function(lambda t: model(t, training=False))
   with stock_inference_form():
-    expected = function.get_concrete_function(specs or x)(x)
-    stock_graph = function.get_concrete_function(specs or x).graph
+    stock = function.get_concrete_function(specs or x)
+  expected, stock_graph = stock(x), stock.graph
   concrete = tf.function(lambda t: model(t, training=False)).get_concrete_function(specs or x)
   np.testing.assert_allclose(concrete(x), expected, rtol=1e-5, atol=1e-5)
   assert "BatchMatMulV2" not in _op_types_of(stock_graph)
